@@ -1,0 +1,1 @@
+"""Files: reading checkpoints lazily, writing sharded safetensors, staging the destination, provenance."""

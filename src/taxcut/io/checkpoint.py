@@ -1,0 +1,254 @@
+"""Lazy, header-first reading of a Hugging Face model folder's weights.
+
+Opening a :class:`Checkpoint` reads only the safetensors headers (and validates them with ``safe_open`` as well as
+against the file sizes), so planning a 70B merge takes a second. Tensor data is then read in byte ranges with
+``os.preadv`` into buffers the caller owns: unlike memory-mapping, this keeps the process's resident memory flat
+however large the model is. Legacy ``.bin`` files are read only through ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from taxcut.errors import TaxcutError
+from taxcut.io.dtypes import SAFETENSORS_DTYPES
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+BIN_INDEX = "pytorch_model.bin.index.json"
+BIN_SINGLE = "pytorch_model.bin"
+_MAX_HEADER_BYTES = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is, known from headers alone."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    file: Path
+    data_offset: int  # absolute byte offset of the data in ``file`` (0 for .bin files)
+
+    @property
+    def numel(self) -> int:
+        count = 1
+        for dim in self.shape:
+            count *= dim
+        return count
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    path: Path
+    size: int
+    header_sha256: str  # a fast fingerprint: the header names every tensor, dtype, shape and offset
+
+
+class Checkpoint:
+    """The weights of one model folder, opened for header-only inspection and ranged reads.
+
+    ``role`` ("sft", "aligned", ...) only serves to name the model in error messages.
+    """
+
+    def __init__(self, folder: str | Path, role: str = "model"):
+        self.folder = Path(folder)
+        self.role = role
+        self.config = _read_config(self.folder, role)
+        self.files: list[WeightFile] = []
+        self.tensors: dict[str, TensorInfo] = {}
+        self._descriptors: dict[Path, int] = {}
+        self._bin_state: dict[Path, dict[str, torch.Tensor]] = {}
+        for path in _weight_files(self.folder, role):
+            if path.suffix == ".safetensors":
+                self._add_safetensors(path)
+            else:
+                self._add_bin(path)
+        if not self.tensors:
+            raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for descriptor in self._descriptors.values():
+            os.close(descriptor)
+        self._descriptors.clear()
+        self._bin_state.clear()
+
+    def read_into(self, info: TensorInfo, start: int, stop: int, buffer: torch.Tensor) -> torch.Tensor:
+        """Elements ``[start, stop)`` of the flattened tensor, read into the uint8 ``buffer``, typed as the tensor."""
+        nbytes = (stop - start) * info.dtype.itemsize
+        raw = buffer[:nbytes]
+        if info.file.suffix == ".safetensors":
+            _pread_exactly(self._descriptor(info.file), raw, info.data_offset + start * info.dtype.itemsize, info)
+        else:
+            raw.view(info.dtype).copy_(self._bin_state[info.file][info.name].reshape(-1)[start:stop])
+        return raw.view(info.dtype)
+
+    def read(self, info: TensorInfo) -> torch.Tensor:
+        """A whole tensor (for small tensors and tests; the engine reads in chunks)."""
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+        return self.read_into(info, 0, info.numel, buffer).reshape(info.shape)
+
+    def _descriptor(self, path: Path) -> int:
+        if path not in self._descriptors:
+            self._descriptors[path] = os.open(path, os.O_RDONLY)
+        return self._descriptors[path]
+
+    def _add_safetensors(self, path: Path) -> None:
+        header, header_bytes, data_start = _read_safetensors_header(path)
+        try:  # the library's own validation of the header, as a second opinion (reads no tensor data)
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise TaxcutError(f"{path}: not a valid safetensors file ({exc}); re-download or re-save it") from None
+        self.files.append(WeightFile(path, path.stat().st_size, hashlib.sha256(header_bytes).hexdigest()))
+        entries = sorted(
+            ((name, meta) for name, meta in header.items() if name != "__metadata__"),
+            key=lambda item: item[1]["data_offsets"][0],
+        )
+        for name, meta in entries:
+            self._add_tensor(TensorInfo(
+                name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), path,
+                data_start + meta["data_offsets"][0],
+            ))
+
+    def _add_bin(self, path: Path) -> None:
+        try:
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as exc:
+                if "mmap" not in str(exc):
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TaxcutError(
+                f"{path}: cannot load with torch.load(weights_only=True) ({first_line}); "
+                "convert the checkpoint to safetensors"
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+            raise TaxcutError(f"{path}: expected a state dict of tensors; convert the checkpoint to safetensors")
+        self._bin_state[path] = state
+        header = json.dumps({k: [str(t.dtype), list(t.shape)] for k, t in state.items()}, sort_keys=True).encode()
+        self.files.append(WeightFile(path, path.stat().st_size, hashlib.sha256(header).hexdigest()))
+        for name, tensor in state.items():
+            self._add_tensor(TensorInfo(name, tensor.dtype, tuple(tensor.shape), path, 0))
+
+    def _add_tensor(self, info: TensorInfo) -> None:
+        if info.name in self.tensors:
+            raise TaxcutError(
+                f"{info.file}: tensor '{info.name}' also stands in {self.tensors[info.name].file.name}; "
+                "the checkpoint's shards overlap — re-save it"
+            )
+        self.tensors[info.name] = info
+
+
+def _read_config(folder: Path, role: str) -> dict:
+    if not folder.exists():
+        raise TaxcutError(f"{folder}: the {role} model folder does not exist")
+    if not folder.is_dir():
+        raise TaxcutError(f"{folder}: the {role} model must be a folder (a Hugging Face model folder), not a file")
+    path = folder / "config.json"
+    if not path.is_file():
+        raise TaxcutError(f"{folder}: no config.json, so the {role} model is not a Hugging Face model folder")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TaxcutError(f"{path}: not valid JSON ({exc}); restore the file") from None
+    if not isinstance(config, dict):
+        raise TaxcutError(f"{path}: expected a JSON object")
+    return config
+
+
+def _weight_files(folder: Path, role: str) -> list[Path]:
+    """The weight files of a folder, from its index if it has one; safetensors preferred over .bin."""
+    for index_name, single_name in ((SAFETENSORS_INDEX, SAFETENSORS_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+        index_path = folder / index_name
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+                names = sorted(set(weight_map.values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise TaxcutError(f"{index_path}: not a valid weight index ({exc!r}); re-save the model") from None
+            missing = [name for name in names if not (folder / name).is_file()]
+            if missing:
+                raise TaxcutError(f"{index_path}: lists {missing[0]}, which is not in the folder; copy it there")
+            return [folder / name for name in names]
+        if (folder / single_name).is_file():
+            return [folder / single_name]
+    if (folder / "adapter_config.json").is_file():
+        raise TaxcutError(
+            f"{folder}: the {role} model is a PEFT/LoRA adapter, not a full model; merge it into its base first "
+            "(peft's merge_and_unload) and pass that folder"
+        )
+    raise TaxcutError(
+        f"{folder}: no weights in the {role} model folder; expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, "
+        f"{BIN_SINGLE} or {BIN_INDEX}"
+    )
+
+
+def _read_safetensors_header(path: Path) -> tuple[dict, bytes, int]:
+    """Parse and check a safetensors header against the file size; return it, its bytes and the data start."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise TaxcutError(f"{path}: truncated safetensors file ({size} bytes); re-download or re-save it")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > min(_MAX_HEADER_BYTES, size - 8):
+            raise TaxcutError(f"{path}: corrupt or truncated safetensors header; re-download or re-save it")
+        header_bytes = handle.read(header_len)
+    try:
+        header = json.loads(header_bytes)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise TaxcutError(f"{path}: corrupt safetensors header (not JSON); re-download or re-save it") from None
+    data_start = 8 + header_len
+    data_size = size - data_start
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype = SAFETENSORS_DTYPES[meta["dtype"]]
+            shape, (begin, end) = meta["shape"], meta["data_offsets"]
+            numel = 1
+            for dim in shape:
+                numel *= int(dim)
+        except (KeyError, TypeError, ValueError):
+            raise TaxcutError(
+                f"{path}: tensor '{name}' has an unreadable or unsupported header entry {meta!r}; re-save the model"
+            ) from None
+        if end - begin != numel * dtype.itemsize:
+            raise TaxcutError(f"{path}: tensor '{name}': its byte range does not match its shape; re-save the model")
+        if end > data_size:
+            raise TaxcutError(
+                f"{path}: truncated: tensor '{name}' ends at byte {data_start + end} but the file has {size} bytes; "
+                "re-download or re-save it"
+            )
+    return header, header_bytes, data_start
+
+
+def _pread_exactly(descriptor: int, raw: torch.Tensor, offset: int, info: TensorInfo) -> None:
+    view = memoryview(raw.numpy()).cast("B")
+    done = 0
+    while done < len(view):
+        count = os.preadv(descriptor, [view[done:]], offset + done)
+        if count == 0:
+            raise TaxcutError(f"{info.file}: ended while reading tensor '{info.name}'; the file is truncated")
+        done += count

@@ -1,0 +1,74 @@
+"""What a merged folder says about itself: ``taxcut_provenance.json`` and a short model card (``README.md``)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import safetensors
+import torch
+
+from taxcut.io.checkpoint import Checkpoint
+
+PROVENANCE_FILE = "taxcut_provenance.json"
+
+
+def fingerprint(checkpoint: Checkpoint) -> dict:
+    """A fast fingerprint of a model folder: each weight file's name, size and header hash (no data is hashed)."""
+    return {
+        "folder": str(checkpoint.folder.resolve()),
+        "files": [
+            {"name": f.path.name, "bytes": f.size, "header_sha256": f.header_sha256} for f in checkpoint.files
+        ],
+    }
+
+
+def write_provenance(folder: Path, record: dict) -> None:
+    from taxcut import __version__
+
+    full = {
+        "taxcut_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": torch.__version__,
+        "safetensors_version": safetensors.__version__,
+        "python_version": platform.python_version(),
+        **record,
+    }
+    (folder / PROVENANCE_FILE).write_text(json.dumps(full, indent=2) + "\n")
+
+
+def write_model_card(folder: Path, *, sft: str, aligned: str, summary_lines: list[str], spec_yaml: str) -> None:
+    """A short README.md: what was merged, with which ratios, and how to load it."""
+    lines = [
+        "---",
+        "tags: [taxcut, merge, model-averaging]",
+        "library_name: transformers",
+        "---",
+        "",
+        "# Averaged model (taxcut)",
+        "",
+        "Weights are `(1 - a) * sft + a * aligned`, tensor by tensor (`a` weighs the aligned model), as in",
+        "model averaging for the alignment tax (Lin et al., \"Mitigating the Alignment Tax of RLHF\", EMNLP 2024).",
+        "",
+        f"- SFT model: `{sft}`",
+        f"- Aligned model: `{aligned}`",
+        *[f"- {line}" for line in summary_lines],
+        "",
+        "## Spec",
+        "",
+        "```yaml",
+        spec_yaml.rstrip(),
+        "```",
+        "",
+        f"Provenance (resolved spec, input fingerprints, versions): `{PROVENANCE_FILE}`.",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "model = AutoModelForCausalLM.from_pretrained(\"<this folder>\")",
+        "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")",
+        "```",
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines))

@@ -1,0 +1,230 @@
+"""The typed merge spec: one pydantic model, read from and written to YAML, that every CLI flag overrides.
+
+Ratios follow taxcut's convention: ``a`` weighs the ALIGNED model, ``theta = (1 - a) * sft + a * aligned``
+(the paper's reference code weighs the SFT model instead; its ``alpha=0.2`` is our ``a=0.8``).
+
+Exactly one of three ways gives the ratio of the decoder layers:
+
+- ``alpha``: one ratio for every tensor (model averaging, MA);
+- ``alphas: [a1, ..., aK]``: one ratio per block of contiguous decoder layers (heterogeneous model averaging, HMA).
+  Without ``block_bounds`` the L layers are split into K near-equal blocks whose boundaries fall at
+  ``floor(k * L / K + 1/2)`` for k = 1..K-1; for 32 layers and K = 3 that is 0-10 / 11-20 / 21-31 as in the paper.
+  ``block_bounds: [[0, 7], [8, 15], [16, 25]]`` (first and last layer of each block, inclusive) gives any other
+  split, e.g. the paper's 26-layer one;
+- ``layer_alphas``: one ratio per decoder layer.
+
+Tensors outside the decoder layers: with ``alpha`` they get ``alpha``; otherwise embeddings get the first block's
+(first layer's) ratio and everything else (final norm, lm_head) the mean ratio. ``rules`` override all of that:
+a list of ``{match: GLOB | regex: REGEX, alpha: A}`` tried in order against each tensor name, first match wins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from taxcut.errors import TaxcutError
+
+_SIZE_UNITS = {
+    "": 1, "B": 1,
+    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from ``5000000``, ``"500MB"`` or ``"2GiB"`` (decimal units as in Hugging Face, binary with ``i``)."""
+    if isinstance(value, int):
+        size = value
+    else:
+        found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        unit = found.group(2).upper() if found else None
+        if not found or unit not in _SIZE_UNITS:
+            raise ValueError(f"cannot read {value!r} as a size: write e.g. 5GB, 500MB or 2GiB")
+        size = int(float(found.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ValueError("must be a positive size")
+    return size
+
+
+class NameRule(BaseModel):
+    """Give every tensor whose name matches ``match`` (a glob) or ``regex`` (a full-match regex) the ratio ``alpha``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    match: str | None = None
+    regex: str | None = None
+    alpha: float
+
+    @model_validator(mode="after")
+    def _one_pattern(self) -> NameRule:
+        if (self.match is None) == (self.regex is None):
+            raise ValueError("a rule needs exactly one of 'match' (a glob) or 'regex'")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {self.regex!r} does not compile: {exc}") from None
+        return self
+
+    @property
+    def pattern(self) -> str:
+        return self.match if self.match is not None else f"re:{self.regex}"
+
+    def matches(self, tensor_name: str) -> bool:
+        if self.match is not None:
+            return fnmatchcase(tensor_name, self.match)
+        return re.fullmatch(self.regex, tensor_name) is not None
+
+
+class MergeSpec(BaseModel):
+    """What to merge, how, and where to write it. See the module docstring for the ratio conventions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sft: Path
+    aligned: Path
+    out: Path | None = None
+
+    alpha: float | None = None
+    alphas: list[float] | None = None
+    block_bounds: list[tuple[int, int]] | None = None
+    layer_alphas: list[float] | None = None
+    rules: list[NameRule] = []
+
+    extrapolate: bool = False
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    max_shard_size: int | str = "5GB"
+    files_from: Literal["aligned", "sft"] = "aligned"
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        parse_size(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> MergeSpec:
+        given = [name for name in ("alpha", "alphas", "layer_alphas") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of 'alpha', 'alphas' (per block) or 'layer_alphas' (per layer); got "
+                + (", ".join(repr(g) for g in given) or "none")
+            )
+        for field_name, values in (("alphas", self.alphas), ("layer_alphas", self.layer_alphas)):
+            if values is not None and not values:
+                raise ValueError(f"'{field_name}' is empty: give at least one ratio")
+        if self.block_bounds is not None:
+            self._check_block_bounds()
+        for where, value in self._all_ratios():
+            if not math.isfinite(value):
+                raise ValueError(f"{where} = {value} is not a finite number")
+            if not self.extrapolate and not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"{where} = {value} is outside [0, 1]; set 'extrapolate: true' to extrapolate past a model (ExPO)"
+                )
+        return self
+
+    def _check_block_bounds(self) -> None:
+        bounds = self.block_bounds or []
+        if self.alphas is None:
+            raise ValueError("'block_bounds' goes with 'alphas' (one ratio per block)")
+        if len(bounds) != len(self.alphas):
+            raise ValueError(f"'block_bounds' has {len(bounds)} blocks but 'alphas' has {len(self.alphas)} ratios")
+        expected_first = 0
+        for index, (first, last) in enumerate(bounds):
+            if first != expected_first or last < first:
+                raise ValueError(
+                    f"'block_bounds[{index}]' = [{first}, {last}]: blocks must be contiguous, start at layer 0 and "
+                    f"list [first, last] inclusive (this block should start at {expected_first})"
+                )
+            expected_first = last + 1
+
+    def _all_ratios(self) -> list[tuple[str, float]]:
+        found: list[tuple[str, float]] = []
+        if self.alpha is not None:
+            found.append(("'alpha'", self.alpha))
+        for field_name in ("alphas", "layer_alphas"):
+            for index, value in enumerate(getattr(self, field_name) or []):
+                found.append((f"'{field_name}[{index}]'", value))
+        for index, rule in enumerate(self.rules):
+            found.append((f"'rules[{index}].alpha'", rule.alpha))
+        return found
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)
+
+    @property
+    def mean_alpha(self) -> float:
+        """The mean ratio ``a`` of the decoder layers (HMA keeps this equal to MA's ``a``)."""
+        if self.alpha is not None:
+            return self.alpha
+        values = self.alphas if self.alphas is not None else self.layer_alphas
+        return sum(values) / len(values)
+
+    # --- YAML -------------------------------------------------------------------------------------------------
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_defaults=True)
+        for key in ("sft", "aligned"):  # always written, even where equal to a default
+            data[key] = str(getattr(self, key))
+        return yaml.safe_dump(data, sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> MergeSpec:
+        """Read a spec file; relative paths in it are relative to the file's folder. ``overrides`` win."""
+        data = {**read_spec_file(Path(path)), **(overrides or {})}
+        return spec_from_dict(data, source=str(path))
+
+
+def read_spec_file(path: Path) -> dict[str, Any]:
+    """The fields of a YAML spec file, its relative model paths made relative to the file's folder."""
+    data = _read_yaml_mapping(path)
+    for key in ("sft", "aligned", "out"):
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str(path.parent / data[key])
+    return data
+
+
+def _read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML file, or a one-line :class:`TaxcutError`."""
+    if not path.is_file():
+        raise TaxcutError(f"{path}: spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise TaxcutError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TaxcutError(f"{path}: a spec must be a YAML mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "spec") -> MergeSpec:
+    """Validate ``data`` into a :class:`MergeSpec`, turning pydantic's report into one line naming the field."""
+    try:
+        return MergeSpec.model_validate(data)
+    except ValidationError as exc:
+        raise TaxcutError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "is required"
+    elif first["type"] == "extra_forbidden":
+        message = "is not a known field (check its spelling)"
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return f"field '{field}' {message}{more}" if field else f"{message}{more}"
