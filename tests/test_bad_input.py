@@ -1,0 +1,191 @@
+"""Each bad input gets one clear line naming the culprit, a non-zero exit, and no destination folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from models import load_weights
+from safetensors.torch import save_file
+
+from taxcut.cli import main
+
+
+def copy_pair(pair: tuple[Path, Path], root: Path) -> tuple[Path, Path]:
+    return tuple(Path(shutil.copytree(p, root / p.name)) for p in pair)  # type: ignore[return-value]
+
+
+def rewrite(folder: Path, change) -> None:
+    """Load a folder's single safetensors file, let ``change`` edit the dict, save it back."""
+    tensors = load_weights(folder)
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def run_failing(capsys, tmp_path: Path, *args: str) -> str:
+    out = tmp_path / "merged"
+    code = main(["merge", *args, "--out", str(out)] if "--out" not in args else ["merge", *args])
+    captured = capsys.readouterr()
+    assert code != 0
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("taxcut: error: "), captured.err
+    assert "Traceback" not in captured.err
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if ".taxcut-" in p.name]  # no staging folder left either
+    return lines[0]
+
+
+@pytest.fixture
+def pair(llama_pair, tmp_path) -> tuple[Path, Path]:
+    return copy_pair(llama_pair, tmp_path / "inputs")
+
+
+def args_for(pair, *extra: str) -> list[str]:
+    return ["--sft", str(pair[0]), "--aligned", str(pair[1]), "--alpha", "0.5", *extra]
+
+
+def test_missing_folder(capsys, tmp_path, pair):
+    message = run_failing(capsys, tmp_path, "--sft", str(tmp_path / "nope"), "--aligned", str(pair[1]), "--alpha", "0.5")
+    assert "nope: the sft model folder does not exist" in message
+
+
+def test_folder_without_weights(capsys, tmp_path, pair):
+    (pair[1] / "model.safetensors").unlink()
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert f"{pair[1]}: no weights in the aligned model folder; expected model.safetensors" in message
+
+
+def test_folder_without_config(capsys, tmp_path, pair):
+    (pair[0] / "config.json").unlink()
+    assert "no config.json, so the sft model is not a Hugging Face model folder" in run_failing(
+        capsys, tmp_path, *args_for(pair))
+
+
+def test_adapter_folder(capsys, tmp_path, pair):
+    (pair[1] / "model.safetensors").unlink()
+    (pair[1] / "adapter_config.json").write_text("{}")
+    assert "is a PEFT/LoRA adapter, not a full model" in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_tensor_in_one_model_only(capsys, tmp_path, pair):
+    rewrite(pair[1], lambda t: t.pop("model.layers.2.mlp.up_proj.weight"))
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert "tensor 'model.layers.2.mlp.up_proj.weight' is in the sft model but not in the aligned model" in message
+
+
+def test_shape_mismatch(capsys, tmp_path, pair):
+    rewrite(pair[1], lambda t: t.update({"model.layers.1.mlp.up_proj.weight": torch.zeros(64, 16)}))
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert "tensor 'model.layers.1.mlp.up_proj.weight' has shape [64, 32] in the sft model but [64, 16]" in message
+
+
+def test_vocabulary_mismatch(capsys, tmp_path, pair):
+    def grow(tensors):
+        for name in ("model.embed_tokens.weight", "lm_head.weight"):
+            tensors[name] = torch.cat([tensors[name], torch.zeros(2, 32)])
+
+    rewrite(pair[1], grow)
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert "vocabulary sizes differ (sft 64 rows, aligned 66 rows)" in message
+    assert "resize_token_embeddings" in message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_input(capsys, tmp_path, pair, value):
+    def poison(tensors):
+        tensors["model.layers.3.self_attn.o_proj.weight"][2, 5] = value
+
+    rewrite(pair[1], poison)
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert "tensor 'model.layers.3.self_attn.o_proj.weight' of the aligned model" in message
+    assert "contains NaN or Inf values" in message
+
+
+def test_truncated_safetensors(capsys, tmp_path, pair):
+    path = pair[0] / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert f"{path}: truncated: tensor" in message and "re-download or re-save it" in message
+
+
+def test_corrupt_safetensors_header(capsys, tmp_path, pair):
+    path = pair[0] / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    data[8:20] = b"not json at!"
+    path.write_bytes(bytes(data))
+    assert f"{path}: corrupt safetensors header" in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_garbage_file(capsys, tmp_path, pair):
+    (pair[0] / "model.safetensors").write_bytes(b"\xff" * 100)
+    assert "corrupt or truncated safetensors header" in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_different_architectures(capsys, tmp_path, pairs):
+    args = ["--sft", str(pairs["llama"][0]), "--aligned", str(pairs["gpt2"][1]), "--alpha", "0.5"]
+    assert "config.json 'model_type' is 'gpt2' but the sft model's is 'llama'" in run_failing(capsys, tmp_path, *args)
+
+
+def test_invalid_spec_field(capsys, tmp_path, pair):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"sft: {pair[0]}\naligned: {pair[1]}\nalphas: [0.2, 1.4]\n")
+    message = run_failing(capsys, tmp_path, str(spec))
+    assert message == (f"taxcut: error: {spec}: 'alphas[1]' = 1.4 is outside [0, 1]; set 'extrapolate: true' to "
+                       "extrapolate past a model (ExPO)")
+
+
+def test_unknown_spec_field(capsys, tmp_path, pair):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"sft: {pair[0]}\naligned: {pair[1]}\nalpha: 0.3\nshard_size: 1GB\n")
+    assert "field 'shard_size' is not a known field" in run_failing(capsys, tmp_path, str(spec))
+
+
+def test_alpha_flag_out_of_range(capsys, tmp_path, pair):
+    assert "'alpha' = 1.5 is outside [0, 1]" in run_failing(
+        capsys, tmp_path, "--sft", str(pair[0]), "--aligned", str(pair[1]), "--alpha", "1.5")
+
+
+def test_too_many_layer_ratios(capsys, tmp_path, pair):
+    assert "'layer_alphas' has 5 ratios but the model has 4 decoder layers" in run_failing(
+        capsys, tmp_path, "--sft", str(pair[0]), "--aligned", str(pair[1]), "--layer-alphas", "0,0,0,0,0")
+
+
+def test_unpicklable_bin_is_refused(capsys, tmp_path, pair):
+    (pair[0] / "model.safetensors").unlink()
+    torch.save({"weight": torch.zeros(2), "extra": Path("x")}, pair[0] / "pytorch_model.bin")
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert "cannot load with torch.load(weights_only=True)" in message and "convert the checkpoint to safetensors" in message
+
+
+def test_existing_destination_needs_overwrite(capsys, tmp_path, pair):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code = main(["merge", *args_for(pair), "--out", str(out)])
+    assert code != 0
+    assert f"{out}: exists and is not empty; pass --overwrite to replace it" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("where", ["same", "inside", "contains"])
+def test_destination_overlapping_an_input_is_refused(capsys, tmp_path, pair, where):
+    out = {"same": pair[0], "inside": pair[0] / "merged", "contains": pair[0].parent}[where]
+    before = sorted(p.name for p in pair[0].iterdir())
+    code = main(["merge", *args_for(pair), "--out", str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    assert code != 0 and "write the merge somewhere outside the inputs" in err
+    assert sorted(p.name for p in pair[0].iterdir()) == before
+
+
+def test_debug_shows_the_traceback(tmp_path, pair):
+    with pytest.raises(Exception, match="does not exist"):
+        main(["merge", "--sft", str(tmp_path / "nope"), "--aligned", str(pair[1]), "--alpha", "0.5",
+              "--out", str(tmp_path / "o"), "--debug"])
+
+
+def test_index_naming_a_missing_shard(capsys, tmp_path, pair):
+    (pair[0] / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-1.safetensors"}}))
+    assert "lists model-1.safetensors, which is not in the folder" in run_failing(capsys, tmp_path, *args_for(pair))
