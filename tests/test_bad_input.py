@@ -104,6 +104,13 @@ def test_non_finite_input(capsys, tmp_path, pair, value):
     assert "contains NaN or Inf values" in message
 
 
+def test_integer_tensor_that_differs(capsys, tmp_path, pair):
+    for index, folder in enumerate(pair):
+        rewrite(folder, lambda t, i=index: t.update({"model.layers.0.self_attn.position_ids": torch.arange(4) + i}))
+    message = run_failing(capsys, tmp_path, *args_for(pair))
+    assert "tensor 'model.layers.0.self_attn.position_ids' (torch.int64) is not floating point and differs" in message
+
+
 def test_truncated_safetensors(capsys, tmp_path, pair):
     path = pair[0] / "model.safetensors"
     path.write_bytes(path.read_bytes()[:-1000])

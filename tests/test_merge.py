@@ -220,3 +220,54 @@ def test_overwrite_replaces_destination(llama_pair, tmp_path):
     merge(MergeSpec(sft=llama_pair[0], aligned=llama_pair[1], alpha=0.5, out=out), overwrite=True)
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or retired folders left
+
+
+def test_extrapolation_past_the_aligned_model(llama_pair, tmp_path):
+    sft_dir, aligned_dir = llama_pair
+    out = merge(MergeSpec(sft=sft_dir, aligned=aligned_dir, alpha=1.5, extrapolate=True, out=tmp_path / "expo"))
+    sft, aligned, merged = load_weights(sft_dir), load_weights(aligned_dir), load_weights(out)
+    assert all(torch.equal(merged[n], reference(sft[n], aligned[n], 1.5)) for n in merged)
+
+
+def test_integer_buffers_are_copied_when_equal(tmp_path, llama_pair):
+    folders = []
+    for source in llama_pair:
+        folder = tmp_path / source.name
+        folder.mkdir()
+        tensors = load_weights(source)
+        tensors["model.layers.0.self_attn.position_ids"] = torch.arange(16)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "config.json").write_text((source / "config.json").read_text())
+        folders.append(folder)
+    merged = load_weights(merge(MergeSpec(sft=folders[0], aligned=folders[1], alpha=0.5, out=tmp_path / "out")))
+    assert torch.equal(merged["model.layers.0.self_attn.position_ids"], torch.arange(16))
+
+
+def test_side_files_from_the_sft_model(llama_pair, tmp_path):
+    sft_dir, aligned_dir = llama_pair
+    (tmp_path / "sft").mkdir()
+    for path in sft_dir.iterdir():
+        (tmp_path / "sft" / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "sft" / "chat_template.jinja").write_text("SFT TEMPLATE")
+    out = merge(MergeSpec(sft=tmp_path / "sft", aligned=aligned_dir, alpha=0.5, out=tmp_path / "out",
+                          files_from="sft"))
+    assert (out / "chat_template.jinja").read_text() == "SFT TEMPLATE"
+
+
+def test_merging_never_imports_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys, taxcut, taxcut.merging.engine, taxcut.cli; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft', 'accelerate')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_config_dtype_keys_are_both_updated(tmp_path):
+    from taxcut.io.model_folder import set_config_dtype
+
+    (tmp_path / "config.json").write_text(json.dumps({"torch_dtype": "float32", "model_type": "llama"}))
+    set_config_dtype(tmp_path, "bfloat16")
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["dtype"] == config["torch_dtype"] == "bfloat16"

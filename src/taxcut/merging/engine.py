@@ -7,6 +7,8 @@ buffers plus the Python runtime, whatever the size of the model or of its larges
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from taxcut.merging.interpolation import BLOCK_ELEMENTS, all_finite, interpolate
 from taxcut.merging.plan import MergePlan, PlannedTensor
 from taxcut.spec import MergeSpec
 
-CHUNK_BYTES = 16 * 2**20  # per input buffer; float32 chunks are 4M elements, bfloat16 chunks 8M
+CHUNK_BYTES = 4 * 2**20  # per buffer: small enough to stay in cache between reading, averaging and writing
 
 
 def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None = None) -> Path:
@@ -38,6 +40,22 @@ def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None
 
 
 def _write_weights(plan: MergePlan, staging: Path, progress: bool | None) -> None:
+    with _one_compute_thread():  # the averaging is memory-bound; the other core serves the write-behind thread
+        _write_shards(plan, staging, progress)
+    write_index(staging, plan.shards)
+
+
+@contextmanager
+def _one_compute_thread() -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _write_shards(plan: MergePlan, staging: Path, progress: bool | None) -> None:
     buffers = ChunkBuffers()
     by_name = {tensor.name: tensor for tensor in plan.tensors}
     bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc="merging", disable=_bar_disabled(progress))
@@ -56,7 +74,6 @@ def _write_weights(plan: MergePlan, staging: Path, progress: bool | None) -> Non
     finally:
         buffers.output.close()
         bar.close()
-    write_index(staging, plan.shards)
 
 
 class ChunkBuffers:
