@@ -118,10 +118,32 @@ def reported(stderr: str, key: str) -> float:
     return float(stderr.rsplit(f"{key}=", 1)[1].split()[0])
 
 
+def time_mergekit(executable: str, sft: Path, aligned: Path, out: Path, repeats: int) -> tuple[float, float]:
+    """Median wall time and peak RSS (GB, via /usr/bin/time) of mergekit's linear merge of the same pair."""
+    config = out.with_name("mergekit.yaml")
+    config.write_text(
+        "merge_method: linear\ndtype: bfloat16\nmodels:\n"
+        f"  - model: {sft}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {aligned}\n    parameters: {{weight: 0.5}}\n"
+    )
+    seconds, peaks = [], []
+    for _ in range(repeats):
+        shutil.rmtree(out, ignore_errors=True)
+        wall, stderr = timed(["/usr/bin/time", "-f", "MAXRSS_KB=%M", executable, str(config), str(out),
+                              "--lazy-unpickle", "--no-copy-tokenizer"])
+        seconds.append(wall)
+        peaks.append(reported(stderr, "MAXRSS_KB") / 2**20)
+    shutil.rmtree(out, ignore_errors=True)
+    config.unlink()
+    return statistics.median(seconds), max(peaks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--mergekit", metavar="MERGEKIT_YAML",
+                        help="path to a mergekit-yaml executable (its own environment): time its linear merge too")
     args = parser.parse_args()
 
     sft, aligned = CACHE / f"llama-{args.layers}L-sft", CACHE / f"llama-{args.layers}L-aligned"
@@ -149,6 +171,7 @@ def main() -> None:
         rss.append(reported(stderr, "VmHWM_KB") / 2**20)
     shutil.rmtree(copy, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
+    mergekit = time_mergekit(args.mergekit, sft, aligned, out, args.repeats) if args.mergekit else None
 
     floor, merge, engine = statistics.median(floors), statistics.median(merges), statistics.median(engines)
     params = sum(torch.Size(s).numel() for s in llama_shapes(args.layers).values())
@@ -161,6 +184,9 @@ def main() -> None:
     print(f"ratio merge / floor, whole command: {merge / floor:.2f}  (target <= 1.5)")
     print(f"ratio merge / floor, merge itself:  {engine / floor:.2f}")
     print(f"peak RSS of the merge: {max(rss):.2f} GB  (target <= 1.0 GB)")
+    if mergekit:
+        print(f"mergekit linear merge, median of {args.repeats}: {mergekit[0]:.2f} s, peak RSS {mergekit[1]:.2f} GB; "
+              f"taxcut / mergekit time: {merge / mergekit[0]:.2f}")
     print(f"(the bench process's own peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB)")
 
 

@@ -86,3 +86,50 @@ def write_synthetic_pair(root: Path, *, layers: int, elements: int, dtype: torch
         config = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": layers}
         (folder / "config.json").write_text(json.dumps(config))
     return folders
+
+
+def build_successor_model(folder: Path, *, confidence: float = 10.0) -> Path:
+    """A Llama whose next token is forced: after word ``w{i}`` it predicts ``w{i+1}`` (wrapping to ``w0``).
+
+    Embeddings are one-hot, every layer writes zero into the residual stream, and the head maps the normalised
+    one-hot of token t to logit ``confidence`` on its successor and 0 elsewhere. So greedy generation and
+    log-likelihoods are known exactly: the log-probability of the successor is
+    ``confidence - log(exp(confidence) + VOCAB - 1)``.
+    """
+    config = LlamaConfig(hidden_size=VOCAB, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=False,
+                         rms_norm_eps=1e-12, **_COMMON)
+    model = AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        model.model.embed_tokens.weight.copy_(torch.eye(VOCAB))
+        model.model.norm.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.input_layernorm.weight.fill_(1.0)
+            layer.post_attention_layernorm.weight.fill_(1.0)
+        head = torch.zeros(VOCAB, VOCAB)
+        for token in range(VOCAB):
+            head[successor(token), token] = confidence / VOCAB**0.5  # the norm scales a one-hot by sqrt(VOCAB)
+        model.lm_head.weight.copy_(head)
+    model.save_pretrained(folder)
+    save_tokenizer(folder)
+    return folder
+
+
+def successor(token: int) -> int:
+    """The token the successor model predicts after ``token``: word w{i} -> w{i+1}; special tokens -> w0."""
+    first_word = 4
+    return first_word if token < first_word or token == VOCAB - 1 else token + 1
+
+
+def build_reward_model(folder: Path, seed: int = 0) -> Path:
+    """A tiny randomly initialised Llama reward model (sequence classifier with one output)."""
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = CONFIGS["llama"]()
+    config.num_labels = 1
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    save_tokenizer(folder)
+    return folder

@@ -59,6 +59,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(run=_run_plan)
+
+    sweep = commands.add_parser("sweep", help="evaluate candidates for reward and tax; Pareto front, plot, tables")
+    sweep.add_argument("spec", type=Path, help="a sweep spec (YAML)")
+    sweep.add_argument("--out", type=Path, help="the folder for results.jsonl, front.png and the tables")
+    sweep.add_argument("--select", metavar="EXPR", help="name the best candidate under a budget, e.g. 'tax<=0.02'")
+    sweep.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sweep.add_argument("--debug", action="store_true", help="show tracebacks")
+    sweep.set_defaults(run=_run_sweep)
+
+    evaluate = commands.add_parser("eval", help="run a spec's evaluators (reward, tasks) on one model folder")
+    evaluate.add_argument("model", type=Path, help="a model folder")
+    evaluate.add_argument("spec", type=Path, help="an evaluation spec, or a sweep spec (its 'evaluation' is used)")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
+    evaluate.add_argument("--debug", action="store_true", help="show tracebacks")
+    evaluate.set_defaults(run=_run_eval)
+
+    export = commands.add_parser("export", help="write a swept candidate as a model folder (through merge)")
+    export.add_argument("results", type=Path, help="a sweep's results.jsonl or its output folder")
+    export.add_argument("--candidate", required=True, metavar="ID", help="the candidate id (or a unique prefix)")
+    export.add_argument("--out", type=Path, required=True, help="the destination folder")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty destination folder")
+    export.add_argument("--debug", action="store_true", help="show tracebacks")
+    export.set_defaults(run=_run_export)
     return parser
 
 
@@ -120,6 +145,54 @@ def _run_plan(args: argparse.Namespace) -> int:
 
     with plan(spec_from_args(args)) as merge_plan:
         print(json.dumps(merge_plan.summary(), indent=2) if args.json else merge_plan.render())
+    return 0
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from taxcut.spec.sweep import SweepSpec
+    from taxcut.sweep.report import markdown_table
+    from taxcut.sweep.runner import run_sweep
+
+    overrides = {k: v for k, v in (("out", args.out and str(args.out)), ("select", args.select),
+                                   ("device", args.device)) if v is not None}
+    spec = SweepSpec.from_yaml(args.spec, overrides)
+    report = run_sweep(spec, progress=False if args.no_progress else None)
+    print(markdown_table(report.rows))
+    print(f"Pareto front: {', '.join(row['label'] for row in report.rows if row['pareto'])}")
+    print(f"plot: {report.plot}   tables: {report.out / 'candidates.csv'}, {report.out / 'candidates.md'}")
+    if spec.select is None:
+        return 0
+    if report.selected is None:
+        print(f"selected: no candidate meets {spec.select!r}")
+        return 1
+    chosen = report.selected
+    print(f"selected under {spec.select!r}: {chosen['id']} ({chosen['label']}): reward {chosen['reward']:.4f}, "
+          f"tax {chosen['tax']:.4f}")
+    print(f"export it: taxcut export {report.out} --candidate {chosen['id']} --out DIR")
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from taxcut.evaluation.suite import evaluate_folder
+    from taxcut.spec.sweep import load_evaluation
+
+    result = evaluate_folder(args.model, load_evaluation(args.spec), device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    if "reward" in result:
+        reward = result["reward"]
+        print(f"reward  {reward['reward']:.4f} ± {reward['reward_stderr']:.4f}  ({int(reward['samples'])} samples)")
+    for name, scores in result["tasks"].items():
+        print(f"{name:<20} " + "  ".join(f"{metric} {value:.4f}" for metric, value in scores.items()))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from taxcut.sweep.runner import export_candidate
+
+    destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite)
+    print(f"wrote {destination}")
     return 0
 
 

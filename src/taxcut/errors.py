@@ -12,3 +12,9 @@ class TaxcutError(Exception):
     """A user-facing error: one line naming the file, tensor or field, and what to do about it."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name), for quoting inside a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

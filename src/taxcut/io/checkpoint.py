@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from taxcut.errors import TaxcutError
+from taxcut.errors import TaxcutError, first_line
 from taxcut.io.dtypes import SAFETENSORS_DTYPES
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -138,9 +138,8 @@ class Checkpoint:
                     raise
                 state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TaxcutError(
-                f"{path}: cannot load with torch.load(weights_only=True) ({first_line}); "
+                f"{path}: cannot load with torch.load(weights_only=True) ({first_line(exc)}); "
                 "convert the checkpoint to safetensors"
             ) from None
         if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):

@@ -210,12 +210,15 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def spec_from_dict(data: dict[str, Any], source: str = "spec") -> MergeSpec:
-    """Validate ``data`` into a :class:`MergeSpec`, turning pydantic's report into one line naming the field."""
+def spec_from_dict(data: dict[str, Any], source: str = "spec", model: type[BaseModel] | None = None):
+    """Validate ``data`` into a spec (a :class:`MergeSpec` unless ``model`` says otherwise), turning pydantic's
+    report into one line naming the field."""
     try:
-        return MergeSpec.model_validate(data)
+        return (model or MergeSpec).model_validate(data)
     except ValidationError as exc:
         raise TaxcutError(f"{source}: {describe_validation_error(exc)}") from None
+    except TaxcutError as exc:
+        raise TaxcutError(f"{source}: {exc}") from None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -1,0 +1,87 @@
+"""An evaluation spec made into evaluators: the reward axis and the tax tasks, run together on one model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from taxcut.evaluation.generation import GenerationSettings
+from taxcut.evaluation.protocol import TaxTask
+from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
+from taxcut.evaluation.tasks import TASK_TYPES
+from taxcut.spec.evaluation import EvaluationSpec, RewardSpec, TaskSpec
+
+
+@dataclass
+class EvaluationSuite:
+    spec: EvaluationSpec
+    reward: RewardEvaluator | None
+    tasks: list[TaxTask] = field(default_factory=list)
+
+    @classmethod
+    def from_spec(cls, spec: EvaluationSpec, device="cpu") -> EvaluationSuite:
+        """Build every evaluator up front, so that bad data files fail before any model is touched."""
+        reward = _reward_evaluator(spec.reward, device) if spec.reward else None
+        return cls(spec, reward, [_task(task) for task in spec.tasks])
+
+    def evaluate(self, model, tokenizer) -> dict:
+        """``{"reward": {...}, "tasks": {name: {metric: value}}, "primary": {name: value}, "seconds": ...}``."""
+        started = time.perf_counter()
+        result: dict = {"tasks": {}, "primary": {}}
+        if self.reward is not None:
+            result["reward"] = self.reward.evaluate(model, tokenizer)
+        for task in self.tasks:
+            scores = task.evaluate(model, tokenizer)
+            result["tasks"][task.name] = scores
+            result["primary"][task.name] = scores[task.primary_metric]
+        result["directions"] = {task.name: task.higher_is_better for task in self.tasks}
+        result["seconds"] = time.perf_counter() - started
+        return result
+
+    def fingerprint(self) -> str:
+        """A hash of the evaluation spec and the contents of its data files: results are reused only under it."""
+        digest = hashlib.sha256(json.dumps(self.spec.model_dump(mode="json"), sort_keys=True).encode())
+        files = [self.spec.reward.prompts] if self.spec.reward else []
+        files += [task.path for task in self.spec.tasks if task.path is not None]
+        files += [Path(task.task) for task in self.spec.tasks if task.task and task.task.endswith((".yaml", ".yml"))]
+        for path in files:
+            digest.update(Path(path).read_bytes())
+        return digest.hexdigest()[:16]
+
+
+def _reward_evaluator(spec: RewardSpec, device) -> RewardEvaluator:
+    if spec.function is not None:
+        scorer = function_scorer(load_reward_function(spec.function))
+    else:
+        scorer = RewardModelScorer(spec.model, batch_size=spec.batch_size, device=device)
+    settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
+                                  temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed,
+                                  batch_size=spec.batch_size)
+    return RewardEvaluator(spec.prompts, scorer, settings, spec.samples_per_prompt, spec.limit)
+
+
+def _task(spec: TaskSpec) -> TaxTask:
+    if spec.type == "lm_eval":
+        from taxcut.evaluation.lmeval import LmEvalTask
+
+        return LmEvalTask(spec.name, spec.task, limit=spec.limit, num_fewshot=spec.num_fewshot,
+                          batch_size=spec.batch_size, metric=spec.metric)
+    options = {"limit": spec.limit, "batch_size": spec.batch_size}
+    if spec.max_new_tokens is not None:
+        options["max_new_tokens"] = spec.max_new_tokens
+    if spec.stop is not None:
+        options["stop"] = spec.stop
+    return TASK_TYPES[spec.type](spec.name, spec.path, **options)
+
+
+def evaluate_folder(model_dir: Path, spec: EvaluationSpec, device: str = "auto") -> dict:
+    """``taxcut eval``: the same evaluators on one model folder."""
+    from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
+
+    resolved = pick_device(device)
+    suite = EvaluationSuite.from_spec(spec, device=resolved)
+    model = load_causal_lm(model_dir, device=resolved)
+    return suite.evaluate(model, load_tokenizer(model_dir))

@@ -1,0 +1,99 @@
+"""How to measure a model: the reward axis and the benchmarks whose drop is the alignment tax."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class RewardSpec(BaseModel):
+    """Responses to ``prompts`` (JSONL: ``prompt`` or ``messages``), scored by a reward ``model`` folder
+    (``AutoModelForSequenceClassification``) or a ``function`` ``module:function(prompt, response) -> float``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: Path
+    model: Path | None = None
+    function: str | None = None
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    samples_per_prompt: int = Field(1, ge=1)
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_scorer(self) -> RewardSpec:
+        if (self.model is None) == (self.function is None):
+            raise ValueError("give exactly one of 'model' (a reward model folder) or 'function' (module:function)")
+        return self
+
+
+class TaskSpec(BaseModel):
+    """One benchmark: a built-in JSONL task (``path``) or an lm-evaluation-harness task (``task``: name or YAML)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    type: Literal["multiple_choice", "generation", "bleu", "perplexity", "lm_eval"]
+    path: Path | None = None
+    task: str | None = None
+    limit: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    stop: list[str] | None = None
+    num_fewshot: int | None = Field(None, ge=0)
+    metric: str | None = None
+
+    @model_validator(mode="after")
+    def _source(self) -> TaskSpec:
+        if self.type == "lm_eval":
+            if self.task is None or self.path is not None:
+                raise ValueError(f"task '{self.name}': an lm_eval task takes 'task' (a name or a YAML path), not 'path'")
+        elif self.path is None or self.task is not None:
+            raise ValueError(f"task '{self.name}': a {self.type} task takes 'path' (a JSONL file), not 'task'")
+        if self.type not in ("generation", "bleu") and (self.max_new_tokens is not None or self.stop is not None):
+            raise ValueError(f"task '{self.name}': 'max_new_tokens' and 'stop' apply to generation and bleu tasks")
+        if self.type != "lm_eval" and (self.num_fewshot is not None or self.metric is not None):
+            raise ValueError(f"task '{self.name}': 'num_fewshot' and 'metric' apply to lm_eval tasks")
+        return self
+
+
+class EvaluationSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reward: RewardSpec | None = None
+    tasks: list[TaskSpec] = []
+
+    @model_validator(mode="after")
+    def _something(self) -> EvaluationSpec:
+        if self.reward is None and not self.tasks:
+            raise ValueError("give a 'reward' section, 'tasks', or both")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("task names must be unique")
+        return self
+
+    def relative_to(self, folder: Path) -> EvaluationSpec:
+        """The same spec with relative file paths made relative to ``folder`` (the spec file's)."""
+        def fix(path):
+            return path if path is None or path.is_absolute() else folder / path
+
+        reward = None
+        if self.reward is not None:
+            update = {"prompts": fix(self.reward.prompts), "model": fix(self.reward.model)}
+            module, sep, function = (self.reward.function or "").rpartition(":")
+            if sep and module.endswith(".py") and not Path(module).is_absolute():
+                update["function"] = f"{folder / module}:{function}"
+            reward = self.reward.model_copy(update=update)
+        tasks = []
+        for task in self.tasks:
+            update = {"path": fix(task.path)}
+            if task.task and task.task.endswith((".yaml", ".yml")) and not Path(task.task).is_absolute():
+                update["task"] = str(folder / task.task)
+            tasks.append(task.model_copy(update=update))
+        return self.model_copy(update={"reward": reward, "tasks": tasks})

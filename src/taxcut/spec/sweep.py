@@ -1,0 +1,83 @@
+"""What to sweep: the candidates (MA grid, block and layer patterns), how to evaluate them, where to write."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from taxcut.errors import TaxcutError
+from taxcut.spec.evaluation import EvaluationSpec
+from taxcut.spec.merge import NameRule, _read_yaml_mapping, describe_validation_error, spec_from_dict
+
+DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
+
+
+class CandidateGrid(BaseModel):
+    """``alphas``: the MA grid; ``block_patterns``: per-block ratio lists (HMA-style, same split rule and
+    ``block_bounds`` as ``taxcut merge``); ``layer_patterns``: per-layer lists; ``rules`` apply to every candidate.
+    The SFT model (a = 0) is always evaluated: the tax is measured from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alphas: list[float] = DEFAULT_GRID
+    block_patterns: list[list[float]] = []
+    block_bounds: list[tuple[int, int]] | None = None
+    layer_patterns: list[list[float]] = []
+    rules: list[NameRule] = []
+
+
+class SweepSpec(BaseModel):
+    """A whole sweep; ``out`` is a folder that receives results.jsonl, front.png, candidates.csv and .md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sft: Path
+    aligned: Path
+    out: Path
+    candidates: CandidateGrid = CandidateGrid()
+    evaluation: EvaluationSpec
+    extrapolate: bool = False
+    select: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+
+    @model_validator(mode="after")
+    def _candidates_are_valid_merges(self) -> SweepSpec:
+        if self.evaluation.reward is None or not self.evaluation.tasks:
+            raise ValueError("a sweep measures reward and tax: its 'evaluation' needs a 'reward' section and 'tasks'")
+        from taxcut.sweep.candidates import expand_grid
+
+        for candidate in expand_grid(self.candidates):
+            try:
+                candidate.merge_spec(self.sft, self.aligned, extrapolate=self.extrapolate)
+            except ValidationError as exc:
+                raise ValueError(f"candidate {candidate.label}: {describe_validation_error(exc)}") from None
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
+        """Read a sweep spec; its relative paths (models, out, data files) are relative to the file's folder."""
+        path = Path(path)
+        data = _read_yaml_mapping(path)
+        for key in ("sft", "aligned", "out"):
+            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+                data[key] = str(path.parent / data[key])
+        data.update(overrides or {})
+        spec = spec_from_dict(data, source=str(path), model=cls)
+        return spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
+def load_evaluation(path: Path) -> EvaluationSpec:
+    """An evaluation spec from a YAML file: either a sweep spec (its ``evaluation``) or a bare evaluation spec."""
+    data = _read_yaml_mapping(path)
+    section = data.get("evaluation", data)
+    if not isinstance(section, dict):
+        raise TaxcutError(f"{path}: 'evaluation' must be a mapping with 'reward' and/or 'tasks'")
+    return spec_from_dict(section, source=str(path), model=EvaluationSpec).relative_to(path.parent)

@@ -1,0 +1,1 @@
+"""Sweeping candidates: in-memory weight swaps, resumable results, the Pareto front and its report."""

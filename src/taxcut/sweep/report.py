@@ -1,0 +1,67 @@
+"""The sweep's tables and plot: candidates.csv, candidates.md and front.png."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+COLUMNS = ("id", "label", "mean_alpha", "reward", "reward_stderr", "tax", "pareto")
+
+
+def write_csv(rows: Sequence[dict], path: Path) -> None:
+    tasks = sorted({name for row in rows for name in row["scores"]})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*COLUMNS, *(f"{t}.{m}" for t in tasks for m in _metrics(rows, t))])
+        for row in rows:
+            extra = [row["scores"].get(t, {}).get(m, "") for t in tasks for m in _metrics(rows, t)]
+            writer.writerow([row[c] for c in COLUMNS] + extra)
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    tasks = sorted({name for row in rows for name in row["primary"]})
+    header = ["id", "candidate", "a", "reward", "tax", "front", *tasks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["id"], row["label"], f"{row['mean_alpha']:.3g}", f"{row['reward']:.4f} ± {row['reward_stderr']:.4f}",
+                 f"{row['tax']:.4f}", "★" if row["pareto"] else "", *(f"{row['primary'].get(t, float('nan')):.4f}"
+                                                                       for t in tasks)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_front(rows: Sequence[dict], path: Path, title: str = "Reward vs. alignment tax") -> None:
+    """Every candidate as a point (reward up, tax right), the Pareto front as a line, SFT and aligned labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
+    for kind, marker in (("MA", "o"), ("blocks", "s"), ("layers", "^"), ("HMA", "D"), ("model", "x")):
+        mine = [r for r in rows if r["kind"] == kind]
+        if mine:
+            axes.scatter([r["tax"] for r in mine], [r["reward"] for r in mine], marker=marker, label=kind, alpha=0.8)
+    ma = sorted((r for r in rows if r["kind"] == "MA"), key=lambda r: r["mean_alpha"])
+    if len(ma) > 1:
+        axes.plot([r["tax"] for r in ma], [r["reward"] for r in ma], color="tab:blue", alpha=0.3, linewidth=1)
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tax"])
+    axes.plot([r["tax"] for r in front], [r["reward"] for r in front], color="black", linewidth=1.5,
+              linestyle="--", label="Pareto front")
+    for row in rows:
+        if row["kind"] == "MA" and row["mean_alpha"] in (0.0, 1.0):
+            name = "SFT (a=0)" if row["mean_alpha"] == 0.0 else "aligned (a=1)"
+            axes.annotate(name, (row["tax"], row["reward"]), textcoords="offset points", xytext=(6, -10))
+    axes.set_xlabel("alignment tax (mean benchmark drop from SFT)")
+    axes.set_ylabel("reward")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def _metrics(rows: Sequence[dict], task: str) -> list[str]:
+    return sorted({m for row in rows for m in row["scores"].get(task, {})})

@@ -1,0 +1,128 @@
+"""``taxcut sweep``: evaluate every candidate (resuming), then write the front, its tables and plot."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from taxcut.errors import TaxcutError
+from taxcut.evaluation.suite import EvaluationSuite
+from taxcut.io.checkpoint import Checkpoint
+from taxcut.io.provenance import fingerprint
+from taxcut.spec.sweep import SweepSpec
+from taxcut.sweep.candidates import Candidate, expand_grid
+from taxcut.sweep.pareto import pareto_front, select, tax
+from taxcut.sweep.report import markdown_table, plot_front, write_csv
+from taxcut.evaluation.loading import pick_device
+from taxcut.sweep.resident import ResidentModel
+from taxcut.sweep.results import ResultsStore
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass
+class SweepReport:
+    rows: list[dict]  # one per candidate: id, label, kind, mean_alpha, reward, reward_stderr, tax, pareto, scores
+    out: Path
+    selected: dict | None = None
+
+    @property
+    def plot(self) -> Path:
+        return self.out / "front.png"
+
+
+def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
+    """Evaluate the candidates of ``spec`` not already in its results file, then report on all of them."""
+    device = pick_device(spec.device)
+    suite = EvaluationSuite.from_spec(spec.evaluation, device=device)
+    candidates = expand_grid(spec.candidates)
+    context = sweep_context(spec, suite)
+    store = ResultsStore(spec.out / RESULTS_FILE)
+    done = {r["candidate_id"] for r in store.records() if r.get("context") == context}
+    todo = [c for c in candidates if c.id not in done]
+    if todo:
+        resident = ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype, extrapolate=spec.extrapolate)
+        bar = tqdm(todo, desc="sweep", unit="candidate", disable=None if progress is None else not progress)
+        for candidate in bar:
+            bar.set_postfix_str(candidate.label)
+            resident.apply(candidate)
+            result = suite.evaluate(resident.model, resident.tokenizer)
+            store.append(_record(spec, candidate, result, context))
+    (spec.out / "sweep.yaml").write_text(spec.to_yaml())
+    report = summarize(store.records(), context, candidates, spec.out)
+    if spec.select:
+        report.selected = select(report.rows, spec.select)
+    return report
+
+
+def sweep_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
+    """What results depend on besides the candidate: the two models, the evaluation and the compute dtype."""
+    models = []
+    for role, folder in (("sft", spec.sft), ("aligned", spec.aligned)):
+        with Checkpoint(folder, role) as checkpoint:
+            models.append([f["header_sha256"] for f in fingerprint(checkpoint)["files"]])
+    payload = json.dumps({"models": models, "evaluation": suite.fingerprint(), "dtype": spec.dtype,
+                          "extrapolate": spec.extrapolate}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def summarize(records: list[dict], context: str, candidates: list[Candidate], out: Path) -> SweepReport:
+    """Rows for the candidates of this sweep (newest record of each), their tax, the front; writes the reports."""
+    latest = {r["candidate_id"]: r for r in records if r.get("context") == context}
+    baseline = latest.get(candidates[0].id)
+    if baseline is None:
+        raise TaxcutError("the SFT model (a = 0) has no result yet, so the tax cannot be measured")
+    rows = []
+    for candidate in candidates:
+        record = latest.get(candidate.id)
+        if record is None:
+            continue
+        rows.append({
+            "id": candidate.id, "label": candidate.label, "kind": candidate.kind,
+            "mean_alpha": record["mean_alpha"], "reward": record["reward"]["reward"],
+            "reward_stderr": record["reward"]["reward_stderr"],
+            "tax": tax(record["primary"], baseline["primary"], record["directions"]),
+            "primary": record["primary"], "scores": record["tasks"],
+        })
+    for row, on_front in zip(rows, pareto_front([(r["reward"], r["tax"]) for r in rows])):
+        row["pareto"] = on_front
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "candidates.csv")
+    (out / "candidates.md").write_text(markdown_table(rows))
+    plot_front(rows, out / "front.png")
+    return SweepReport(rows, out)
+
+
+def _record(spec: SweepSpec, candidate: Candidate, result: dict, context: str) -> dict:
+    from taxcut import __version__
+
+    return {
+        "candidate_id": candidate.id, "label": candidate.label, "kind": candidate.kind,
+        "candidate": candidate.ratio_fields(), "mean_alpha": candidate.mean_alpha, "context": context,
+        "sft": str(spec.sft.resolve()), "aligned": str(spec.aligned.resolve()), "extrapolate": spec.extrapolate,
+        "dtype": spec.dtype, "reward": result["reward"], "tasks": result["tasks"], "primary": result["primary"],
+        "directions": result["directions"], "seconds": round(result["seconds"], 3),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "taxcut_version": __version__,
+    }
+
+
+def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: bool = False) -> Path:
+    """Write a swept candidate as a model folder through the merge engine (the weights it was evaluated with).
+
+    ``results`` is a results file or the sweep's output folder.
+    """
+    results = results / RESULTS_FILE if results.is_dir() else results
+    from taxcut import merge
+
+    record = ResultsStore(results).find(candidate_id)
+    candidate = Candidate(label=record["label"], kind=record["kind"], **record["candidate"])
+    spec = candidate.merge_spec(Path(record["sft"]), Path(record["aligned"]), out=out,
+                                extrapolate=record.get("extrapolate", False))
+    if record.get("dtype"):
+        spec = spec.model_copy(update={"dtype": record["dtype"]})
+    return merge(spec, overwrite=overwrite)
