@@ -196,3 +196,74 @@ def test_debug_shows_the_traceback(tmp_path, pair):
 def test_index_naming_a_missing_shard(capsys, tmp_path, pair):
     (pair[0] / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "model-1.safetensors"}}))
     assert "lists model-1.safetensors, which is not in the folder" in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_tie_mismatch_is_refused(capsys, tmp_path, pair):
+    config = json.loads((pair[1] / "config.json").read_text())
+    config["tie_word_embeddings"] = True
+    (pair[1] / "config.json").write_text(json.dumps(config))
+    assert "config.json 'tie_word_embeddings' is True but the sft model's is False" in run_failing(
+        capsys, tmp_path, *args_for(pair))
+
+
+def test_float_against_integer_tensor(capsys, tmp_path, pair):
+    rewrite(pair[1], lambda t: t.update({"model.norm.weight": torch.ones(32, dtype=torch.int64)}))
+    assert "tensor 'model.norm.weight' is float32 in the sft model but int64 in the aligned model" in run_failing(
+        capsys, tmp_path, *args_for(pair))
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    (b"[]", "corrupt safetensors header (not a JSON object)"),
+    (b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": ["0", null]}}', "unreadable or unsupported header"),
+    (b'{"x": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}', "unreadable or unsupported header"),
+])
+def test_malformed_headers(capsys, tmp_path, pair, header, message):
+    header += b" " * (-len(header) % 8)
+    (pair[0] / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
+    assert message in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_index_with_non_string_file_names(capsys, tmp_path, pair):
+    (pair[0] / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": 3}}))
+    assert "not a valid weight index" in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_text_config_must_be_an_object(capsys, tmp_path, pair):
+    config = json.loads((pair[0] / "config.json").read_text())
+    config["text_config"] = 3
+    (pair[0] / "config.json").write_text(json.dumps(config))
+    assert "'text_config' must be a JSON object" in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_rules_field_of_the_wrong_type_with_a_rule_flag(capsys, tmp_path, pair):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"sft: {pair[0]}\naligned: {pair[1]}\nalpha: 0.5\nrules: 3\n")
+    assert "field 'rules'" in run_failing(capsys, tmp_path, str(spec), "--rule", "lm_head.*=0.5")
+
+
+def test_non_utf8_spec(capsys, tmp_path, pair):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes(b"sft: \xff\xfe\n")
+    assert "not a text file (YAML must be UTF-8)" in run_failing(capsys, tmp_path, str(spec))
+
+
+def test_booleans_are_not_ratios(capsys, tmp_path, pair):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"sft: {pair[0]}\naligned: {pair[1]}\nalpha: true\n")
+    assert "field 'alpha' expected a number, got true/false" in run_failing(capsys, tmp_path, str(spec))
+
+
+def test_unwritable_destination(capsys, tmp_path, pair):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["merge", *args_for(pair), "--out", str(blocker / "merged")])
+    err = capsys.readouterr().err
+    assert code != 0 and err.count("\n") == 1 and f"{blocker / 'merged'}: cannot write there" in err
+
+
+@pytest.mark.parametrize("flags", [["--block-bounds", "0-1,2-3-4"], ["--rule", "lm_head*"], ["--alpha", "x"]])
+def test_flag_errors_are_one_line(capsys, flags):
+    with pytest.raises(SystemExit) as caught:
+        main(["merge", "--sft", "a", "--aligned", "b", *flags])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2 and err.count("\n") == 1 and err.startswith("taxcut merge: error: ")

@@ -53,3 +53,10 @@ def test_non_finite_is_reported():
     big = torch.full((4,), 60000.0)
     assert not interpolate(torch.zeros(4), big, 1.5, torch.empty(4, dtype=torch.float16))  # 90000 overflows float16
     assert all_finite(torch.full((4,), 3e38))  # a sum that overflows falls back to the exact check
+
+
+@pytest.mark.parametrize(("dtype", "value"), [(torch.bfloat16, 3.0e38), (torch.float8_e5m2, 1e5)])
+def test_cast_overflow_is_reported_for_narrow_outputs(dtype, value):
+    """Finite in float32, Inf once cast to the output dtype."""
+    sft, aligned = torch.zeros(4), torch.full((4,), value)
+    assert not interpolate(sft, aligned, 1.2, torch.empty(4, dtype=dtype))

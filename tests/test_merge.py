@@ -271,3 +271,33 @@ def test_config_dtype_keys_are_both_updated(tmp_path):
     set_config_dtype(tmp_path, "bfloat16")
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["dtype"] == config["torch_dtype"] == "bfloat16"
+
+
+def test_tied_head_goes_with_the_token_embedding_not_positions(tmp_path):
+    """GPT-2 with as many positions as tokens: the tied head is wte, never wpe (same shape)."""
+    from transformers import GPT2Config
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=64, vocab_size=64, bos_token_id=1,
+                        eos_token_id=2)
+    folders = []
+    for role in ("sft", "aligned"):
+        model = AutoModelForCausalLM.from_config(config)
+        model.save_pretrained(tmp_path / role)
+        tensors = load_weights(tmp_path / role)
+        tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
+        save_file(tensors, tmp_path / role / "model.safetensors", metadata={"format": "pt"})
+        folders.append(tmp_path / role)
+    spec = MergeSpec(sft=folders[0], aligned=folders[1], alphas=[0.2, 0.8], rules=[{"match": "lm_head.weight",
+                                                                                       "alpha": 0.5}])
+    with plan(spec) as merge_plan:
+        assert merge_plan.dropped_tied == {"lm_head.weight": "transformer.wte.weight"}
+        assert merge_plan.ratio_of("transformer.wte.weight") == 0.5
+        assert merge_plan.ratio_of("transformer.wpe.weight") == 0.2
+        assert not any("match no tensor" in note for note in merge_plan.notes)
+
+
+def test_home_folder_is_expanded(monkeypatch, llama_pair):
+    monkeypatch.setenv("HOME", str(llama_pair[0].parent))
+    spec = MergeSpec(sft=f"~/{llama_pair[0].name}", aligned=llama_pair[1], alpha=0.5)
+    assert spec.sft == llama_pair[0]

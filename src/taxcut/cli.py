@@ -9,11 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from taxcut.errors import TaxcutError
-from taxcut.spec import MergeSpec, read_spec_file, spec_from_dict
-
-_RATIO_FIELDS = ("alpha", "alphas", "layer_alphas", "block_bounds")
-
+from taxcut.errors import TaxcutError, first_line
+from taxcut.spec.merge import MergeSpec, apply_overrides, read_spec_file, spec_from_dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
@@ -34,14 +31,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         if args.debug:
             raise
-        print(f"taxcut: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"taxcut: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, the traceback only on request
+        if args.debug:
+            raise
+        print(f"taxcut: internal error: {type(exc).__name__}: {first_line(exc)}; rerun with --debug for the "
+              "traceback", file=sys.stderr)
+        return 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, like every other error of taxcut."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from taxcut import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="taxcut",
         description="Cut the alignment tax of RLHF by averaging an SFT model with its aligned descendant. "
         "Convention: a weighs the ALIGNED model, theta = (1 - a) * sft + a * aligned.",
@@ -112,23 +123,16 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
     """The spec file (if any) with the flags given on the command line laid over it."""
     overrides: dict[str, Any] = {}
     for name in ("sft", "aligned", "out", "alpha", "alphas", "layer_alphas", "block_bounds", "extrapolate",
-                 "dtype", "max_shard_size", "files_from"):
+                 "dtype", "max_shard_size", "files_from", "rules"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if isinstance(value, Path) else value
-    if args.spec is not None:
-        base, source = read_spec_file(args.spec), str(args.spec)
-    else:
-        base, source = {}, "command line"
-    if any(name in overrides for name in ("alpha", "alphas", "layer_alphas")):
-        for name in _RATIO_FIELDS:  # a ratio flag replaces the file's way of giving ratios
-            base.pop(name, None)
-    if args.rules:
-        base["rules"] = list(args.rules) + list(base.get("rules") or [])
+    base = read_spec_file(args.spec) if args.spec is not None else {}
+    source = str(args.spec) if args.spec is not None else "command line"
     for required, flag in (("sft", "--sft"), ("aligned", "--aligned")):
         if required not in base and required not in overrides:
             raise TaxcutError(f"{source}: no {required} model: pass {flag} DIR or set '{required}:' in a spec file")
-    return spec_from_dict({**base, **overrides}, source=source)
+    return spec_from_dict(apply_overrides(base, overrides), source=source)
 
 
 def _run_merge(args: argparse.Namespace) -> int:
@@ -204,10 +208,13 @@ def _floats(text: str) -> list[float]:
 
 
 def _bounds(text: str) -> list[tuple[int, int]]:
-    try:
-        return [tuple(int(x) for x in part.split("-", 1)) for part in text.split(",")]  # type: ignore[misc]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected first-last layer pairs like 0-7,8-15, got {text!r}") from None
+    pairs = []
+    for part in text.split(","):
+        first, sep, last = part.partition("-")
+        if not (sep and first.strip().isdigit() and last.strip().isdigit()):
+            raise argparse.ArgumentTypeError(f"expected first-last layer pairs like 0-7,8-15, got {text!r}")
+        pairs.append((int(first), int(last)))
+    return pairs
 
 
 def _rule(text: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -40,10 +41,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        count = 1
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -173,6 +171,8 @@ def _read_config(folder: Path, role: str) -> dict:
         raise TaxcutError(f"{path}: not valid JSON ({exc}); restore the file") from None
     if not isinstance(config, dict):
         raise TaxcutError(f"{path}: expected a JSON object")
+    if not isinstance(config.get("text_config", {}) or {}, dict):
+        raise TaxcutError(f"{path}: 'text_config' must be a JSON object")
     return config
 
 
@@ -184,7 +184,9 @@ def _weight_files(folder: Path, role: str) -> list[Path]:
             try:
                 weight_map = json.loads(index_path.read_text())["weight_map"]
                 names = sorted(set(weight_map.values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                if not all(isinstance(name, str) for name in names):
+                    raise TypeError("file names must be strings")
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
                 raise TaxcutError(f"{index_path}: not a valid weight index ({exc!r}); re-save the model") from None
             missing = [name for name in names if not (folder / name).is_file()]
             if missing:
@@ -218,24 +220,23 @@ def _read_safetensors_header(path: Path) -> tuple[dict, bytes, int]:
         header = json.loads(header_bytes)
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise TaxcutError(f"{path}: corrupt safetensors header (not JSON); re-download or re-save it") from None
+    if not isinstance(header, dict):
+        raise TaxcutError(f"{path}: corrupt safetensors header (not a JSON object); re-download or re-save it")
     data_start = 8 + header_len
-    data_size = size - data_start
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         try:
             dtype = SAFETENSORS_DTYPES[meta["dtype"]]
-            shape, (begin, end) = meta["shape"], meta["data_offsets"]
-            numel = 1
-            for dim in shape:
-                numel *= int(dim)
+            begin, end = (int(x) for x in meta["data_offsets"])
+            expected = math.prod(int(dim) for dim in meta["shape"]) * dtype.itemsize
         except (KeyError, TypeError, ValueError):
             raise TaxcutError(
                 f"{path}: tensor '{name}' has an unreadable or unsupported header entry {meta!r}; re-save the model"
             ) from None
-        if end - begin != numel * dtype.itemsize:
+        if end - begin != expected:
             raise TaxcutError(f"{path}: tensor '{name}': its byte range does not match its shape; re-save the model")
-        if end > data_size:
+        if data_start + end > size:
             raise TaxcutError(
                 f"{path}: truncated: tensor '{name}' ends at byte {data_start + end} but the file has {size} bytes; "
                 "re-download or re-save it"

@@ -45,19 +45,29 @@ def check_destination(destination: Path, *, overwrite: bool, inputs: Iterable[tu
 def staged_folder(destination: Path, *, overwrite: bool, inputs: Iterable[tuple[str, Path]]) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces ``destination``, on any failure it is removed."""
     check_destination(destination, overwrite=overwrite, inputs=list(inputs))
-    destination = destination.expanduser().resolve()
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(destination)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.taxcut-partial-{os.getpid()}-", dir=destination.parent))
+    shown, destination = destination, destination.expanduser().resolve()
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(destination)
+        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.taxcut-partial-{os.getpid()}-",
+                                        dir=destination.parent))
+    except OSError as exc:
+        raise TaxcutError(f"{shown}: cannot write there ({exc.strerror or exc}); choose another destination") from None
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets ordinary permissions
     try:
         yield staging
+        _publish(staging, destination)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        where = f" at {exc.filename}" if exc.filename else ""
+        raise TaxcutError(
+            f"{shown}: the merge failed ({exc.strerror or exc}{where}); nothing was written there"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _publish(staging, destination)
 
 
 def _publish(staging: Path, destination: Path) -> None:

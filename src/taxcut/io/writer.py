@@ -10,6 +10,7 @@ are ordinary safetensors (``safe_open`` and ``transformers`` read them) with ``{
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,7 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        count = self.dtype.itemsize
-        for dim in self.shape:
-            count *= dim
-        return count
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def _merge_tensor(plan: MergePlan, tensor: PlannedTensor, writer: ShardWriter, b
     sft_info, aligned_info = tensor.sft, tensor.aligned
     widest = max(sft_info.dtype.itemsize, aligned_info.dtype.itemsize, tensor.out_dtype.itemsize)
     step = CHUNK_BYTES // widest
-    for start in range(0, sft_info.numel, step) if sft_info.numel else [0]:
+    for start in range(0, sft_info.numel, step):
         stop = min(sft_info.numel, start + step)
         left = plan.sft.read_into(sft_info, start, stop, buffers.sft)
         right = plan.aligned.read_into(aligned_info, start, stop, buffers.aligned)

@@ -48,7 +48,8 @@ def interpolate(
         x.add_(y)
         result = out_flat[start:stop]
         result.copy_(x)
-        finite = finite and all_finite(x) and (out.dtype != torch.float16 or all_finite(result))
+        # the float32 result, and for narrower outputs the cast too (it can overflow to Inf)
+        finite = finite and all_finite(x) and (out.dtype in (torch.float32, torch.float64) or all_finite(result))
     return finite
 
 

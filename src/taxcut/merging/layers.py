@@ -32,6 +32,11 @@ EMBEDDING_GLOBS: tuple[str, ...] = (
     "*embed_positions.*", "*.embeddings.*", "*.emb.*", "*.embedding.*",
 )
 
+# Among the embeddings, the token embedding (the one an output head can be tied to); position embeddings are not.
+TOKEN_EMBEDDING_GLOBS: tuple[str, ...] = (
+    "*embed_tokens.weight", "*.wte.weight", "wte.weight", "*embed_in.weight", "*word_embeddings.weight",
+)
+
 # Output projections that share storage with the input embedding when ``tie_word_embeddings`` is true.
 TIED_HEAD_NAMES: tuple[str, ...] = ("lm_head.weight", "embed_out.weight", "output.weight")
 
@@ -47,6 +52,7 @@ class LayerLayout:
     layer_of: dict[str, int]  # tensor name -> decoder layer index, for tensors inside the layers
     num_layers: int
     embedding_names: frozenset[str]
+    token_embedding: str | None = None
 
     def is_embedding(self, tensor_name: str) -> bool:
         return tensor_name in self.embedding_names
@@ -70,7 +76,8 @@ def detect_layers(tensor_names: Iterable[str]) -> LayerLayout:
     embeddings = frozenset(
         name for name in names if name not in layer_of and any(fnmatchcase(name, glob) for glob in EMBEDDING_GLOBS)
     )
-    return LayerLayout(family=family, layer_of=layer_of, num_layers=num_layers, embedding_names=embeddings)
+    token = next((n for glob in TOKEN_EMBEDDING_GLOBS for n in sorted(embeddings) if fnmatchcase(n, glob)), None)
+    return LayerLayout(family, layer_of, num_layers, embeddings, token)
 
 
 def config_layer_count(config: dict) -> int | None:

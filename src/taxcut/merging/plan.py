@@ -139,16 +139,13 @@ def build_plan(spec: MergeSpec) -> MergePlan:
 
 def _plan(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoint) -> MergePlan:
     _check_same_architecture(spec, sft, aligned)
-    tied = config_ties_embeddings(sft.config)
-    dropped_tied = _tied_heads(sft, aligned) if tied else {}
+    layout = detect_layers(sft.tensors)
+    dropped_tied = _tied_heads(layout, sft, aligned) if config_ties_embeddings(sft.config) else {}
     names = [name for name in sft.tensors if name not in dropped_tied]
-    _check_same_tensors(spec, sft, aligned, set(dropped_tied))
-    layout = detect_layers(names)
+    notes = _check_same_tensors(spec, sft, aligned, set(dropped_tied), layout)
     tied_head_of = {embedding: head for head, embedding in dropped_tied.items()}
-    if tied and not dropped_tied:
-        token_embedding = _token_embedding(sft, layout)
-        if token_embedding:
-            tied_head_of[token_embedding] = "lm_head.weight"
+    if config_ties_embeddings(sft.config) and not dropped_tied and layout.token_embedding:
+        tied_head_of[layout.token_embedding] = "lm_head.weight"
     resolver = RatioResolver(spec, layout, tied_head_of)
     out_dtype = TORCH_DTYPES[spec.dtype] if spec.dtype else None
     tensors = []
@@ -157,13 +154,15 @@ def _plan(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoint) -> MergePlan:
         dtype = (out_dtype or source.dtype) if source.dtype.is_floating_point else source.dtype
         tensors.append(PlannedTensor(source, aligned.tensors[name], resolver.ratio_for(name), dtype))
     shards = plan_shards([OutputTensor(t.name, t.out_dtype, t.sft.shape) for t in tensors], spec.max_shard_bytes)
-    notes = []
     stated = config_layer_count(sft.config)
     if stated is not None and stated != layout.num_layers:
         notes.append(f"config.json states {stated} decoder layers but the tensor names show {layout.num_layers}")
-    unused = [i + 1 for i, rule in enumerate(spec.rules) if not any(rule.matches(n) for n in names)]
+    used = {t.decision.group for t in tensors}
+    unused = [str(i + 1) for i, rule in enumerate(spec.rules) if f"rule {i + 1} ({rule.pattern})" not in used]
     if unused:
-        notes.append(f"rule(s) {', '.join(map(str, unused))} match no tensor")
+        notes.append(f"rule(s) {', '.join(unused)} match no tensor")
+    if spec.sft.expanduser().resolve() == spec.aligned.expanduser().resolve():
+        notes.append("sft and aligned are the same folder: every ratio gives that model back")
     return MergePlan(
         spec, sft, aligned, layout, resolver, tensors, shards, dropped_tied, _majority_dtype(tensors), notes
     )
@@ -177,35 +176,29 @@ def _check_same_architecture(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoi
                 f"{spec.aligned}: config.json '{key}' is {right!r} but the sft model's is {left!r}; "
                 "both models must have the same architecture"
             )
+    if config_ties_embeddings(sft.config) != config_ties_embeddings(aligned.config):
+        raise TaxcutError(
+            f"{spec.aligned}: config.json 'tie_word_embeddings' is {config_ties_embeddings(aligned.config)} but the "
+            f"sft model's is {config_ties_embeddings(sft.config)}; both models must tie (or untie) the same way"
+        )
 
 
-def _tied_heads(sft: Checkpoint, aligned: Checkpoint) -> dict[str, str]:
-    """Heads stored beside a tied input embedding: ``{head name: embedding name}``; they are not written."""
-    found = {}
-    for head in TIED_HEAD_NAMES:
-        for checkpoint in (sft, aligned):
-            info = checkpoint.tensors.get(head)
-            if info is None:
-                continue
-            layout = detect_layers(checkpoint.tensors)
-            twin = next(
-                (n for n in sorted(layout.embedding_names) if checkpoint.tensors[n].shape == info.shape), None
-            )
-            if twin:
-                found[head] = twin
-    return found
+def _tied_heads(layout: LayerLayout, sft: Checkpoint, aligned: Checkpoint) -> dict[str, str]:
+    """Heads stored beside a tied token embedding: ``{head name: embedding name}``; they are not written."""
+    embedding = layout.token_embedding
+    if embedding is None:
+        return {}
+    return {
+        head: embedding
+        for head in TIED_HEAD_NAMES
+        for checkpoint in (sft, aligned)
+        if head in checkpoint.tensors and checkpoint.tensors[head].shape == sft.tensors[embedding].shape
+    }
 
 
-def _token_embedding(checkpoint: Checkpoint, layout: LayerLayout) -> str | None:
-    vocab = checkpoint.config.get("vocab_size") or (checkpoint.config.get("text_config") or {}).get("vocab_size")
-    for name in sorted(layout.embedding_names):
-        shape = checkpoint.tensors[name].shape
-        if len(shape) == 2 and shape[0] == vocab:
-            return name
-    return None
-
-
-def _check_same_tensors(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoint, ignored: set[str]) -> None:
+def _check_same_tensors(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoint, ignored: set[str],
+                        layout: LayerLayout) -> list[str]:
+    """Refuse tensors that are not in both models or that differ in shape or kind; return notes on dtypes."""
     sft_names, aligned_names = set(sft.tensors) - ignored, set(aligned.tensors) - ignored
     for missing_from, present, names in (("aligned", "sft", sft_names - aligned_names),
                                           ("sft", "aligned", aligned_names - sft_names)):
@@ -216,21 +209,33 @@ def _check_same_tensors(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoint, i
                 f"tensor '{first}'{more} is in the {present} model but not in the {missing_from} model "
                 f"({getattr(spec, missing_from)}); both must have the same architecture"
             )
-    embeddings = detect_layers(sft_names).embedding_names | set(TIED_HEAD_NAMES)
+    embeddings = layout.embedding_names | set(TIED_HEAD_NAMES)
+    mixed_dtypes = []
     for name in sorted(sft_names):
-        left, right = sft.tensors[name].shape, aligned.tensors[name].shape
-        if left == right:
-            continue
-        if name in embeddings and len(left) == len(right) and left[1:] == right[1:]:
+        left, right = sft.tensors[name], aligned.tensors[name]
+        if left.shape != right.shape:
+            if name in embeddings and len(left.shape) == len(right.shape) and left.shape[1:] == right.shape[1:]:
+                raise TaxcutError(
+                    f"tensor '{name}': vocabulary sizes differ (sft {left.shape[0]} rows, aligned {right.shape[0]} "
+                    "rows); resize the sft model's embeddings to the aligned model's tokenizer "
+                    "(model.resize_token_embeddings) and save it before merging"
+                )
             raise TaxcutError(
-                f"tensor '{name}': vocabulary sizes differ (sft {left[0]} rows, aligned {right[0]} rows); "
-                "resize the sft model's embeddings to the aligned model's tokenizer "
-                "(model.resize_token_embeddings) and save it before merging"
+                f"tensor '{name}' has shape {list(left.shape)} in the sft model but {list(right.shape)} in the aligned "
+                "model; both must have the same architecture"
             )
-        raise TaxcutError(
-            f"tensor '{name}' has shape {list(left)} in the sft model but {list(right)} in the aligned model; "
-            "both must have the same architecture"
-        )
+        if left.dtype.is_floating_point != right.dtype.is_floating_point:
+            raise TaxcutError(
+                f"tensor '{name}' is {dtype_label(left.dtype)} in the sft model but {dtype_label(right.dtype)} in the "
+                "aligned model; a floating-point tensor cannot be averaged with an integer one"
+            )
+        if left.dtype != right.dtype:
+            mixed_dtypes.append(name)
+    if mixed_dtypes:
+        return [f"{len(mixed_dtypes)} tensor(s) have different float dtypes in the two models (e.g. "
+                f"'{mixed_dtypes[0]}'); they are averaged in float32 and written in the sft model's dtype unless "
+                "'dtype' says otherwise"]
+    return []
 
 
 def _majority_dtype(tensors: list[PlannedTensor]) -> str:

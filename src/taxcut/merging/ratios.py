@@ -92,8 +92,9 @@ class RatioResolver:
             block = next(b for b in self.blocks if b.first <= layer <= b.last)
             if self.spec.alpha is not None:
                 return RatioDecision(block.alpha, "decoder layers (alpha)", 0)
-            kind = "layer" if self.spec.layer_alphas is not None else "block"
-            return RatioDecision(block.alpha, f"{kind} {self.blocks.index(block) + 1} ({block.label})", block.first)
+            if self.spec.layer_alphas is not None:
+                return RatioDecision(block.alpha, block.label, block.first)
+            return RatioDecision(block.alpha, f"block {self.blocks.index(block) + 1} ({block.label})", block.first)
         if self.spec.alpha is not None:
             return RatioDecision(self.spec.alpha, "outside the layers (alpha)", 1e6)
         if self.layout.is_embedding(tensor_name):

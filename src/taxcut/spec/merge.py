@@ -62,6 +62,13 @@ class NameRule(BaseModel):
     regex: str | None = None
     alpha: float
 
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got true/false")
+        return value
+
     @model_validator(mode="after")
     def _one_pattern(self) -> NameRule:
         if (self.match is None) == (self.regex is None):
@@ -107,6 +114,21 @@ class MergeSpec(BaseModel):
     @classmethod
     def _size(cls, value: int | str) -> int | str:
         parse_size(value)
+        return value
+
+    @field_validator("sft", "aligned", "out")
+    @classmethod
+    def _expand_user(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @field_validator("alpha", "alphas", "layer_alphas", "max_shard_size", "extrapolate", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any, info) -> Any:
+        values = value if isinstance(value, list) else [value]
+        if info.field_name != "extrapolate" and any(isinstance(v, bool) for v in values):
+            raise ValueError("expected a number, got true/false")
+        if info.field_name == "extrapolate" and not isinstance(value, bool):
+            raise ValueError("expected true or false")
         return value
 
     @model_validator(mode="after")
@@ -180,8 +202,31 @@ class MergeSpec(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> MergeSpec:
         """Read a spec file; relative paths in it are relative to the file's folder. ``overrides`` win."""
-        data = {**read_spec_file(Path(path)), **(overrides or {})}
+        data = apply_overrides(read_spec_file(Path(path)), overrides or {})
         return spec_from_dict(data, source=str(path))
+
+
+_RATIO_FIELDS = ("alpha", "alphas", "layer_alphas", "block_bounds")
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A spec file's fields with ``overrides`` (the command line's flags) laid over them.
+
+    A ratio given as an override (``alpha``, ``alphas`` or ``layer_alphas``) replaces the file's way of giving
+    ratios, ``block_bounds`` included; override ``rules`` come before the file's rules.
+    """
+    merged = dict(data)
+    if any(name in overrides for name in ("alpha", "alphas", "layer_alphas")):
+        for name in _RATIO_FIELDS:
+            merged.pop(name, None)
+    for key, value in overrides.items():
+        if key == "rules" and "rules" in merged:
+            if isinstance(merged["rules"], list):
+                merged["rules"] = list(value) + merged["rules"]
+            # otherwise the file's malformed 'rules' stays, for validation to name it
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_spec_file(path: Path) -> dict[str, Any]:
@@ -198,7 +243,9 @@ def _read_yaml_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TaxcutError(f"{path}: spec file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise TaxcutError(f"{path}: not a text file (YAML must be UTF-8)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
