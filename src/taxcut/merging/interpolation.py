@@ -19,13 +19,15 @@ BLOCK_ELEMENTS = 1 << 20  # 4 MiB of float32: fits the caches that make the bloc
 
 
 def interpolate(
-    sft: torch.Tensor, aligned: torch.Tensor, alpha: float, out: torch.Tensor, *, scratch: torch.Tensor | None = None
+    sft: torch.Tensor, aligned: torch.Tensor, alpha: float, out: torch.Tensor, *,
+    scratch: torch.Tensor | None = None, check_finite: bool = True,
 ) -> bool:
     """Write ``(1 - alpha) * sft + alpha * aligned`` into ``out``; return whether every result is finite.
 
     ``sft``, ``aligned`` and ``out`` have the same number of elements (any float dtypes, any shapes); the inputs are
-    not modified. ``out`` must be contiguous. ``scratch``, a float32 tensor of ``2 * BLOCK_ELEMENTS`` elements, saves
-    the allocation when called in a loop.
+    not modified. ``out`` must be contiguous. ``scratch``, a float32 tensor of ``2 * BLOCK_ELEMENTS`` elements on
+    the same device, saves the allocation when called in a loop. Without ``check_finite`` (no host sync per
+    block, for GPUs) the result is reported finite.
     """
     sft_flat, aligned_flat, out_flat = sft.reshape(-1), aligned.reshape(-1), out.view(-1)
     total = out_flat.numel()
@@ -34,23 +36,35 @@ def interpolate(
     if total == 0:
         return True
     if scratch is None:
-        scratch = torch.empty(2 * min(BLOCK_ELEMENTS, total), dtype=torch.float32)
+        scratch = torch.empty(2 * min(BLOCK_ELEMENTS, total), dtype=torch.float32, device=out.device)
     left, right = scratch.chunk(2)
     keep, take = 1.0 - alpha, alpha
     finite = True
     for start in range(0, total, BLOCK_ELEMENTS):
         stop = min(total, start + BLOCK_ELEMENTS)
         x, y = left[: stop - start], right[: stop - start]
-        x.copy_(sft_flat[start:stop])
-        y.copy_(aligned_flat[start:stop])
-        x.mul_(keep)
-        y.mul_(take)
-        x.add_(y)
+        _scaled(sft_flat[start:stop], keep, x)
+        _scaled(aligned_flat[start:stop], take, y)
         result = out_flat[start:stop]
-        result.copy_(x)
-        # the float32 result, and for narrower outputs the cast too (it can overflow to Inf)
-        finite = finite and all_finite(x) and (out.dtype in (torch.float32, torch.float64) or all_finite(result))
+        if result.dtype == torch.float32:
+            torch.add(x, y, out=result)
+            finite = finite and (not check_finite or all_finite(result))
+        else:
+            x.add_(y)
+            result.copy_(x)
+            # the float32 sum, and for narrower outputs the cast too (it can overflow to Inf)
+            finite = finite and (not check_finite or (all_finite(x) and (out.dtype == torch.float64
+                                                                          or all_finite(result))))
     return finite
+
+
+def _scaled(values: torch.Tensor, factor: float, out: torch.Tensor) -> None:
+    """``out = float32(values) * factor``, one pass when ``values`` is already float32."""
+    if values.dtype == torch.float32:
+        torch.mul(values, factor, out=out)
+    else:
+        out.copy_(values)
+        out.mul_(factor)
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

@@ -49,10 +49,13 @@ def plot_front(rows: Sequence[dict], path: Path, title: str = "Reward vs. alignm
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tax"])
     axes.plot([r["tax"] for r in front], [r["reward"] for r in front], color="black", linewidth=1.5,
               linestyle="--", label="Pareto front")
-    for row in rows:
-        if row["kind"] == "MA" and row["mean_alpha"] in (0.0, 1.0):
+    for row in (r for r in rows if r["kind"] == "MA"):
+        if row["mean_alpha"] in (0.0, 1.0):
             name = "SFT (a=0)" if row["mean_alpha"] == 0.0 else "aligned (a=1)"
             axes.annotate(name, (row["tax"], row["reward"]), textcoords="offset points", xytext=(6, -10))
+        else:
+            axes.annotate(f"{row['mean_alpha']:g}", (row["tax"], row["reward"]), textcoords="offset points",
+                          xytext=(4, 4), fontsize=7, color="tab:blue")
     axes.set_xlabel("alignment tax (mean benchmark drop from SFT)")
     axes.set_ylabel("reward")
     axes.set_title(title)

@@ -52,7 +52,7 @@ class ResidentModel:
         with torch.no_grad():
             for name, ratio in self.ratios(candidate).items():
                 interpolate(self.sft[name], self.aligned[name], ratio, self.parameters[name].data,
-                            scratch=self._scratch)
+                            scratch=self._scratch, check_finite=False)
         self.current = candidate.id
 
 

@@ -1,0 +1,201 @@
+"""The sweep: in-memory candidates equal merged folders, resumable results, the front, plot, tables, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from models import load_weights
+
+from taxcut import MergeSpec, TaxcutError, merge
+from taxcut.cli import main
+from taxcut.spec.sweep import SweepSpec
+from taxcut.sweep.candidates import Candidate, expand_grid, ma_candidate
+from taxcut.sweep.pareto import pareto_front, select, tax
+from taxcut.sweep.resident import ResidentModel
+from taxcut.sweep.runner import RESULTS_FILE, export_candidate, run_sweep
+
+TESTS = Path(__file__).parent
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt_neox", "gpt2"])
+def test_candidate_weights_equal_the_merged_folder(pairs, tmp_path, arch):
+    sft, aligned = pairs[arch]
+    resident = ResidentModel(sft, aligned)
+    candidates = [ma_candidate(0.3), Candidate(label="b", kind="blocks", alphas=[0.1, 0.6, 0.9],
+                                              rules=[{"match": "*norm*", "alpha": 0.25}])]
+    for index, candidate in enumerate(candidates):
+        resident.apply(candidate)
+        merged = load_weights(merge(candidate.merge_spec(sft, aligned, out=tmp_path / f"m{index}")))
+        for name, parameter in resident.parameters.items():
+            assert torch.equal(parameter.detach(), merged[resident.stored_name[name]]), name
+    resident.apply(ma_candidate(0.0))  # back to the SFT weights exactly
+    original = load_weights(sft)
+    assert all(torch.equal(p.detach(), original[resident.stored_name[n]]) for n, p in resident.parameters.items())
+
+
+def write_sweep(tmp_path: Path, pair, *, function: str = "first_word_number", alphas=(0.0, 0.5, 1.0),
+                patterns=([0.2, 0.5, 0.8],), select_expr: str | None = None) -> Path:
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 12)))
+    (data / "mc.jsonl").write_text("".join(
+        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
+        for i in range(4, 20)))
+    (data / "text.jsonl").write_text("".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n"
+                                             for i in range(4, 14)))
+    spec = {
+        "sft": str(pair[0]), "aligned": str(pair[1]), "out": "sweep-out",
+        "candidates": {"alphas": list(alphas), "block_patterns": [list(p) for p in patterns]},
+        "evaluation": {
+            "reward": {"prompts": "data/prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:{function}",
+                       "max_new_tokens": 3},
+            "tasks": [{"name": "mc", "type": "multiple_choice", "path": "data/mc.jsonl"},
+                      {"name": "text", "type": "perplexity", "path": "data/text.jsonl"}],
+        },
+    }
+    if select_expr:
+        spec["select"] = select_expr
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_sweep_end_to_end(llama_pair, tmp_path, capsys):
+    spec_path = write_sweep(tmp_path, llama_pair, select_expr="tax<=1000")
+    assert main(["sweep", str(spec_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    out = tmp_path / "sweep-out"
+    records = [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+    assert [r["label"] for r in records] == ["MA a=0", "MA a=0.5", "MA a=1", "blocks [0.2, 0.5, 0.8]"]
+    assert "selected under 'tax<=1000'" in printed and "Pareto front:" in printed
+    spec = SweepSpec.from_yaml(spec_path)
+    report = run_sweep(spec, progress=False)  # everything is in the results file: nothing is evaluated again
+    assert len((out / RESULTS_FILE).read_text().splitlines()) == 4
+    rows = {row["label"]: row for row in report.rows}
+    assert rows["MA a=0"]["tax"] == 0.0
+    baseline = records[0]
+    aligned = records[2]
+    assert rows["MA a=1"]["tax"] == pytest.approx(tax(aligned["primary"], baseline["primary"], aligned["directions"]))
+    assert rows["MA a=1"]["reward"] == aligned["reward"]["reward"]
+    assert [r["pareto"] for r in report.rows] == pareto_front([(r["reward"], r["tax"]) for r in report.rows])
+    png = (out / "front.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out / "front.png").shape[2] in (3, 4)
+    csv_lines = (out / "candidates.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("id,label,mean_alpha,reward,reward_stderr,tax,pareto,mc.acc")
+    assert len(csv_lines) == 5
+    assert "| MA a=0.5 |" in (out / "candidates.md").read_text()
+
+    # export: the merged folder of the candidate, identical to a direct merge of the same ratios
+    block_id = rows["blocks [0.2, 0.5, 0.8]"]["id"]
+    exported = export_candidate(out, block_id[:6], tmp_path / "exported")
+    direct = merge(MergeSpec(sft=llama_pair[0], aligned=llama_pair[1], alphas=[0.2, 0.5, 0.8], out=tmp_path / "d"))
+    assert load_weights(exported).keys() == load_weights(direct).keys()
+    assert all(torch.equal(a, load_weights(direct)[k]) for k, a in load_weights(exported).items())
+
+
+def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(llama_pair, tmp_path):
+    spec_path = write_sweep(tmp_path, llama_pair, function="slow_first_word_number",
+                            alphas=[round(0.1 * i, 1) for i in range(11)], patterns=())
+    results = tmp_path / "sweep-out" / RESULTS_FILE
+    process = subprocess.Popen([sys.executable, "-m", "taxcut.cli", "sweep", str(spec_path), "--no-progress"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the sweep finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = results.read_bytes()
+    finished = [json.loads(line)["candidate_id"] for line in before.decode().splitlines() if line.endswith("}")]
+    assert 3 <= len(finished) < 11
+
+    run_sweep(SweepSpec.from_yaml(spec_path), progress=False)
+    after = results.read_bytes()
+    assert after.startswith(before)  # nothing already written is lost or rewritten
+    ids = [json.loads(line)["candidate_id"] for line in after.decode().splitlines() if line.endswith("}")]
+    assert sorted(ids) == sorted(c.id for c in expand_grid(SweepSpec.from_yaml(spec_path).candidates))
+    assert len(ids) == len(set(ids))  # nothing finished was evaluated again
+
+
+def test_a_cut_short_line_is_kept_and_skipped(tmp_path):
+    from taxcut.sweep.results import ResultsStore
+
+    store = ResultsStore(tmp_path / "r.jsonl")
+    store.append({"candidate_id": "a", "x": 1})
+    with open(tmp_path / "r.jsonl", "a") as handle:
+        handle.write('{"candidate_id": "b", "x"')  # a kill in the middle of a write
+    store.append({"candidate_id": "c", "x": 3})
+    assert [r["candidate_id"] for r in store.records()] == ["a", "c"]
+    assert '{"candidate_id": "b", "x"\n' in (tmp_path / "r.jsonl").read_text()
+
+
+def test_pareto_front_of_hand_made_points():
+    points = [(0.0, 0.0), (1.0, 0.5), (0.5, 0.2), (0.4, 0.3), (1.0, 0.6), (0.9, 0.1), (1.2, 0.9)]
+    assert pareto_front(points) == [True, True, False, False, False, True, True]
+    assert pareto_front([(1.0, 1.0), (1.0, 1.0)]) == [True, True]  # equal points do not dominate each other
+
+
+def test_selection_under_a_budget():
+    rows = [{"id": "a", "reward": 0.0, "tax": 0.0}, {"id": "b", "reward": 0.9, "tax": 0.1},
+            {"id": "c", "reward": 1.2, "tax": 0.9}, {"id": "d", "reward": 0.95, "tax": 0.25}]
+    assert select(rows, "tax<=0.2")["id"] == "b"
+    assert select(rows, "tax <= 0.3")["id"] == "d"
+    assert select(rows, "reward>=0.9")["id"] == "b"  # only a reward floor: the lowest tax above it
+    assert select(rows, "reward>=0.9, tax<0.05") is None
+    with pytest.raises(TaxcutError, match="cannot read the selection 'accuracy>3'"):
+        select(rows, "accuracy>3")
+
+
+def test_tax_directions():
+    baseline, candidate = {"acc": 0.8, "nll": 1.0}, {"acc": 0.6, "nll": 1.5}
+    assert tax(candidate, baseline, {"acc": True, "nll": False}) == pytest.approx((0.2 + 0.5) / 2)
+
+
+def test_sweep_spec_errors(llama_pair, tmp_path):
+    path = write_sweep(tmp_path, llama_pair)
+    data = yaml.safe_load(path.read_text())
+    data["candidates"]["alphas"] = [0.5, 1.5]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TaxcutError, match=r"candidate MA a=1.5: 'alpha' = 1.5 is outside \[0, 1\]"):
+        SweepSpec.from_yaml(path)
+    data["candidates"]["alphas"] = [0.5]
+    data["evaluation"].pop("tasks")
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(TaxcutError, match="a sweep measures reward and tax"):
+        SweepSpec.from_yaml(path)
+
+
+def test_missing_prompts_file_fails_before_any_model_loads(llama_pair, tmp_path, capsys):
+    path = write_sweep(tmp_path, llama_pair)
+    (tmp_path / "data" / "prompts.jsonl").unlink()
+    assert main(["sweep", str(path), "--no-progress"]) == 2
+    assert "prompts.jsonl: prompts file not found" in capsys.readouterr().err
+    assert not (tmp_path / "sweep-out").exists()
+
+
+def test_export_of_an_unknown_candidate(llama_pair, tmp_path, capsys):
+    path = write_sweep(tmp_path, llama_pair, alphas=[0.0], patterns=())
+    run_sweep(SweepSpec.from_yaml(path), progress=False)
+    assert main(["export", str(tmp_path / "sweep-out"), "--candidate", "zzz", "--out", str(tmp_path / "x")]) == 2
+    assert "no candidate with id 'zzz'" in capsys.readouterr().err
+
+
+def test_eval_command_on_a_folder(llama_pair, tmp_path, capsys):
+    path = write_sweep(tmp_path, llama_pair)
+    assert main(["eval", str(llama_pair[0]), str(path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result["tasks"]) == {"mc", "text"} and "reward" in result
