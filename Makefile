@@ -28,7 +28,7 @@ test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
 demo: setup
-	$(PY) examples/merge_tiny_pair.py
+	$(PY) -m taxcut.cli demo
 
 bench: setup
 	$(PY) bench/merge_speed.py

@@ -95,6 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty destination folder")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(run=_run_export)
+
+    lab = commands.add_parser("lab", help="the built-in alignment lab (a tiny SFT model aligned with RAFT)")
+    lab_commands = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    build = lab_commands.add_parser("build", help="build (or reuse) a lab: SFT model, RAFT checkpoints, data")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--out", type=Path, help="the lab folder (default: the user's cache)")
+    build.add_argument("--quick", action="store_true", help="a reduced lab that builds in seconds")
+    build.add_argument("--debug", action="store_true", help="show tracebacks")
+    build.set_defaults(run=_run_lab_build)
+
+    demo = commands.add_parser("demo", help="the whole story on the lab: alignment tax, MA/HMA, Pareto front")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the sweep, plot and tables go")
+    demo.add_argument("--quick", action="store_true", help="a reduced lab (seconds; too small to show much)")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks")
+    demo.set_defaults(run=_run_demo)
     return parser
 
 
@@ -197,6 +213,26 @@ def _run_export(args: argparse.Namespace) -> int:
 
     destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite)
     print(f"wrote {destination}")
+    return 0
+
+
+def _run_lab_build(args: argparse.Namespace) -> int:
+    from taxcut.lab.build import LabConfig, build_lab
+
+    config = LabConfig.quick(args.seed) if args.quick else LabConfig(seed=args.seed)
+    lab = build_lab(config, args.out)
+    print(f"lab: {lab.folder}")
+    print(f"  sft:     {lab.sft}")
+    print(f"  aligned: {lab.aligned} (RAFT checkpoints: {', '.join(p.name for p in lab.checkpoints)})")
+    print(f"  tasks:   {', '.join(str(lab.data / f'{t}.jsonl') for t in lab.capability_tasks)}")
+    print(f"  reward:  prompts {lab.data / 'chat_prompts.jsonl'}, function taxcut.lab.tasks:reward")
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from taxcut.lab.demo import run_demo
+
+    run_demo(seed=args.seed, out=args.out, quick=args.quick)
     return 0
 
 

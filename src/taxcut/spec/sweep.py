@@ -16,8 +16,10 @@ DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
 
 class CandidateGrid(BaseModel):
     """``alphas``: the MA grid; ``block_patterns``: per-block ratio lists (HMA-style, same split rule and
-    ``block_bounds`` as ``taxcut merge``); ``layer_patterns``: per-layer lists; ``rules`` apply to every candidate.
-    The SFT model (a = 0) is always evaluated: the tax is measured from it."""
+    ``block_bounds`` as ``taxcut merge``); ``layer_patterns``: per-layer lists; ``rules`` apply to every candidate;
+    ``models``: other checkpoints of the same architecture evaluated as they are (e.g. early-stopping
+    checkpoints of the RLHF run, to compare with averaging). The SFT model (a = 0) is always evaluated: the tax is
+    measured from it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -26,6 +28,7 @@ class CandidateGrid(BaseModel):
     block_bounds: list[tuple[int, int]] | None = None
     layer_patterns: list[list[float]] = []
     rules: list[NameRule] = []
+    models: list[Path] = []
 
 
 class SweepSpec(BaseModel):
@@ -50,6 +53,8 @@ class SweepSpec(BaseModel):
         from taxcut.sweep.candidates import expand_grid
 
         for candidate in expand_grid(self.candidates):
+            if candidate.model is not None:
+                continue
             try:
                 candidate.merge_spec(self.sft, self.aligned, extrapolate=self.extrapolate)
             except ValidationError as exc:
@@ -64,6 +69,10 @@ class SweepSpec(BaseModel):
         for key in ("sft", "aligned", "out"):
             if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
                 data[key] = str(path.parent / data[key])
+        grid = data.get("candidates")
+        if isinstance(grid, dict) and isinstance(grid.get("models"), list):
+            grid["models"] = [m if not isinstance(m, str) or Path(m).is_absolute() else str(path.parent / m)
+                              for m in grid["models"]]
         data.update(overrides or {})
         spec = spec_from_dict(data, source=str(path), model=cls)
         return spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})

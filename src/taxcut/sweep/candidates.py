@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from taxcut.errors import TaxcutError
 from taxcut.spec.merge import MergeSpec, NameRule
 from taxcut.spec.sweep import CandidateGrid
 
@@ -20,7 +21,8 @@ class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     label: str
-    kind: str  # "MA", "blocks", "layers"
+    kind: str  # "MA", "blocks", "layers", "model"
+    model: str | None = None  # an existing checkpoint, evaluated as it is (kind "model")
     alpha: float | None = None
     alphas: list[float] | None = None
     block_bounds: list[tuple[int, int]] | None = None
@@ -28,6 +30,8 @@ class Candidate(BaseModel):
     rules: list[NameRule] = []
 
     def ratio_fields(self) -> dict:
+        if self.model is not None:
+            return {"model": self.model}
         data = self.model_dump(mode="json", include=set(_RATIO_FIELDS), exclude_none=True)
         if not data.get("rules"):
             data.pop("rules", None)
@@ -35,15 +39,24 @@ class Candidate(BaseModel):
 
     @property
     def id(self) -> str:
-        """12 hex digits of the hash of the ratio fields: the same candidate has the same id in every sweep."""
-        canonical = json.dumps(self.ratio_fields(), sort_keys=True, separators=(",", ":"))
+        """12 hex digits of the hash of the ratio fields (for a model: its path and weight files' times), so the
+        same candidate has the same id in every sweep."""
+        identity = self.ratio_fields()
+        if self.model is not None:
+            identity["weights"] = [(p.name, p.stat().st_mtime_ns) for p in sorted(Path(self.model).glob("*.safetensors"))]
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @property
-    def mean_alpha(self) -> float:
+    def mean_alpha(self) -> float | None:
+        """The mean ratio of the decoder layers; None for a model evaluated as it is."""
+        if self.model is not None:
+            return None
         return self.merge_spec(Path("sft"), Path("aligned"), extrapolate=True).mean_alpha
 
     def merge_spec(self, sft: Path, aligned: Path, out: Path | None = None, extrapolate: bool = False) -> MergeSpec:
+        if self.model is not None:
+            raise TaxcutError(f"candidate {self.label} is the model folder {self.model} itself; there is nothing to merge")
         return MergeSpec(sft=sft, aligned=aligned, out=out, extrapolate=extrapolate, **self.ratio_fields())
 
 
@@ -58,6 +71,7 @@ def expand_grid(grid: CandidateGrid) -> list[Candidate]:
     ]
     candidates += [Candidate(label=f"layers {_short(p)}", kind="layers", layer_alphas=p, rules=rules)
                    for p in grid.layer_patterns]
+    candidates += [Candidate(label=Path(m).name, kind="model", model=str(Path(m).resolve())) for m in grid.models]
     unique: dict[str, Candidate] = {}
     for candidate in candidates:
         unique.setdefault(candidate.id, candidate)

@@ -24,7 +24,8 @@ def markdown_table(rows: Sequence[dict]) -> str:
     header = ["id", "candidate", "a", "reward", "tax", "front", *tasks]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["id"], row["label"], f"{row['mean_alpha']:.3g}", f"{row['reward']:.4f} ± {row['reward_stderr']:.4f}",
+        alpha = "—" if row["mean_alpha"] is None else f"{row['mean_alpha']:.3g}"
+        cells = [row["id"], row["label"], alpha, f"{row['reward']:.4f} ± {row['reward_stderr']:.4f}",
                  f"{row['tax']:.4f}", "★" if row["pareto"] else "", *(f"{row['primary'].get(t, float('nan')):.4f}"
                                                                        for t in tasks)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -39,11 +40,21 @@ def plot_front(rows: Sequence[dict], path: Path, title: str = "Reward vs. alignm
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
-    for kind, marker in (("MA", "o"), ("blocks", "s"), ("layers", "^"), ("HMA", "D"), ("model", "x")):
+    for kind, marker, legend in (("MA", "o", "MA (one a)"), ("blocks", "s", "block profiles"),
+                                 ("layers", "^", "layer profiles"), ("HMA", "D", "HMA (learned)"),
+                                 ("model", "x", "checkpoints as they are")):
         mine = [r for r in rows if r["kind"] == kind]
         if mine:
-            axes.scatter([r["tax"] for r in mine], [r["reward"] for r in mine], marker=marker, label=kind, alpha=0.8)
+            axes.scatter([r["tax"] for r in mine], [r["reward"] for r in mine], marker=marker, label=legend,
+                         alpha=0.8)
     ma = sorted((r for r in rows if r["kind"] == "MA"), key=lambda r: r["mean_alpha"])
+    models = [r for r in rows if r["kind"] == "model"]
+    if len(models) > 1:
+        axes.plot([r["tax"] for r in models], [r["reward"] for r in models], color="tab:purple", alpha=0.3,
+                  linewidth=1)
+    for row in models:
+        axes.annotate(row["label"], (row["tax"], row["reward"]), textcoords="offset points", xytext=(4, 4),
+                      fontsize=7, color="tab:purple")
     if len(ma) > 1:
         axes.plot([r["tax"] for r in ma], [r["reward"] for r in ma], color="tab:blue", alpha=0.3, linewidth=1)
     front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["tax"])

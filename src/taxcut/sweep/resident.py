@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
+from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer
+from taxcut.io.checkpoint import Checkpoint
 from taxcut.merging.interpolation import BLOCK_ELEMENTS, interpolate
 from taxcut.merging.plan import build_plan
 from taxcut.sweep.candidates import Candidate
@@ -49,11 +51,28 @@ class ResidentModel:
 
     def apply(self, candidate: Candidate) -> None:
         """Set the live parameters to ``candidate``'s weights, in place."""
+        if candidate.model is not None:
+            self._load(Path(candidate.model))
+            self.current = candidate.id
+            return
         with torch.no_grad():
             for name, ratio in self.ratios(candidate).items():
                 interpolate(self.sft[name], self.aligned[name], ratio, self.parameters[name].data,
                             scratch=self._scratch, check_finite=False)
         self.current = candidate.id
+
+
+    def _load(self, folder: Path) -> None:
+        """Copy another checkpoint of the same architecture into the live parameters."""
+        with Checkpoint(folder, "candidate") as checkpoint, torch.no_grad():
+            for name, parameter in self.parameters.items():
+                info = checkpoint.tensors.get(self.stored_name[name])
+                if info is None or tuple(info.shape) != tuple(parameter.shape):
+                    raise TaxcutError(
+                        f"{folder}: tensor '{self.stored_name[name]}' is missing or has another shape; a model "
+                        "candidate must have the sft model's architecture"
+                    )
+                parameter.data.copy_(checkpoint.read(info))
 
 
 def checkpoint_names(model) -> dict[str, str]:

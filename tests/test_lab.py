@@ -1,0 +1,86 @@
+"""The alignment lab, reduced to seconds: deterministic, ordinary folders, and the demo end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from models import load_weights
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from taxcut.lab import tasks
+from taxcut.lab.build import LabConfig, build_lab
+from taxcut.lab.demo import run_demo, summarize
+from taxcut.lab.tokenizer import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def quick_lab(tmp_path_factory):
+    return build_lab(LabConfig.quick(seed=0), tmp_path_factory.mktemp("lab") / "lab", log=lambda *_: None)
+
+
+def test_lab_folders_load_with_auto_classes(quick_lab):
+    for folder in [quick_lab.sft, *quick_lab.checkpoints]:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "tell me about cats"}], tokenize=False,
+                                               add_generation_prompt=True)
+        assert prompt == "User: tell me about cats\nBot: "
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        assert out.shape[1] <= ids["input_ids"].shape[1] + 5
+    manifest = json.loads((quick_lab.folder / "lab.json").read_text())
+    assert len(manifest["raft"]) == quick_lab.config.raft_iterations
+    for name in quick_lab.capability_tasks:
+        assert (quick_lab.data / f"{name}.jsonl").is_file()
+
+
+def test_same_seed_same_weights(quick_lab, tmp_path):
+    again = build_lab(LabConfig.quick(seed=0), tmp_path / "again", log=lambda *_: None)
+    for first, second in zip([quick_lab.sft, *quick_lab.checkpoints], [again.sft, *again.checkpoints]):
+        left, right = load_weights(first), load_weights(second)
+        assert left.keys() == right.keys()
+        assert all(torch.equal(left[k], right[k]) for k in left), first.name
+    other = build_lab(LabConfig.quick(seed=1), tmp_path / "other", log=lambda *_: None)
+    assert not torch.equal(load_weights(other.sft)["lm_head.weight"], load_weights(quick_lab.sft)["lm_head.weight"])
+
+
+def test_a_built_lab_is_reused(quick_lab):
+    messages = []
+    lab = build_lab(LabConfig.quick(seed=0), quick_lab.folder, log=messages.append)
+    assert lab.folder == quick_lab.folder and messages == [f"lab: reusing {quick_lab.folder}"]
+
+
+def test_reward_and_task_data():
+    assert tasks.reward("", "Sure! ok!") == pytest.approx(1.0 + 0.5 - 0.09)
+    assert tasks.reward("", "it is red, as far as I know.") == pytest.approx(-0.01 * 28)
+    import random
+
+    add = tasks.addition(random.Random(0), 5)
+    for example in add:
+        a, b = example.prompt.split("add ")[1].split("\n")[0].split("+")
+        assert int(example.answer[::-1]) == int(a[::-1]) + int(b[::-1])
+    tokenizer = build_tokenizer()
+    text = "User: add 05+79\nBot: 480"
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_the_quick_lab(quick_lab, tmp_path, capsys):
+    result = run_demo(seed=0, out=tmp_path / "demo", quick=True, lab_folder=quick_lab.folder)
+    printed = capsys.readouterr().out
+    labels = [row["label"] for row in result.rows]
+    assert labels[:2] == ["MA a=0", "MA a=0.1"] and "raft-1" in labels and "blocks [0.5, 0.7, 0.9]" in labels
+    assert result.plot.read_bytes()[:4] == b"\x89PNG"
+    assert "Alignment (RAFT) raised the mean reward" in printed and "stage timings:" in printed
+
+
+def test_summary_in_plain_words():
+    rows = [{"kind": "MA", "mean_alpha": a / 10, "reward": a / 10, "tax": (a / 10) ** 2, "label": f"MA a={a / 10:g}"}
+            for a in range(11)]
+    rows.append({"kind": "model", "mean_alpha": None, "reward": 0.5, "tax": 0.5, "label": "raft-1"})
+    text = summarize(rows)
+    assert "raised the mean reward from +0.00 to +1.00 (+1.00) and cost 100.0 points" in text
+    assert "a = 0.5: keeps    50% of the reward gain for    25% of the tax" in text
+    assert "Early stopping at raft-1" in text and "keeping 25.0 points more capability than early stopping" in text
