@@ -199,3 +199,21 @@ def test_eval_command_on_a_folder(llama_pair, tmp_path, capsys):
     assert main(["eval", str(llama_pair[0]), str(path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["tasks"]) == {"mc", "text"} and "reward" in result
+
+
+def test_a_bad_candidate_fails_before_any_evaluation(llama_pair, tmp_path, capsys):
+    path = write_sweep(tmp_path, llama_pair, patterns=([0.1, 0.2, 0.3, 0.4, 0.5],))  # 5 blocks, 4 layers
+    assert main(["sweep", str(path), "--no-progress"]) == 2
+    assert "'alphas' asks for 5 blocks but the model has only 4 decoder layers" in capsys.readouterr().err
+    assert not (tmp_path / "sweep-out" / RESULTS_FILE).exists()
+
+
+def test_model_candidates_are_evaluated_as_they_are(llama_pair, tmp_path):
+    resident = ResidentModel(*llama_pair)
+    candidate = Candidate(label="aligned", kind="model", model=str(llama_pair[1]))
+    resident.apply(candidate)
+    aligned = load_weights(llama_pair[1])
+    assert all(torch.equal(p.detach(), aligned[resident.stored_name[n]]) for n, p in resident.parameters.items())
+    assert candidate.mean_alpha is None
+    with pytest.raises(TaxcutError, match="is the model folder .* itself; there is nothing to merge"):
+        candidate.merge_spec(*llama_pair)

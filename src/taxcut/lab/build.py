@@ -57,7 +57,7 @@ class LabConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> LabConfig:
         """A reduced lab that builds in seconds (for tests): the same recipe, far fewer steps and examples."""
-        return cls(seed=seed, hidden_size=32, layers=2, heads=2, intermediate_size=64, train_per_task=200,
+        return cls(seed=seed, hidden_size=32, layers=3, heads=2, intermediate_size=64, train_per_task=200,
                    test_per_task=10, facts=10, chat_train=100, chat_test=10, sft_steps=20, sft_batch=16,
                    raft_iterations=2, raft_prompts=8, raft_samples=2, raft_epochs=1, raft_batch=8)
 

@@ -14,6 +14,7 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.io.provenance import fingerprint
+from taxcut.merging.plan import build_plan
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.candidates import Candidate, expand_grid
 from taxcut.sweep.pareto import pareto_front, select, tax
@@ -45,6 +46,9 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
     store = ResultsStore(spec.out / RESULTS_FILE)
     done = {r["candidate_id"] for r in store.records() if r.get("context") == context}
     todo = [c for c in candidates if c.id not in done]
+    for candidate in todo:  # resolve every plan from the headers first: a bad candidate fails before any work
+        if candidate.model is None:
+            build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate)).close()
     if todo:
         resident = ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype, extrapolate=spec.extrapolate)
         bar = tqdm(todo, desc="sweep", unit="candidate", disable=None if progress is None else not progress)
