@@ -48,13 +48,11 @@ def interpolate(
         result = out_flat[start:stop]
         if result.dtype == torch.float32:
             torch.add(x, y, out=result)
-            finite = finite and (not check_finite or all_finite(result))
         else:
             x.add_(y)
             result.copy_(x)
-            # the float32 sum, and for narrower outputs the cast too (it can overflow to Inf)
-            finite = finite and (not check_finite or (all_finite(x) and (out.dtype == torch.float64
-                                                                          or all_finite(result))))
+        # checking the cast result catches NaN/Inf from the inputs (they survive the cast) and a cast that overflows
+        finite = finite and (not check_finite or all_finite(result))
     return finite
 
 
