@@ -96,6 +96,44 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(run=_run_export)
 
+    sample = commands.add_parser("sample", help="HMA's fit set: the best-reward responses of the aligned model")
+    sample.add_argument("--model", type=Path, required=True, help="the aligned model folder")
+    sample.add_argument("--prompts", type=Path, required=True, help="JSONL with 'prompt' or 'messages'")
+    scorer = sample.add_mutually_exclusive_group(required=True)
+    scorer.add_argument("--reward-model", type=Path, help="a reward model folder (sequence classifier)")
+    scorer.add_argument("--reward-function", metavar="MODULE:FUNCTION", help="a reward callable")
+    sample.add_argument("--n", type=int, default=8, help="responses sampled per prompt")
+    sample.add_argument("--keep", type=int, required=True, help="how many of the best to keep, over all prompts")
+    sample.add_argument("--out", type=Path, required=True, help="the fit set (JSONL: prompt, response, reward)")
+    sample.add_argument("--max-new-tokens", type=int, default=64)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sample.add_argument("--debug", action="store_true", help="show tracebacks")
+    sample.set_defaults(run=_run_sample)
+
+    fit = commands.add_parser("fit", help="learn HMA block ratios (mean held at a) from a fit set")
+    fit.add_argument("--sft", type=Path, required=True)
+    fit.add_argument("--aligned", type=Path, required=True)
+    fit.add_argument("--data", type=Path, required=True, help="the fit set (JSONL: prompt, response)")
+    fit.add_argument("--alpha", type=float, required=True,
+                     help="the mean ratio a; a weighs the ALIGNED model (the paper's code: alpha=0.2 means a=0.8)")
+    fit.add_argument("--blocks", type=int, default=3)
+    fit.add_argument("--eps", type=float, default=0.05, help="bounds how far the block ratios can spread")
+    fit.add_argument("--reg", type=_floats, default=[0.0], metavar="W | W1,...,WK",
+                     help="weights of the L1 pull sum_k w_k |a_k - a|")
+    fit.add_argument("--scope", choices=["all", "paper"], default="all",
+                     help="all: every tensor follows the blocks; paper: only Linear weights (embeddings and norms "
+                     "from SFT, lm_head at a)")
+    fit.add_argument("--epochs", type=int, default=1)
+    fit.add_argument("--batch-size", type=int, default=8)
+    fit.add_argument("--lr", type=float, default=0.05)
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    fit.add_argument("--out", type=Path, required=True, help="the ratios file (a merge spec) to write")
+    fit.add_argument("--debug", action="store_true", help="show tracebacks")
+    fit.set_defaults(run=_run_fit)
+
     lab = commands.add_parser("lab", help="the built-in alignment lab (a tiny SFT model aligned with RAFT)")
     lab_commands = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
     build = lab_commands.add_parser("build", help="build (or reuse) a lab: SFT model, RAFT checkpoints, data")
@@ -213,6 +251,35 @@ def _run_export(args: argparse.Namespace) -> int:
 
     destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite)
     print(f"wrote {destination}")
+    return 0
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from taxcut.evaluation.generation import GenerationSettings
+    from taxcut.hma.sample import sample_fit_set
+
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
+                                  seed=args.seed)
+    kept = sample_fit_set(args.model, args.prompts, args.out, n=args.n, keep=args.keep,
+                          reward_model=args.reward_model, reward_function=args.reward_function, settings=settings,
+                          device=args.device)
+    if kept:
+        print(f"wrote {len(kept)} responses to {args.out} (reward {kept[-1]['reward']:.3f} to {kept[0]['reward']:.3f})")
+    return 0
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from taxcut.hma.fit import FitSettings, fit_ratios
+    from taxcut.hma.ratios_file import ratios_spec, write_ratios
+
+    reg = args.reg[0] if len(args.reg) == 1 else args.reg
+    settings = FitSettings(alpha=args.alpha, blocks=args.blocks, eps=args.eps, reg=reg, scope=args.scope,
+                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                           device=args.device)
+    result = fit_ratios(args.sft, args.aligned, args.data, settings)
+    write_ratios(args.out, ratios_spec(result, settings, args.sft, args.aligned, args.data))
+    print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {args.alpha}); "
+          f"merge it with: taxcut merge {args.out} --out DIR")
     return 0
 
 

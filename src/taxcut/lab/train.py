@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from taxcut.evaluation.data import collate
 from taxcut.evaluation.generation import GenerationSettings, generate
 from taxcut.lab.tasks import Example
 
@@ -25,18 +26,6 @@ def encode(tokenizer, examples: Sequence[Example]) -> list[tuple[list[int], int]
         answer = tokenizer(example.answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         encoded.append((prompt + answer, len(prompt)))
     return encoded
-
-
-def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, start) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, start: len(ids)] = torch.tensor(ids[start:])
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 def length_grouped_batches(encoded, batch_size: int, rng: random.Random):

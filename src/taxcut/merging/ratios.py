@@ -33,6 +33,7 @@ class RatioDecision:
     alpha: float
     group: str
     order: float = 0.0  # where the group stands in a printed plan: embeddings, blocks bottom to top, head, rules
+    block: int | None = None  # the index of the block whose ratio this is (None: a rule or the mean)
 
 
 @dataclass(frozen=True)
@@ -92,12 +93,13 @@ class RatioResolver:
             block = next(b for b in self.blocks if b.first <= layer <= b.last)
             if self.spec.alpha is not None:
                 return RatioDecision(block.alpha, "decoder layers (alpha)", 0)
+            index = self.blocks.index(block)
             if self.spec.layer_alphas is not None:
-                return RatioDecision(block.alpha, block.label, block.first)
-            return RatioDecision(block.alpha, f"block {self.blocks.index(block) + 1} ({block.label})", block.first)
+                return RatioDecision(block.alpha, block.label, block.first, index)
+            return RatioDecision(block.alpha, f"block {index + 1} ({block.label})", block.first, index)
         if self.spec.alpha is not None:
             return RatioDecision(self.spec.alpha, "outside the layers (alpha)", 1e6)
         if self.layout.is_embedding(tensor_name):
             tied = f", tied to {self.tied_head_of[tensor_name]}" if tensor_name in self.tied_head_of else ""
-            return RatioDecision(self.blocks[0].alpha, f"embeddings (first block's ratio{tied})", -1)
+            return RatioDecision(self.blocks[0].alpha, f"embeddings (first block's ratio{tied})", -1, 0)
         return RatioDecision(self.mean_alpha, "outside the layers, after them (mean ratio)", 1e6)

@@ -109,6 +109,7 @@ class MergeSpec(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     max_shard_size: int | str = "5GB"
     files_from: Literal["aligned", "sft"] = "aligned"
+    fit: dict[str, Any] | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
 
     @field_validator("max_shard_size")
     @classmethod

@@ -29,6 +29,39 @@ class CandidateGrid(BaseModel):
     layer_patterns: list[list[float]] = []
     rules: list[NameRule] = []
     models: list[Path] = []
+    ratio_files: list[Path] = []  # ratios files of `taxcut fit` (or any merge spec): their ratios are candidates
+    hma: HmaGrid | None = None
+
+
+class HmaGrid(BaseModel):
+    """Fit one HMA candidate per ``alphas`` value (cached by its inputs) with ``taxcut fit``'s settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path
+    alphas: list[float] = [round(0.1 * i, 1) for i in range(1, 10)]
+    blocks: int = 3
+    eps: float = 0.05
+    reg: float | list[float] = 0.0
+    scope: Literal["all", "paper"] = "all"
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 0.05
+    seed: int = 0
+
+
+class SearchSpec(BaseModel):
+    """A black-box multi-objective search over the K block ratios (optuna, extra ``taxcut[search]``) that measures
+    reward and tax directly, ``budget`` candidates in all (resumable through the results file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: int = 20
+    blocks: int = 3
+    sampler: Literal["nsga2", "tpe"] = "nsga2"
+    seed: int = 0
+    low: float = 0.0
+    high: float = 1.0
 
 
 class SweepSpec(BaseModel):
@@ -42,6 +75,7 @@ class SweepSpec(BaseModel):
     candidates: CandidateGrid = CandidateGrid()
     evaluation: EvaluationSpec
     extrapolate: bool = False
+    search: SearchSpec | None = None
     select: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
@@ -70,9 +104,13 @@ class SweepSpec(BaseModel):
             if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
                 data[key] = str(path.parent / data[key])
         grid = data.get("candidates")
-        if isinstance(grid, dict) and isinstance(grid.get("models"), list):
-            grid["models"] = [m if not isinstance(m, str) or Path(m).is_absolute() else str(path.parent / m)
-                              for m in grid["models"]]
+        for key in ("models", "ratio_files"):
+            if isinstance(grid, dict) and isinstance(grid.get(key), list):
+                grid[key] = [m if not isinstance(m, str) or Path(m).is_absolute() else str(path.parent / m)
+                             for m in grid[key]]
+        if isinstance(grid, dict) and isinstance(grid.get("hma"), dict) and isinstance(grid["hma"].get("data"), str):
+            if not Path(grid["hma"]["data"]).is_absolute():
+                grid["hma"]["data"] = str(path.parent / grid["hma"]["data"])
         data.update(overrides or {})
         spec = spec_from_dict(data, source=str(path), model=cls)
         return spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})

@@ -72,6 +72,7 @@ def expand_grid(grid: CandidateGrid) -> list[Candidate]:
     candidates += [Candidate(label=f"layers {_short(p)}", kind="layers", layer_alphas=p, rules=rules)
                    for p in grid.layer_patterns]
     candidates += [Candidate(label=Path(m).name, kind="model", model=str(Path(m).resolve())) for m in grid.models]
+    candidates += [from_ratios_file(Path(path)) for path in grid.ratio_files]
     unique: dict[str, Candidate] = {}
     for candidate in candidates:
         unique.setdefault(candidate.id, candidate)
@@ -84,3 +85,13 @@ def ma_candidate(alpha: float, rules: list | None = None) -> Candidate:
 
 def _short(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def from_ratios_file(path: Path, label: str | None = None) -> Candidate:
+    """The ratios of a merge spec file (e.g. written by ``taxcut fit``) as a candidate."""
+    from taxcut.spec.merge import MergeSpec
+
+    spec = MergeSpec.from_yaml(path)
+    kind = "HMA" if spec.fit else "blocks"
+    fields = {k: v for k, v in spec.model_dump(include=set(_RATIO_FIELDS), exclude_none=True).items() if v != []}
+    return Candidate(label=label or f"{kind} {path.stem}", kind=kind, **fields)

@@ -42,12 +42,15 @@ def plot_front(rows: Sequence[dict], path: Path, title: str = "Reward vs. alignm
     figure, axes = plt.subplots(figsize=(7, 5), dpi=120)
     for kind, marker, legend in (("MA", "o", "MA (one a)"), ("blocks", "s", "block profiles"),
                                  ("layers", "^", "layer profiles"), ("HMA", "D", "HMA (learned)"),
-                                 ("model", "x", "checkpoints as they are")):
+                                 ("model", "x", "checkpoints as they are"), ("search", "P", "black-box search")):
         mine = [r for r in rows if r["kind"] == kind]
         if mine:
             axes.scatter([r["tax"] for r in mine], [r["reward"] for r in mine], marker=marker, label=legend,
                          alpha=0.8)
     ma = sorted((r for r in rows if r["kind"] == "MA"), key=lambda r: r["mean_alpha"])
+    hma = sorted((r for r in rows if r["kind"] == "HMA"), key=lambda r: r["mean_alpha"])
+    if len(hma) > 1:
+        axes.plot([r["tax"] for r in hma], [r["reward"] for r in hma], color="tab:red", alpha=0.4, linewidth=1)
     models = [r for r in rows if r["kind"] == "model"]
     if len(models) > 1:
         axes.plot([r["tax"] for r in models], [r["reward"] for r in models], color="tab:purple", alpha=0.3,

@@ -38,27 +38,53 @@ class SweepReport:
 
 
 def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
-    """Evaluate the candidates of ``spec`` not already in its results file, then report on all of them."""
+    """Evaluate the candidates of ``spec`` not already in its results file, then report on all of them.
+
+    Order: the grid (SFT first), the fitted HMA candidates, then the black-box search, which needs the SFT
+    baseline to measure tax.
+    """
     device = pick_device(spec.device)
     suite = EvaluationSuite.from_spec(spec.evaluation, device=device)
-    candidates = expand_grid(spec.candidates)
     context = sweep_context(spec, suite)
     store = ResultsStore(spec.out / RESULTS_FILE)
-    done = {r["candidate_id"] for r in store.records() if r.get("context") == context}
-    todo = [c for c in candidates if c.id not in done]
-    for candidate in todo:  # resolve every plan from the headers first: a bad candidate fails before any work
-        if candidate.model is None:
-            build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate)).close()
-    if todo:
-        resident = ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype, extrapolate=spec.extrapolate)
+    latest = {r["candidate_id"]: r for r in store.records() if r.get("context") == context}
+    resident: list[ResidentModel] = []
+
+    def evaluate(candidate: Candidate) -> dict:
+        if not resident:
+            resident.append(ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype,
+                                          extrapolate=spec.extrapolate))
+        resident[0].apply(candidate)
+        record = _record(spec, candidate, suite.evaluate(resident[0].model, resident[0].tokenizer), context)
+        store.append(record)
+        latest[candidate.id] = record
+        return record
+
+    def evaluate_all(candidates: list[Candidate]) -> None:
+        todo = [c for c in candidates if c.id not in latest]
+        for candidate in todo:  # every plan from the headers first: a bad candidate fails before any work
+            if candidate.model is None:
+                build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate)).close()
         bar = tqdm(todo, desc="sweep", unit="candidate", disable=None if progress is None else not progress)
         for candidate in bar:
             bar.set_postfix_str(candidate.label)
-            resident.apply(candidate)
-            result = suite.evaluate(resident.model, resident.tokenizer)
-            store.append(_record(spec, candidate, result, context))
+            evaluate(candidate)
+
+    candidates = expand_grid(spec.candidates)
+    evaluate_all(candidates)
+    if spec.candidates.hma is not None:
+        from taxcut.hma.candidates import hma_candidates
+
+        fitted = hma_candidates(spec, log=lambda *_: None)
+        evaluate_all(fitted)
+        candidates += fitted
+    if spec.search is not None:
+        from taxcut.sweep.search import search_candidates
+
+        done = [r for r in latest.values() if r["kind"] == "search"]
+        candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate)
     (spec.out / "sweep.yaml").write_text(spec.to_yaml())
-    report = summarize(store.records(), context, candidates, spec.out)
+    report = summarize(list(latest.values()), context, candidates, spec.out)
     if spec.select:
         report.selected = select(report.rows, spec.select)
     return report
@@ -78,6 +104,10 @@ def sweep_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
 def summarize(records: list[dict], context: str, candidates: list[Candidate], out: Path) -> SweepReport:
     """Rows for the candidates of this sweep (newest record of each), their tax, the front; writes the reports."""
     latest = {r["candidate_id"]: r for r in records if r.get("context") == context}
+    unique: dict[str, Candidate] = {}
+    for candidate in candidates:
+        unique.setdefault(candidate.id, candidate)
+    candidates = list(unique.values())
     baseline = latest.get(candidates[0].id)
     if baseline is None:
         raise TaxcutError("the SFT model (a = 0) has no result yet, so the tax cannot be measured")

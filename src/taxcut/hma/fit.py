@@ -1,0 +1,216 @@
+"""``taxcut fit``: learn the HMA block ratios, reading top to bottom like one training script.
+
+Only the K block logits ``s_k`` train; every weight is ``(1 - a_k) * theta_sft + a_k * theta_aligned`` for its
+block, with ``a_k`` from :func:`taxcut.hma.ratios.block_ratios` (mean held at ``a``). The objective is the
+log-likelihood of high-reward responses given their prompts (loss on response tokens only), optionally plus a
+weighted L1 pull ``sum_k w_k |a_k - a|``. Adam, linear warm-up then cosine decay, one epoch by default.
+
+Which tensor follows which block comes from the merge plan of the ratios file this writes, so the fitted
+in-memory model is exactly what ``taxcut merge`` of that file produces. Memory: the SFT model's own parameters
+(theta_sft), one copy of theta_aligned, and the weights materialised for each step; no copy per wrapped layer.
+Runs on one device, or under ``accelerate launch`` with the data split across processes (gradients of the K
+logits are averaged).
+
+Convention: ``a`` weighs the ALIGNED model. The paper's code weighs the SFT model (its ``alpha=0.2`` is ``a=0.8``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from taxcut.errors import TaxcutError
+from taxcut.evaluation.data import collate, read_jsonl
+from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
+from taxcut.hma.ratios import block_ratios, initial_logits
+from taxcut.merging.interpolation import interpolate
+from taxcut.merging.layers import TIED_HEAD_NAMES, detect_layers
+from taxcut.merging.plan import build_plan
+from taxcut.merging.ratios import split_blocks
+from taxcut.spec.merge import MergeSpec
+
+
+@dataclass
+class FitSettings:
+    alpha: float
+    blocks: int = 3
+    eps: float = 0.05
+    reg: list[float] | float = 0.0  # weights w_k of sum_k w_k |a_k - a| (one number: the same for every block)
+    scope: Literal["all", "paper"] = "all"
+    epochs: int = 1
+    batch_size: int = 8
+    lr: float = 0.05
+    warmup: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise TaxcutError(f"--alpha {self.alpha}: HMA needs 0 < a < 1 (its logits start at logit(a))")
+        if self.blocks < 1 or self.eps <= 0:
+            raise TaxcutError("--blocks must be at least 1 and --eps positive")
+        weights = self.reg if isinstance(self.reg, list) else [self.reg] * self.blocks
+        if len(weights) != self.blocks or any(w < 0 for w in weights):
+            raise TaxcutError(f"--reg needs one non-negative weight or {self.blocks} (one per block)")
+        self.reg = weights
+
+
+@dataclass
+class FitResult:
+    alphas: list[float]
+    block_bounds: list[tuple[int, int]]
+    rules: list[dict]
+    losses: list[float] = field(default_factory=list)
+    ratio_history: list[list[float]] = field(default_factory=list)
+    weights: dict[str, torch.Tensor] | None = None
+
+
+def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log=print,
+               keep_weights: bool = False) -> FitResult:
+    """Learn the block ratios; ``keep_weights`` also returns the fitted weights by stored name (for checks)."""
+    torch.manual_seed(settings.seed)
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=pick_device(settings.device).type == "cpu")
+    device = accelerator.device
+
+    # 1. the two models: the SFT model's parameters are theta_sft; theta_aligned is kept beside them
+    model = load_causal_lm(sft, device=device)
+    model.requires_grad_(False)
+    tokenizer = load_tokenizer(aligned)
+    aligned_params = dict(load_causal_lm(aligned, device=device).named_parameters())
+    params = dict(model.named_parameters())
+    from taxcut.sweep.resident import checkpoint_names
+
+    stored = checkpoint_names(model)
+
+    # 2. which ratio each parameter follows: the plan of the ratios file we are about to write
+    num_layers = detect_layers(stored.values()).num_layers
+    if num_layers < settings.blocks:
+        raise TaxcutError(f"--blocks {settings.blocks}: the model has only {num_layers} decoder layers")
+    bounds = split_blocks(num_layers, settings.blocks)
+    rules = (paper_scope_rules(params, stored, settings.alpha) if settings.scope == "paper"
+             else head_rules(stored, settings.alpha))
+    spec = MergeSpec(sft=sft, aligned=aligned, alphas=[settings.alpha] * settings.blocks, block_bounds=bounds,
+                     rules=rules)
+    with build_plan(spec) as plan:
+        decision = {t.name: t.decision for t in plan.tensors}
+    trainable = {name: decision[stored[name]].block for name in params
+                 if decision[stored[name]].block is not None}
+    constant = {}  # the weights whose ratio does not train (rules, the mean): computed once, as merge does
+    for name, parameter in params.items():
+        if name not in trainable:
+            constant[name] = torch.empty_like(parameter)
+            interpolate(parameter.detach(), aligned_params[name].detach(), decision[stored[name]].alpha,
+                        constant[name])
+
+    # 3. the fit set: prompt + response, loss on the response tokens only
+    examples = _encode(tokenizer, data, getattr(model.config, "max_position_embeddings", None))
+    rng = random.Random(settings.seed)
+
+    # 4. the only trainable tensor: K block logits, starting at MA
+    logits = initial_logits(settings.alpha, settings.blocks).to(device).requires_grad_()
+    optimizer = torch.optim.Adam([logits], lr=settings.lr)
+    shard = examples[accelerator.process_index::accelerator.num_processes]
+    steps_per_epoch = math.ceil(len(shard) / settings.batch_size)
+    total_steps = max(1, steps_per_epoch * settings.epochs)
+    warmup_steps = max(1, int(settings.warmup * total_steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    reg = torch.tensor(settings.reg, device=device)
+    result = FitResult([], bounds, rules)
+    log(f"fit: {len(examples)} examples, {settings.blocks} blocks {bounds}, a = {settings.alpha}, eps = "
+        f"{settings.eps}, scope {settings.scope}, {total_steps} steps")
+    model.eval()  # no dropout: the weights are the only thing that changes
+    for epoch in range(settings.epochs):
+        order = list(range(len(shard)))
+        rng.shuffle(order)
+        for start in range(0, len(order), settings.batch_size):
+            batch = collate([shard[i] for i in order[start:start + settings.batch_size]], tokenizer.pad_token_id or 0)
+            ratios = block_ratios(logits, settings.alpha, settings.eps)  # (K,), mean == alpha
+            weights = materialize(params, aligned_params, trainable, constant, ratios)
+            output = torch.func.functional_call(model, weights, args=(), kwargs={k: v.to(device)
+                                                                                 for k, v in batch.items()})
+            loss = output.loss + (reg * (ratios - settings.alpha).abs()).sum()
+            loss.backward()
+            if accelerator.num_processes > 1:
+                logits.grad = accelerator.reduce(logits.grad, reduction="mean")
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(output.loss.item())
+            result.ratio_history.append(block_ratios(logits.detach(), settings.alpha, settings.eps).tolist())
+        log(f"fit: epoch {epoch + 1}: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}, ratios "
+            + ", ".join(f"{r:.4f}" for r in result.ratio_history[-1]))
+    final = block_ratios(logits.detach(), settings.alpha, settings.eps)
+    result.alphas = final.float().cpu().tolist()
+    if keep_weights:
+        with torch.no_grad():
+            result.weights = {stored[n]: w.detach().cpu() for n, w in
+                              materialize(params, aligned_params, trainable, constant, final).items()}
+    return result
+
+
+def materialize(params: dict, aligned_params: dict, trainable: dict[str, int], constant: dict, ratios) -> dict:
+    """Every weight for one step: ``(1 - a_k) * sft + a_k * aligned`` for the trainable ones (differentiable in
+    the ratios), the precomputed constant ones as they are."""
+    weights = dict(constant)
+    for name, block in trainable.items():
+        r = ratios[block]
+        weights[name] = (params[name] * (1 - r) + aligned_params[name] * r).to(params[name].dtype)
+    return weights
+
+
+def head_rules(stored: dict[str, str], alpha: float) -> list[dict]:
+    """Tensors after the layers (final norm, untied head) stay at exactly ``a`` while the blocks move (the mean of
+    the learned ratios is ``a`` only up to float rounding), written as rules so the ratios file says so."""
+    layout = detect_layers(stored.values())
+    after = sorted(key for key in stored.values() if key not in layout.layer_of and not layout.is_embedding(key))
+    return [{"regex": re.escape(key), "alpha": alpha} for key in after]
+
+
+def paper_scope_rules(params: dict, stored: dict[str, str], alpha: float) -> list[dict]:
+    """The paper's scope as rules: only Linear weights inside the layers follow the blocks; embeddings, norms and
+    biases stay at the SFT model (a = 0); the output head is averaged at ``a``."""
+    layout = detect_layers(stored.values())
+    keep_sft, at_alpha = set(), set()
+    for name, parameter in params.items():
+        key = stored[name]
+        if key in layout.layer_of:
+            if parameter.ndim != 2:  # norms, biases
+                keep_sft.add(re.escape(key).replace(rf"\.{layout.layer_of[key]}\.", r"\.\d+\.", 1))
+        elif key in TIED_HEAD_NAMES and not layout.is_embedding(key):
+            at_alpha.add(re.escape(key))
+        else:
+            keep_sft.add(re.escape(key))
+    rules = [{"regex": pattern, "alpha": 0.0} for pattern in sorted(keep_sft)]
+    return rules + [{"regex": pattern, "alpha": alpha} for pattern in sorted(at_alpha)]
+
+
+def _encode(tokenizer, path: Path, context: int | None) -> list[tuple[list[int], int]]:
+    records = read_jsonl(path, needs=[("prompt",), ("response",)], what="fit set")
+    encoded = []
+    for number, record in enumerate(records, start=1):
+        prompt = tokenizer(str(record["prompt"]), add_special_tokens=False)["input_ids"]
+        response = tokenizer(str(record["response"]), add_special_tokens=False)["input_ids"]
+        ids = prompt + response + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        if context is not None and len(ids) > context:
+            raise TaxcutError(f"{path}, record {number}: prompt and response are {len(ids)} tokens, longer than "
+                              f"the model's context of {context}; shorten or drop it")
+        if len(ids) <= len(prompt):
+            raise TaxcutError(f"{path}, record {number}: the response is empty")
+        encoded.append((ids, len(prompt)))
+    return encoded
+
+

@@ -1,0 +1,50 @@
+"""Beyond the paper: a black-box multi-objective search over the block ratios, measuring reward and tax directly.
+
+optuna's NSGA-II (or TPE) proposes K block ratios; each proposal is evaluated like any sweep candidate and
+appended to the same results file, so a killed search resumes: earlier proposals are told to the new study
+before it asks for more. Extra ``taxcut[search]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from taxcut.errors import TaxcutError
+from taxcut.spec.sweep import SearchSpec
+from taxcut.sweep.candidates import Candidate
+from taxcut.sweep.pareto import tax
+
+
+def search_candidates(spec: SearchSpec, done: list[dict], baseline: dict,
+                      evaluate: Callable[[Candidate], dict]) -> list[Candidate]:
+    """Run the search to its budget. ``done``: this search's earlier records; ``evaluate``: candidate -> record."""
+    try:
+        import optuna
+    except ImportError:
+        raise TaxcutError("the black-box search needs the extra: pip install 'taxcut[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.sampler == "nsga2"
+               else optuna.samplers.TPESampler(seed=spec.seed))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+    distributions = {f"a{k}": optuna.distributions.FloatDistribution(spec.low, spec.high) for k in range(spec.blocks)}
+    candidates = []
+    for record in done:
+        params = {f"a{k}": value for k, value in enumerate(record["candidate"]["alphas"])}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
+                                                  values=_objectives(record, baseline)))
+        candidates.append(_candidate([params[f"a{k}"] for k in range(spec.blocks)]))
+    while len(study.trials) < spec.budget:
+        trial = study.ask(distributions)
+        candidate = _candidate([round(trial.params[f"a{k}"], 4) for k in range(spec.blocks)])
+        record = evaluate(candidate)
+        study.tell(trial, _objectives(record, baseline))
+        candidates.append(candidate)
+    return candidates
+
+
+def _candidate(alphas: list[float]) -> Candidate:
+    return Candidate(label="search [" + ", ".join(f"{a:.2f}" for a in alphas) + "]", kind="search", alphas=alphas)
+
+
+def _objectives(record: dict, baseline: dict) -> list[float]:
+    return [record["reward"]["reward"], tax(record["primary"], baseline["primary"], record["directions"])]
