@@ -37,11 +37,11 @@ if mode == "hma":
     from taxcut.hma.fit import FitSettings, fit_ratios
     import taxcut.hma.fit as fit
     stamps = []
-    original = fit.materialize
+    original = fit.collate
     def timed(*args, **kwargs):
         stamps.append(time.perf_counter())
         return original(*args, **kwargs)
-    fit.materialize = timed
+    fit.collate = timed
     fit_ratios(Path(sft), Path(aligned), Path(data), FitSettings(alpha=0.5, batch_size=batch, device=device),
                log=lambda *_: None)
     steps = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -95,7 +95,7 @@ def main() -> None:
         print(f"{label:<48} {1000 * r['step']:7.1f} ms/step, peak {r['peak_gb']:.2f} GB")
     print(f"ratio HMA / plain step time: {results['hma']['step'] / results['plain']['step']:.2f}  (target <= 1.5)")
     print(f"peak memory HMA / plain: {results['hma']['peak_gb'] / results['plain']['peak_gb']:.2f} "
-          f"(plain holds weights + grads + 2 AdamW states = 4 copies; HMA: sft + aligned + one materialised copy)")
+          f"(plain: weights + grads + 2 AdamW states; HMA: theta_sft + theta_aligned, layers recomputed)")
 
 
 if __name__ == "__main__":

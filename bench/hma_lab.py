@@ -43,11 +43,10 @@ def main() -> None:
         sample_fit_set(lab.aligned, prompts, fit_set, n=4, keep=300, reward_function="taxcut.lab.tasks:reward",
                        settings=GenerationSettings(do_sample=True, max_new_tokens=40, batch_size=256, seed=seed))
         spec = demo_sweep_spec(lab, work / f"sweep-{seed}")
-        grid = spec.candidates.model_copy(update={
-            "block_patterns": [], "models": [],
-            "hma": {"data": fit_set, "alphas": [0.3, 0.4, 0.5, 0.6, 0.7], "batch_size": 16, "lr": 0.1}})
-        spec = spec.model_validate({**spec.model_dump(), "candidates": grid.model_dump(),
-                                    "search": {"budget": 12, "seed": seed}})
+        data = spec.model_dump(mode="json")
+        data["candidates"].update(block_patterns=[], models=[], hma={
+            "data": str(fit_set), "alphas": [0.3, 0.4, 0.5, 0.6, 0.7], "batch_size": 16, "lr": 0.1})
+        spec = spec.model_validate({**data, "search": {"budget": 12, "seed": seed}})
         rows = run_sweep(spec, progress=False).rows
         ma = {round(r["mean_alpha"], 2): r for r in rows if r["kind"] == "MA"}
         hma = {round(r["mean_alpha"], 2): r for r in rows if r["kind"] == "HMA"}

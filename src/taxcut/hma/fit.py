@@ -7,7 +7,9 @@ weighted L1 pull ``sum_k w_k |a_k - a|``. Adam, linear warm-up then cosine decay
 
 Which tensor follows which block comes from the merge plan of the ratios file this writes, so the fitted
 in-memory model is exactly what ``taxcut merge`` of that file produces. Memory: the SFT model's own parameters
-(theta_sft), one copy of theta_aligned, and the weights materialised for each step; no copy per wrapped layer.
+(theta_sft) and one copy of theta_aligned; each weight is computed on access inside its layer (a
+parametrisation), and each decoder layer is recomputed in the backward pass, so no layer's interpolated weights
+outlive its use.
 Runs on one device, or under ``accelerate launch`` with the data split across processes (gradients of the K
 logits are averaged).
 
@@ -103,12 +105,14 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
         decision = {t.name: t.decision for t in plan.tensors}
     trainable = {name: decision[stored[name]].block for name in params
                  if decision[stored[name]].block is not None}
-    constant = {}  # the weights whose ratio does not train (rules, the mean): computed once, as merge does
-    for name, parameter in params.items():
-        if name not in trainable:
-            constant[name] = torch.empty_like(parameter)
-            interpolate(parameter.detach(), aligned_params[name].detach(), decision[stored[name]].alpha,
-                        constant[name])
+    with torch.no_grad():  # weights whose ratio does not train (rules, the mean): set once, in place, as merge does
+        for name, parameter in params.items():
+            if name not in trainable:
+                interpolate(parameter.detach().clone(), aligned_params[name].detach(), decision[stored[name]].alpha,
+                            parameter.data)
+    holder = _Ratios()
+    _parametrize(model, trainable, aligned_params, holder)
+    _recompute_layers(model)
 
     # 3. the fit set: prompt + response, loss on the response tokens only
     examples = _encode(tokenizer, data, getattr(model.config, "max_position_embeddings", None))
@@ -139,9 +143,8 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
         for start in range(0, len(order), settings.batch_size):
             batch = collate([shard[i] for i in order[start:start + settings.batch_size]], tokenizer.pad_token_id or 0)
             ratios = block_ratios(logits, settings.alpha, settings.eps)  # (K,), mean == alpha
-            weights = materialize(params, aligned_params, trainable, constant, ratios)
-            output = torch.func.functional_call(model, weights, args=(), kwargs={k: v.to(device)
-                                                                                 for k, v in batch.items()})
+            holder.ratios = ratios  # every parametrised weight reads its block's ratio from here
+            output = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
             loss = output.loss + (reg * (ratios - settings.alpha).abs()).sum()
             loss.backward()
             if accelerator.num_processes > 1:
@@ -156,20 +159,66 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     final = block_ratios(logits.detach(), settings.alpha, settings.eps)
     result.alphas = final.float().cpu().tolist()
     if keep_weights:
+        holder.ratios = final
         with torch.no_grad():
-            result.weights = {stored[n]: w.detach().cpu() for n, w in
-                              materialize(params, aligned_params, trainable, constant, final).items()}
+            result.weights = {stored[name]: _current(model, name).detach().cpu().clone() for name in params}
     return result
 
 
-def materialize(params: dict, aligned_params: dict, trainable: dict[str, int], constant: dict, ratios) -> dict:
-    """Every weight for one step: ``(1 - a_k) * sft + a_k * aligned`` for the trainable ones (differentiable in
-    the ratios), the precomputed constant ones as they are."""
-    weights = dict(constant)
-    for name, block in trainable.items():
-        r = ratios[block]
-        weights[name] = (params[name] * (1 - r) + aligned_params[name] * r).to(params[name].dtype)
-    return weights
+class _Ratios:
+    """Where the parametrised weights find this step's block ratios."""
+
+    ratios: torch.Tensor | None = None
+
+
+class _Interpolated(torch.nn.Module):
+    """A weight computed on access: ``(1 - a_k) * theta_sft + a_k * theta_aligned`` (theta_sft is the module's
+    original parameter). Computed inside each layer's forward, so with :func:`_recompute_layers` only one layer's
+    weights exist at a time."""
+
+    def __init__(self, aligned: torch.Tensor, holder: _Ratios, block: int):
+        super().__init__()
+        self.aligned, self.holder, self.block = aligned, holder, block
+
+    def forward(self, sft: torch.Tensor) -> torch.Tensor:
+        ratio = self.holder.ratios[self.block]
+        return (sft * (1 - ratio) + self.aligned * ratio).to(sft.dtype)
+
+
+def _parametrize(model, trainable: dict[str, int], aligned_params: dict, holder: _Ratios) -> None:
+    """Parametrise every module attribute holding a trainable weight (tied weights: each module that shares it)."""
+    from torch.nn.utils import parametrize
+
+    by_tensor = {id(p): name for name, p in model.named_parameters() if name in trainable}
+    targets = []
+    for module_name, module in model.named_modules():
+        for attribute, parameter in list(module.named_parameters(recurse=False)):
+            if id(parameter) in by_tensor:
+                targets.append((module, attribute, by_tensor[id(parameter)]))
+    for module, attribute, name in targets:
+        parametrize.register_parametrization(
+            module, attribute, _Interpolated(aligned_params[name].detach(), holder, trainable[name]), unsafe=True)
+
+
+def _recompute_layers(model) -> None:
+    """Recompute each decoder layer in the backward pass instead of keeping its weights and activations."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    layout = detect_layers(name for name, _ in model.named_parameters())
+    layers = {name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]
+              for name, index in layout.layer_of.items()}
+    for name in layers:
+        module = model.get_submodule(name)
+        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+
+
+def _current(model, name: str) -> torch.Tensor:
+    """A parameter's current value (through its parametrisation, if it has one)."""
+    *path, attribute = name.split(".")
+    module = model.get_submodule(".".join(path))
+    return getattr(module, attribute)
 
 
 def head_rules(stored: dict[str, str], alpha: float) -> list[dict]:
