@@ -277,6 +277,8 @@ def _run_fit(args: argparse.Namespace) -> int:
                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                            device=args.device)
     result = fit_ratios(args.sft, args.aligned, args.data, settings)
+    if not result.is_main_process:
+        return 0
     write_ratios(args.out, ratios_spec(result, settings, args.sft, args.aligned, args.data))
     print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {args.alpha}); "
           f"merge it with: taxcut merge {args.out} --out DIR")

@@ -6,8 +6,6 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from taxcut.errors import TaxcutError
 
 
@@ -40,16 +38,3 @@ def read_jsonl(path: Path, *, needs: Sequence[Sequence[str]], what: str, limit: 
     if not records:
         raise TaxcutError(f"{path}: no records; the {what} file is empty")
     return records
-
-
-def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``/``attention_mask`` and ``labels`` that cover ``ids[start:]`` only."""
-    width = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (ids, start) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, start: len(ids)] = torch.tensor(ids[start:])
-        mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 
 from taxcut.errors import TaxcutError
-from taxcut.evaluation.data import collate, read_jsonl
+from taxcut.evaluation.data import read_jsonl
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.hma.ratios import block_ratios, initial_logits
 from taxcut.merging.interpolation import interpolate
@@ -36,6 +36,7 @@ from taxcut.merging.layers import TIED_HEAD_NAMES, detect_layers
 from taxcut.merging.plan import build_plan
 from taxcut.merging.ratios import split_blocks
 from taxcut.spec.merge import MergeSpec
+from taxcut.training import collate, warmup_cosine
 
 
 @dataclass
@@ -71,6 +72,7 @@ class FitResult:
     losses: list[float] = field(default_factory=list)
     ratio_history: list[list[float]] = field(default_factory=list)
     weights: dict[str, torch.Tensor] | None = None
+    is_main_process: bool = True  # under `accelerate launch`, only the main process writes the ratios file
 
 
 def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log=print,
@@ -124,16 +126,9 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     shard = examples[accelerator.process_index::accelerator.num_processes]
     steps_per_epoch = math.ceil(len(shard) / settings.batch_size)
     total_steps = max(1, steps_per_epoch * settings.epochs)
-    warmup_steps = max(1, int(settings.warmup * total_steps))
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, total_steps, settings.warmup)
     reg = torch.tensor(settings.reg, device=device)
-    result = FitResult([], bounds, rules)
+    result = FitResult([], bounds, rules, is_main_process=accelerator.is_main_process)
     log(f"fit: {len(examples)} examples, {settings.blocks} blocks {bounds}, a = {settings.alpha}, eps = "
         f"{settings.eps}, scope {settings.scope}, {total_steps} steps")
     model.eval()  # no dropout: the weights are the only thing that changes

@@ -7,15 +7,14 @@ model, keep the best under the reward, fine-tune on those only, repeat.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 
 import torch
 
-from taxcut.evaluation.data import collate
 from taxcut.evaluation.generation import GenerationSettings, generate
 from taxcut.lab.tasks import Example
+from taxcut.training import collate, warmup_cosine
 
 
 def encode(tokenizer, examples: Sequence[Example]) -> list[tuple[list[int], int]]:
@@ -43,14 +42,7 @@ def fine_tune(model, tokenizer, examples: Sequence[Example], *, steps: int, batc
     rng = random.Random(seed)
     encoded = encode(tokenizer, examples)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    warmup_steps = max(1, int(warmup * steps))
-
-    def schedule(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, steps - warmup_steps)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, steps, warmup)
     batches = length_grouped_batches(encoded, batch_size, rng)
     losses = []
     model.train()
