@@ -76,9 +76,10 @@ def test_bleu(successor, tmp_path):
 
 
 def test_perplexity(successor, tmp_path):
-    task = PerplexityTask("ppl", write_jsonl(tmp_path / "ppl.jsonl", [{"text": "w1 w2 w3 w4"}, {"text": "w1 w9"}]))
+    task = PerplexityTask("ppl", write_jsonl(tmp_path / "ppl.jsonl", [{"text": "w0 w1 w2 w3"}, {"text": "w1 w9"}]))
     scores = task.evaluate(*successor)
-    nll = -(3 * SUCCESSOR_LOGPROB + WRONG_LOGPROB) / 4  # the first token of each text is not scored
+    # every token is scored, the first after the BOS token (the model predicts w0 after <s>): 4 right, 2 wrong
+    nll = -(4 * SUCCESSOR_LOGPROB + 2 * WRONG_LOGPROB) / 6
     assert scores["nll"] == pytest.approx(nll, abs=1e-5)
     assert scores["perplexity"] == pytest.approx(math.exp(nll), rel=1e-5)
 
@@ -131,6 +132,28 @@ def test_bad_jsonl_names_the_line(tmp_path, content, message):
     (tmp_path / "bad.jsonl").write_text(content)
     with pytest.raises(TaxcutError, match=message):
         RewardEvaluator(tmp_path / "bad.jsonl", function_scorer(lambda p, r: 0.0))
+
+
+def test_more_bad_task_data(tmp_path, successor):
+    with pytest.raises(TaxcutError, match="bleu.jsonl, record 1: 'references' is an empty list"):
+        BleuTask("b", write_jsonl(tmp_path / "bleu.jsonl", [{"prompt": "w1", "references": []}]))
+    with pytest.raises(TaxcutError, match="gen.jsonl, record 1: 'answers' is an empty list"):
+        GenerationTask("g", write_jsonl(tmp_path / "gen.jsonl", [{"prompt": "w1", "answers": []}]))
+    (tmp_path / "broken.py").write_text("def f(:\n")
+    with pytest.raises(TaxcutError, match="broken.py fails to load \\(SyntaxError"):
+        load_reward_function(f"{tmp_path / 'broken.py'}:f")
+    model, tokenizer = successor
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(model.name_or_path)
+    tokenizer.chat_template = None
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "user", "content": "w1"}]}])
+    with pytest.raises(TaxcutError, match="'messages' but the model's tokenizer has no chat template"):
+        RewardEvaluator(prompts, function_scorer(lambda p, r: 0.0)).evaluate(model, tokenizer)
+
+
+def test_empty_context_is_empty(successor, tmp_path):
+    task = MultipleChoiceTask("mc", write_jsonl(tmp_path / "mc.jsonl", [{"context": "", "question": "w9",
+                                                                          "choices": ["w0", "w5"], "answer": 0}]))
+    assert task.evaluate(*successor)["acc"] == 1.0  # "" is the context (BOS then w0), not the question or "None"
 
 
 def test_task_field_errors(tmp_path):

@@ -137,3 +137,9 @@ def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
     lines = (tmp_path / "out" / RESULTS_FILE).read_text().splitlines()
     run_sweep(SweepSpec.from_yaml(tmp_path / "s.yaml"), progress=False)  # everything done: nothing re-evaluated
     assert (tmp_path / "out" / RESULTS_FILE).read_text().splitlines() == lines
+
+
+def test_fit_settings_are_checked():
+    for fields in ({"batch_size": 0}, {"epochs": 0}, {"lr": 0.0}):
+        with pytest.raises(TaxcutError, match="--batch-size and --epochs must be at least 1 and --lr positive"):
+            FitSettings(alpha=0.5, **fields)

@@ -217,3 +217,60 @@ def test_model_candidates_are_evaluated_as_they_are(llama_pair, tmp_path):
     assert candidate.mean_alpha is None
     with pytest.raises(TaxcutError, match="is the model folder .* itself; there is nothing to merge"):
         candidate.merge_spec(*llama_pair)
+
+
+def test_results_follow_the_models_not_the_paths(llama_pair, tmp_path, monkeypatch):
+    import shutil
+
+    from taxcut.evaluation.suite import EvaluationSuite
+    from taxcut.sweep.runner import sweep_context
+
+    path = write_sweep(tmp_path, llama_pair)
+    spec = SweepSpec.from_yaml(path)
+    context = sweep_context(spec, EvaluationSuite.from_spec(spec.evaluation))
+    monkeypatch.chdir(tmp_path)
+    relative = SweepSpec.from_yaml(Path("sweep.yaml"))  # the same spec reached another way: the same results
+    assert sweep_context(relative, EvaluationSuite.from_spec(relative.evaluation)) == context
+    other = tmp_path / "other-aligned"
+    shutil.copytree(llama_pair[1], other)  # same architecture and headers, other weights
+    tensors = load_weights(other)
+    tensors["model.norm.weight"] += 1
+    from safetensors.torch import save_file
+
+    save_file(tensors, other / "model.safetensors", metadata={"format": "pt"})
+    changed = spec.model_copy(update={"aligned": other})
+    assert sweep_context(changed, EvaluationSuite.from_spec(changed.evaluation)) != context
+
+
+def test_resident_in_another_dtype_equals_the_merge_in_that_dtype(llama_pair, tmp_path):
+    resident = ResidentModel(*llama_pair, dtype="bfloat16")
+    candidate = Candidate(label="b", kind="blocks", alphas=[0.1, 0.6, 0.9])
+    resident.apply(candidate)
+    spec = candidate.merge_spec(*llama_pair, out=tmp_path / "m").model_copy(update={"dtype": "bfloat16"})
+    merged = load_weights(merge(spec))
+    assert all(torch.equal(p.detach(), merged[resident.stored_name[n]]) for n, p in resident.parameters.items())
+
+
+def test_generation_config_comes_from_the_aligned_model(llama_pair, tmp_path):
+    import shutil
+
+    aligned = Path(shutil.copytree(llama_pair[1], tmp_path / "aligned"))
+    config = json.loads((aligned / "generation_config.json").read_text())
+    config["eos_token_id"] = [2, 7]
+    (aligned / "generation_config.json").write_text(json.dumps(config))
+    assert ResidentModel(llama_pair[0], aligned).model.generation_config.eos_token_id == [2, 7]
+
+
+def test_the_baseline_is_the_sft_model_even_with_grid_rules():
+    from taxcut.spec.sweep import CandidateGrid
+
+    candidates = expand_grid(CandidateGrid(alphas=[0.5], rules=[{"match": "lm_head.*", "alpha": 1.0}]))
+    assert candidates[0].alpha == 0.0 and candidates[0].rules == []
+    assert candidates[1].rules and candidates[1].alpha == 0.5
+
+
+def test_non_finite_points_are_never_on_the_front():
+    nan = float("nan")
+    assert pareto_front([(nan, 0.0), (1.0, 0.5), (0.5, 0.1)]) == [False, True, True]
+    rows = [{"id": "n", "reward": nan, "tax": 0.0}, {"id": "ok", "reward": 2.0, "tax": 0.4}]
+    assert select(rows, "tax<=0.5")["id"] == "ok"

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from taxcut.errors import TaxcutError
+
 
 @dataclass(frozen=True)
 class GenerationSettings:
@@ -23,6 +25,9 @@ def render_prompt(record: dict, tokenizer) -> str:
     """A record's prompt as text: ``prompt`` as is, or ``messages`` through the tokenizer's chat template."""
     if record.get("prompt") is not None:
         return str(record["prompt"])
+    if not getattr(tokenizer, "chat_template", None):
+        raise TaxcutError("a prompt is given as 'messages' but the model's tokenizer has no chat template; "
+                          "give 'prompt' text instead")
     return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
 
 

@@ -25,7 +25,12 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     """
     whole = tokenizer(context + continuation)["input_ids"]
     start = len(tokenizer(context)["input_ids"]) if context else 0
-    if start == 0:  # nothing to condition the first token on: score from the second
+    if start == 0:  # nothing to condition the first token on: prefix BOS (or EOS), as lm-evaluation-harness does
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if prefix is None:
+            return whole, min(1, len(whole))
+        if not whole or whole[0] != prefix:
+            whole = [prefix] + whole
         start = 1
     return whole, min(start, len(whole))
 

@@ -35,6 +35,11 @@ def load_reward_function(reference: str) -> Callable[[str, str], float]:
             module = importlib.import_module(module_name)
     except ImportError as exc:
         raise TaxcutError(f"reward function {reference!r}: cannot import {module_name} ({exc})") from None
+    except TaxcutError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the module itself fails (a syntax error, an exception at import)
+        raise TaxcutError(f"reward function {reference!r}: {module_name} fails to load "
+                          f"({type(exc).__name__}: {first_line(exc)})") from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise TaxcutError(f"reward function {reference!r}: {module_name} has no function {function_name!r}")
@@ -73,12 +78,14 @@ class RewardModelScorer:
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         texts = [self._render(p, r) for p, r in zip(prompts, responses)]
+        templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes special tokens
         scores: list[float] = []
         limit = getattr(self.model.config, "max_position_embeddings", None)
         with torch.no_grad():
             for start in range(0, len(texts), self.batch_size):
                 batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                       truncation=limit is not None, max_length=limit).to(self.device)
+                                       truncation=limit is not None, max_length=limit,
+                                       add_special_tokens=not templated).to(self.device)
                 scores.extend(self.model(**batch).logits[:, 0].float().tolist())
         return scores
 

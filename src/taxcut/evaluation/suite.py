@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxcut.evaluation.generation import GenerationSettings
+from taxcut.io.provenance import weights_identity
 from taxcut.evaluation.protocol import TaxTask
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
 from taxcut.evaluation.tasks import TASK_TYPES
@@ -42,14 +43,44 @@ class EvaluationSuite:
         return result
 
     def fingerprint(self) -> str:
-        """A hash of the evaluation spec and the contents of its data files: results are reused only under it."""
-        digest = hashlib.sha256(json.dumps(self.spec.model_dump(mode="json"), sort_keys=True).encode())
-        files = [self.spec.reward.prompts] if self.spec.reward else []
-        files += [task.path for task in self.spec.tasks if task.path is not None]
-        files += [Path(task.task) for task in self.spec.tasks if task.task and task.task.endswith((".yaml", ".yml"))]
+        """What results depend on in the evaluation: its settings, the *contents* of its data files, the reward
+        function's source and the reward model's weight files (paths themselves do not count)."""
+        data = self.spec.model_dump(mode="json")
+        files = []
+        if self.spec.reward:
+            files.append(self.spec.reward.prompts)
+            data["reward"].pop("prompts")
+            if self.spec.reward.function:
+                files.append(_function_source(self.spec.reward.function))
+                data["reward"]["function"] = self.spec.reward.function.rpartition(":")[2]
+            if self.spec.reward.model:
+                data["reward"]["model"] = weights_identity(self.spec.reward.model)
+        for task, dumped in zip(self.spec.tasks, data["tasks"]):
+            if task.path is not None:
+                files.append(task.path)
+                dumped.pop("path")
+            if task.task and task.task.endswith((".yaml", ".yml")):
+                files.append(Path(task.task))
+                dumped["task"] = Path(task.task).name
+        digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode())
         for path in files:
-            digest.update(Path(path).read_bytes())
+            if path is not None:
+                digest.update(Path(path).read_bytes())
         return digest.hexdigest()[:16]
+
+
+def _function_source(reference: str) -> Path | None:
+    """The file that defines a reward function (``path.py:f`` or ``module:f``), if it can be found."""
+    module, _, _ = reference.rpartition(":")
+    if module.endswith(".py"):
+        return Path(module)
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    return Path(spec.origin) if spec and spec.origin and spec.origin.endswith(".py") else None
 
 
 def _reward_evaluator(spec: RewardSpec, device) -> RewardEvaluator:

@@ -51,7 +51,7 @@ class MultipleChoiceTask:
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         pairs, owners = [], []
         for index, record in enumerate(self.records):
-            context = str(record.get("context") or record.get("question") or record.get("prompt"))
+            context = str(next(record[k] for k in ("context", "question", "prompt") if record.get(k) is not None))
             for choice in record["choices"]:
                 pairs.append(encode_pair(tokenizer, context, self.choice_prefix + str(choice)))
                 owners.append(index)
@@ -83,6 +83,7 @@ class GenerationTask:
     def __post_init__(self) -> None:
         self.records = read_jsonl(self.path, needs=[("prompt",), ("answer", "answers")], what="generation task",
                                   limit=self.limit)
+        _require_some(self.path, self.records, ("answers", "answer"))
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         predictions = _greedy(model, tokenizer, self.records, self.max_new_tokens, self.batch_size, self.stop)
@@ -108,6 +109,7 @@ class BleuTask:
     def __post_init__(self) -> None:
         self.records = read_jsonl(self.path, needs=[("prompt",), ("reference", "references")], what="BLEU task",
                                   limit=self.limit)
+        _require_some(self.path, self.records, ("references", "reference"))
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         predictions = _greedy(model, tokenizer, self.records, self.max_new_tokens, self.batch_size, self.stop)
@@ -147,6 +149,13 @@ def _greedy(model, tokenizer, records, max_new_tokens: int, batch_size: int, sto
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     outputs = generate(model, tokenizer, [str(r["prompt"]) for r in records], settings)
     return [stop_at(text, stops) for text in outputs]
+
+
+def _require_some(path: Path, records: list[dict], fields: tuple[str, str]) -> None:
+    for number, record in enumerate(records, start=1):
+        value = record.get(fields[0], record.get(fields[1]))
+        if isinstance(value, list) and not value:
+            raise TaxcutError(f"{path}, record {number}: '{fields[0]}' is an empty list; give at least one")
 
 
 def _as_list(value) -> list[str]:

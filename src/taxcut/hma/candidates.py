@@ -8,7 +8,7 @@ from pathlib import Path
 
 from taxcut.hma.fit import FitSettings, fit_ratios
 from taxcut.hma.ratios_file import ratios_spec, write_ratios
-from taxcut.io.checkpoint import Checkpoint
+from taxcut.io.provenance import weights_identity
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.candidates import Candidate, from_ratios_file
 
@@ -33,10 +33,7 @@ def hma_candidates(spec: SweepSpec, *, log=print) -> list[Candidate]:
 
 
 def _inputs_key(spec: SweepSpec, settings: FitSettings) -> str:
-    headers = []
-    for role, folder in (("sft", spec.sft), ("aligned", spec.aligned)):
-        with Checkpoint(folder, role) as checkpoint:
-            headers.append([f.header_sha256 for f in checkpoint.files])
-    digest = hashlib.sha256(json.dumps({"models": headers, "settings": repr(settings)}, sort_keys=True).encode())
+    models = [weights_identity(folder) for folder in (spec.sft, spec.aligned)]
+    digest = hashlib.sha256(json.dumps({"models": models, "settings": repr(settings)}, sort_keys=True).encode())
     digest.update(Path(spec.candidates.hma.data).read_bytes())
     return digest.hexdigest()[:10]

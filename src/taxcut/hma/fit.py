@@ -58,6 +58,8 @@ class FitSettings:
             raise TaxcutError(f"--alpha {self.alpha}: HMA needs 0 < a < 1 (its logits start at logit(a))")
         if self.blocks < 1 or self.eps <= 0:
             raise TaxcutError("--blocks must be at least 1 and --eps positive")
+        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
+            raise TaxcutError("--batch-size and --epochs must be at least 1 and --lr positive")
         weights = self.reg if isinstance(self.reg, list) else [self.reg] * self.blocks
         if len(weights) != self.blocks or any(w < 0 for w in weights):
             raise TaxcutError(f"--reg needs one non-negative weight or {self.blocks} (one per block)")
@@ -105,6 +107,10 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
                      rules=rules)
     with build_plan(spec) as plan:
         decision = {t.name: t.decision for t in plan.tensors}
+    fused = [name for name in params if stored[name] not in decision]
+    if fused:
+        raise TaxcutError(f"parameter '{fused[0]}' is fused from several stored tensors (e.g. mixture-of-experts "
+                          "weights); taxcut fit does not support this architecture yet")
     trainable = {name: decision[stored[name]].block for name in params
                  if decision[stored[name]].block is not None}
     with torch.no_grad():  # weights whose ratio does not train (rules, the mean): set once, in place, as merge does
@@ -124,6 +130,8 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     logits = initial_logits(settings.alpha, settings.blocks).to(device).requires_grad_()
     optimizer = torch.optim.Adam([logits], lr=settings.lr)
     shard = examples[accelerator.process_index::accelerator.num_processes]
+    per_process = math.ceil(len(examples) / accelerator.num_processes)
+    shard += shard[: per_process - len(shard)]  # every process takes the same number of steps (gradient averaging)
     steps_per_epoch = math.ceil(len(shard) / settings.batch_size)
     total_steps = max(1, steps_per_epoch * settings.epochs)
     scheduler = warmup_cosine(optimizer, total_steps, settings.warmup)
@@ -246,7 +254,9 @@ def _encode(tokenizer, path: Path, context: int | None) -> list[tuple[list[int],
     records = read_jsonl(path, needs=[("prompt",), ("response",)], what="fit set")
     encoded = []
     for number, record in enumerate(records, start=1):
-        prompt = tokenizer(str(record["prompt"]), add_special_tokens=False)["input_ids"]
+        # as generation encoded it: chat-rendered prompts carry their special tokens, plain ones get them added
+        special = not record.get("chat", False)
+        prompt = tokenizer(str(record["prompt"]), add_special_tokens=special)["input_ids"]
         response = tokenizer(str(record["response"]), add_special_tokens=False)["input_ids"]
         ids = prompt + response + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
         if context is not None and len(ids) > context:

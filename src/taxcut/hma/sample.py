@@ -34,7 +34,8 @@ def sample_fit_set(model: Path, prompts: Path, out: Path, *, n: int, keep: int, 
     records = [r for r in evaluator.records for _ in range(n)]
     plain, responses = evaluator.responses(policy, tokenizer)
     rewards = scorer(plain, responses)
-    rows = [{"prompt": render_prompt(record, tokenizer), "response": response.strip(), "reward": float(reward)}
+    rows = [{"prompt": render_prompt(record, tokenizer), "response": response, "reward": float(reward),
+             "chat": record.get("prompt") is None}  # the response exactly as generated; chat: template tokens
             for record, response, reward in zip(records, responses, rewards) if response.strip()]
     rows.sort(key=lambda row: -row["reward"])
     kept = rows[:keep]

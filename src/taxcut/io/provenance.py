@@ -25,6 +25,14 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
     }
 
 
+def weights_identity(folder: Path) -> list[tuple[str, int, int]]:
+    """What changes when a folder's weights change, cheaply: each weight file's name, size and modification time.
+
+    (Headers alone do not tell two checkpoints of one architecture apart.)"""
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
 def write_provenance(folder: Path, record: dict) -> None:
     from taxcut import __version__
 

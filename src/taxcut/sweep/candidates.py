@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from taxcut.errors import TaxcutError
+from taxcut.io.provenance import weights_identity
 from taxcut.spec.merge import MergeSpec, NameRule
 from taxcut.spec.sweep import CandidateGrid
 
@@ -43,7 +44,7 @@ class Candidate(BaseModel):
         same candidate has the same id in every sweep."""
         identity = self.ratio_fields()
         if self.model is not None:
-            identity["weights"] = [(p.name, p.stat().st_mtime_ns) for p in sorted(Path(self.model).glob("*.safetensors"))]
+            identity["weights"] = weights_identity(Path(self.model))
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -63,7 +64,7 @@ class Candidate(BaseModel):
 def expand_grid(grid: CandidateGrid) -> list[Candidate]:
     """The candidates of a grid, the SFT model (a = 0) first, duplicates removed, in the order given."""
     rules = [rule.model_dump(exclude_none=True) for rule in grid.rules]
-    candidates = [ma_candidate(0.0, rules)]
+    candidates = [ma_candidate(0.0)]  # the SFT model itself, the baseline of the tax (the grid's rules not applied)
     candidates += [ma_candidate(a, rules) for a in grid.alphas]
     candidates += [
         Candidate(label=f"blocks {_short(p)}", kind="blocks", alphas=p, block_bounds=grid.block_bounds, rules=rules)

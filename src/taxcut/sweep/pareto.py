@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Sequence
@@ -27,13 +28,13 @@ def tax(primary: dict[str, float], baseline: dict[str, float], directions: dict[
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """For (reward, tax) points, whether each is non-dominated: no other has reward >= and tax <=, one strictly."""
+    """For (reward, tax) points, whether each is non-dominated: no other has reward >= and tax <=, one strictly.
+    Points with a non-finite coordinate are never on the front."""
+    finite = [(r, t) for r, t in points if math.isfinite(r) and math.isfinite(t)]
     flags = []
     for reward, cost in points:
-        dominated = any(
-            (r >= reward and t <= cost) and (r > reward or t < cost) for r, t in points
-        )
-        flags.append(not dominated)
+        dominated = any((r >= reward and t <= cost) and (r > reward or t < cost) for r, t in finite)
+        flags.append(math.isfinite(reward) and math.isfinite(cost) and not dominated)
     return flags
 
 
@@ -54,7 +55,8 @@ def parse_selection(expression: str) -> list[tuple[str, str, float]]:
 def select(rows: Sequence[dict], expression: str) -> dict | None:
     """The best row meeting every condition: the highest reward, or the lowest tax when only reward is bounded."""
     conditions = parse_selection(expression)
-    eligible = [row for row in rows if all(_OPERATORS[op](row[axis], value) for axis, op, value in conditions)]
+    eligible = [row for row in rows if math.isfinite(row["reward"]) and math.isfinite(row["tax"])
+                and all(_OPERATORS[op](row[axis], value) for axis, op, value in conditions)]
     if not eligible:
         return None
     if all(axis == "reward" for axis, _, _ in conditions):

@@ -16,7 +16,9 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.merging.interpolation import BLOCK_ELEMENTS, interpolate
+from taxcut.merging.layers import detect_layers
 from taxcut.merging.plan import build_plan
+from taxcut.merging.ratios import RatioResolver
 from taxcut.sweep.candidates import Candidate
 
 
@@ -26,26 +28,50 @@ class ResidentModel:
     def __init__(self, sft: Path, aligned: Path, *, device: torch.device | str = "cpu", dtype: str | None = None,
                  extrapolate: bool = False):
         self.sft_folder, self.aligned_folder, self.extrapolate = Path(sft), Path(aligned), extrapolate
-        self.model = load_causal_lm(sft, device=device, dtype=dtype)
+        self.device = device
+        self.model = load_causal_lm(sft, device=device, dtype=dtype)  # the live parameters, in the sweep's dtype
         self.tokenizer = load_tokenizer(aligned)  # the aligned model's tokenizer and chat template, as merges copy
-        aligned_params = dict(load_causal_lm(aligned, device=device, dtype=dtype).named_parameters())
+        if (self.aligned_folder / "generation_config.json").is_file():  # and its generation config (eos ids ...)
+            from transformers import GenerationConfig
+
+            self.model.generation_config = GenerationConfig.from_pretrained(self.aligned_folder)
         self.parameters = dict(self.model.named_parameters())  # tied weights appear once
-        self.sft = {name: p.detach().clone() for name, p in self.parameters.items()}
-        self.aligned = {name: aligned_params[name].detach() for name in self.parameters}
-        del aligned_params
         self.stored_name = checkpoint_names(self.model)
+        # theta_sft and theta_aligned in their stored dtype: interpolate first, cast last, as merge does
+        self.sft = self._read(self.sft_folder)
+        self.aligned = self._read(self.aligned_folder)
         self._scratch = torch.empty(2 * BLOCK_ELEMENTS, dtype=torch.float32, device=self.model.device)
         self.current: str | None = None
+
+    def _read(self, folder: Path) -> dict[str, torch.Tensor]:
+        """Every parameter's stored tensor in ``folder``; parameters that transformers fuses from several stored
+        tensors (mixture-of-experts) are taken from the folder loaded by transformers instead."""
+        tensors, fused = {}, []
+        with Checkpoint(folder, "candidate") as checkpoint:
+            for name, parameter in self.parameters.items():
+                info = checkpoint.tensors.get(self.stored_name[name])
+                if info is None or tuple(info.shape) != tuple(parameter.shape):
+                    fused.append(name)
+                else:
+                    tensors[name] = checkpoint.read(info).to(self.model.device)
+        if fused:
+            loaded = dict(load_causal_lm(folder, device=self.model.device).named_parameters())
+            for name in fused:
+                if name not in loaded or loaded[name].shape != self.parameters[name].shape:
+                    raise TaxcutError(f"{folder}: has no parameter '{name}' of shape {list(self.parameters[name].shape)};"
+                                      " a candidate must have the sft model's architecture")
+                tensors[name] = loaded[name].detach()
+        return tensors
 
     def ratios(self, candidate: Candidate) -> dict[str, float]:
         """The ratio of every parameter, resolved by the merge plan on the checkpoints' tensor names."""
         spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, extrapolate=self.extrapolate)
         with build_plan(spec) as plan:
             by_stored_name = {t.name: t.decision.alpha for t in plan.tensors}
-            resolver = plan.resolver
-        return {
-            name: by_stored_name[self.stored_name[name]] if self.stored_name[name] in by_stored_name
-            else resolver.ratio_for(name).alpha  # a parameter fused from several stored tensors
+        fused = [name for name in self.parameters if self.stored_name[name] not in by_stored_name]
+        by_parameter = RatioResolver(spec, detect_layers(self.parameters)) if fused else None
+        return {  # a parameter fused from several stored tensors: resolved on the parameter names
+            name: by_stored_name[self.stored_name[name]] if name not in fused else by_parameter.ratio_for(name).alpha
             for name in self.parameters
         }
 
@@ -64,15 +90,9 @@ class ResidentModel:
 
     def _load(self, folder: Path) -> None:
         """Copy another checkpoint of the same architecture into the live parameters."""
-        with Checkpoint(folder, "candidate") as checkpoint, torch.no_grad():
-            for name, parameter in self.parameters.items():
-                info = checkpoint.tensors.get(self.stored_name[name])
-                if info is None or tuple(info.shape) != tuple(parameter.shape):
-                    raise TaxcutError(
-                        f"{folder}: tensor '{self.stored_name[name]}' is missing or has another shape; a model "
-                        "candidate must have the sft model's architecture"
-                    )
-                parameter.data.copy_(checkpoint.read(info))
+        with torch.no_grad():
+            for name, tensor in self._read(folder).items():
+                self.parameters[name].data.copy_(tensor)
 
 
 def checkpoint_names(model) -> dict[str, str]:

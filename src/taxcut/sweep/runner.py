@@ -12,8 +12,7 @@ from tqdm.auto import tqdm
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.suite import EvaluationSuite
-from taxcut.io.checkpoint import Checkpoint
-from taxcut.io.provenance import fingerprint
+from taxcut.io.provenance import weights_identity
 from taxcut.merging.plan import build_plan
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.candidates import Candidate, expand_grid
@@ -81,7 +80,10 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
     if spec.search is not None:
         from taxcut.sweep.search import search_candidates
 
-        done = [r for r in latest.values() if r["kind"] == "search"]
+        bounds = spec.search
+        done = [r for r in latest.values() if r["kind"] == "search"  # earlier proposals that fit this search
+                and len(r["candidate"].get("alphas", [])) == bounds.blocks
+                and all(bounds.low <= a <= bounds.high for a in r["candidate"]["alphas"])]
         candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate)
     (spec.out / "sweep.yaml").write_text(spec.to_yaml())
     report = summarize(list(latest.values()), context, candidates, spec.out)
@@ -92,10 +94,7 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
 
 def sweep_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
     """What results depend on besides the candidate: the two models, the evaluation and the compute dtype."""
-    models = []
-    for role, folder in (("sft", spec.sft), ("aligned", spec.aligned)):
-        with Checkpoint(folder, role) as checkpoint:
-            models.append([f["header_sha256"] for f in fingerprint(checkpoint)["files"]])
+    models = [weights_identity(folder) for folder in (spec.sft, spec.aligned)]
     payload = json.dumps({"models": models, "evaluation": suite.fingerprint(), "dtype": spec.dtype,
                           "extrapolate": spec.extrapolate}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
