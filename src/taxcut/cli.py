@@ -192,6 +192,15 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
 def _run_merge(args: argparse.Namespace) -> int:
     from taxcut import merge
 
+    if args.spec is not None and "method" in read_spec_file(args.spec):  # the toolkit: a named method, N models
+        from taxcut.merging.multi import run_method_merge
+        from taxcut.spec.toolkit import ToolkitSpec
+
+        overrides = {k: str(v) if isinstance(v, Path) else v for k, v in
+                     (("out", args.out), ("dtype", args.dtype), ("max_shard_size", args.max_shard_size)) if v}
+        toolkit = ToolkitSpec.from_yaml(args.spec, overrides)
+        print(f"wrote {run_method_merge(toolkit, overwrite=args.overwrite, progress=not args.no_progress and None)}")
+        return 0
     spec = spec_from_args(args)
     destination = merge(spec, overwrite=args.overwrite, progress=False if args.no_progress else None)
     print(f"wrote {destination}")

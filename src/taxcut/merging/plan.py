@@ -140,7 +140,7 @@ def build_plan(spec: MergeSpec) -> MergePlan:
 def _plan(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoint) -> MergePlan:
     _check_same_architecture(spec, sft, aligned)
     layout = detect_layers(sft.tensors)
-    dropped_tied = _tied_heads(layout, sft, aligned) if config_ties_embeddings(sft.config) else {}
+    dropped_tied = stored_tied_heads(layout, sft, aligned) if config_ties_embeddings(sft.config) else {}
     names = [name for name in sft.tensors if name not in dropped_tied]
     notes = _check_same_tensors(spec, sft, aligned, set(dropped_tied), layout)
     tied_head_of = {embedding: head for head, embedding in dropped_tied.items()}
@@ -183,7 +183,7 @@ def _check_same_architecture(spec: MergeSpec, sft: Checkpoint, aligned: Checkpoi
         )
 
 
-def _tied_heads(layout: LayerLayout, sft: Checkpoint, aligned: Checkpoint) -> dict[str, str]:
+def stored_tied_heads(layout: LayerLayout, sft: Checkpoint, aligned: Checkpoint) -> dict[str, str]:
     """Heads stored beside a tied token embedding: ``{head name: embedding name}``; they are not written."""
     embedding = layout.token_embedding
     if embedding is None:

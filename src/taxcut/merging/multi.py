@@ -1,0 +1,129 @@
+"""The toolkit's engine: a registered method over N models (and a base), one tensor of each model at a time.
+
+Methods such as TIES, SLERP or variance correction need whole tensors, so each output tensor is computed from
+the whole tensor of every input (in float32), cast and appended to its shard: memory grows with the largest
+tensor times the number of inputs, never with the model. Writing, staging, side files and provenance are those of
+``taxcut merge``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from taxcut.errors import TaxcutError
+from taxcut.io.checkpoint import Checkpoint
+from taxcut.io.destination import staged_folder
+from taxcut.io.dtypes import TORCH_DTYPES, dtype_label
+from taxcut.io.model_folder import copy_side_files, set_config_dtype
+from taxcut.io.provenance import fingerprint, write_provenance
+from taxcut.io.writer import OutputTensor, ShardWriter, plan_shards, write_index
+from taxcut.merging.interpolation import all_finite
+from taxcut.merging.layers import config_ties_embeddings, detect_layers
+from taxcut.merging.plan import stored_tied_heads
+from taxcut.methods.registry import get_method
+from taxcut.spec.toolkit import ToolkitSpec
+
+
+def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bool | None = None) -> Path:
+    """Write the merge of ``spec`` to ``spec.out``; return the destination."""
+    if spec.out is None:
+        raise TaxcutError("no destination: give --out DIR (or 'out:' in the spec)")
+    method = get_method(spec.method)
+    roles = [(f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
+    if spec.base is not None:
+        roles.insert(0, ("base", spec.base))
+    checkpoints = []
+    try:
+        for role, folder in roles:
+            checkpoints.append(Checkpoint(folder, role))
+        reference = checkpoints[0]
+        dropped = _check_compatible(roles, checkpoints)
+        names = [name for name in reference.tensors if name not in dropped]
+        out_dtype = TORCH_DTYPES[spec.dtype] if spec.dtype else None
+        dtypes = {n: (out_dtype or reference.tensors[n].dtype) if reference.tensors[n].dtype.is_floating_point
+                  else reference.tensors[n].dtype for n in names}
+        shards = plan_shards([OutputTensor(n, dtypes[n], reference.tensors[n].shape) for n in names],
+                             _size(spec))
+        base = checkpoints[0] if spec.base is not None else None
+        models = checkpoints[1:] if spec.base is not None else checkpoints
+        weights = [m.weight for m in spec.models]
+        with staged_folder(spec.out, overwrite=overwrite, inputs=roles) as staging:
+            bar = tqdm(total=len(names), unit="tensor", desc=spec.method,
+                       disable=None if progress is None else not progress)
+            for shard in shards:
+                writer = ShardWriter(staging / shard.file_name, shard)
+                try:
+                    for out in shard.tensors:
+                        writer.write(_merge_one(out, models, base, weights, spec, method).contiguous())
+                        bar.update()
+                except BaseException:
+                    writer.close(complete=False)
+                    raise
+                writer.close()
+            bar.close()
+            write_index(staging, shards)
+            copy_side_files(reference.folder, staging)
+            float_dtypes = [dtypes[n] for n in names if dtypes[n].is_floating_point]
+            set_config_dtype(staging, dtype_label(max(set(float_dtypes), key=float_dtypes.count)))
+            write_provenance(staging, {
+                "method": f"{spec.method} ({method.paper})",
+                "spec": spec.model_dump(mode="json"),
+                "inputs": {role: fingerprint(c) for (role, _), c in zip(roles, checkpoints)},
+            })
+    finally:
+        for checkpoint in checkpoints:
+            checkpoint.close()
+    return spec.out
+
+
+def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, method) -> torch.Tensor:
+    infos = [m.tensors[out.name] for m in models]
+    if not infos[0].dtype.is_floating_point:
+        values = [m.read(info) for m, info in zip(models, infos)]
+        if any(not torch.equal(values[0], v) for v in values[1:]):
+            raise TaxcutError(f"tensor '{out.name}' is not floating point and differs between the models; "
+                              "it cannot be merged")
+        return values[0]
+    tensors = [m.read(info).float() for m, info in zip(models, infos)]
+    base_tensor = base.read(base.tensors[out.name]).float() if base is not None else None
+    merged = method.function(tensors, base_tensor, weights, spec.parameters, out.name).to(out.dtype)
+    if not all_finite(merged):
+        raise TaxcutError(f"tensor '{out.name}': the {spec.method} merge is NaN or Inf; check the inputs and "
+                          "the method's parameters")
+    return merged
+
+
+def _check_compatible(roles, checkpoints: list[Checkpoint]) -> set[str]:
+    """Same architecture, tensors and shapes as the first input; returns stored tied heads (not written)."""
+    reference = checkpoints[0]
+    for (role, folder), checkpoint in zip(roles[1:], checkpoints[1:]):
+        for key in ("model_type", "architectures"):
+            left, right = reference.config.get(key), checkpoint.config.get(key)
+            if left is not None and right is not None and left != right:
+                raise TaxcutError(f"{folder}: config.json '{key}' is {right!r} but the {roles[0][0]}'s is {left!r}; "
+                                  "all models must have the same architecture")
+    dropped: set[str] = set()
+    if config_ties_embeddings(reference.config):
+        layout = detect_layers(reference.tensors)
+        for checkpoint in checkpoints:
+            dropped |= set(stored_tied_heads(layout, reference, checkpoint))
+    for (role, folder), checkpoint in zip(roles[1:], checkpoints[1:]):
+        names, expected = set(checkpoint.tensors) - dropped, set(reference.tensors) - dropped
+        if names != expected:
+            first = sorted(names ^ expected)[0]
+            raise TaxcutError(f"tensor '{first}' is in only one of {roles[0][0]} and {role} ({folder}); all models "
+                              "must have the same architecture")
+        for name in sorted(expected):
+            if checkpoint.tensors[name].shape != reference.tensors[name].shape:
+                raise TaxcutError(f"tensor '{name}' has shape {list(checkpoint.tensors[name].shape)} in {role} but "
+                                  f"{list(reference.tensors[name].shape)} in {roles[0][0]}")
+    return dropped
+
+
+def _size(spec: ToolkitSpec) -> int:
+    from taxcut.spec.merge import parse_size
+
+    return parse_size(spec.max_shard_size)

@@ -1,0 +1,169 @@
+"""The toolkit's methods against independent computations, on three tiny Llama models in mixed shard layouts."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from models import build_pair, load_weights
+
+from taxcut import TaxcutError
+from taxcut.cli import main
+from taxcut.merging.multi import run_method_merge
+from taxcut.spec.toolkit import ToolkitSpec
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory):
+    """A base model and three fine-tunes of it (noise added), saved whole, sharded and whole."""
+    root = tmp_path_factory.mktemp("trio")
+    base, first = build_pair(root / "a", "llama", seed=0)
+    _, second = build_pair(root / "b", "llama", seed=0, max_shard_size="30KB")
+    third_root = root / "c"
+    third_root.mkdir()
+    tensors = load_weights(first)
+    generator = torch.Generator().manual_seed(7)
+    from safetensors.torch import save_file
+
+    third = third_root / "third"
+    third.mkdir()
+    save_file({k: v + 0.03 * torch.randn(v.shape, generator=generator) for k, v in tensors.items()},
+              third / "model.safetensors", metadata={"format": "pt"})
+    (third / "config.json").write_text((first / "config.json").read_text())
+    return base, [first, second, third]
+
+
+def merged(tmp_path, method, models, base=None, **parameters):
+    spec = ToolkitSpec(method=method, models=[{"path": m, "weight": w} for m, w in models], base=base,
+                       parameters=parameters, out=tmp_path / method)
+    return load_weights(run_method_merge(spec, progress=False))
+
+
+def numpy_of(folder):
+    return {k: v.float().numpy() for k, v in load_weights(folder).items()}
+
+
+def test_linear_soup(trio, tmp_path):
+    _, models = trio
+    weights = [1.0, 2.0, 0.5]
+    out = merged(tmp_path, "linear", list(zip(models, weights)))
+    inputs = [numpy_of(m) for m in models]
+    for name, tensor in out.items():
+        expected = sum(w * x[name] for w, x in zip(weights, inputs)) / sum(weights)
+        np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_task_arithmetic(trio, tmp_path):
+    base, models = trio
+    out = merged(tmp_path, "task_arithmetic", [(m, 1.0) for m in models], base=base, **{"lambda": 0.7})
+    b, inputs = numpy_of(base), [numpy_of(m) for m in models]
+    for name, tensor in out.items():
+        expected = b[name] + 0.7 * sum(x[name] - b[name] for x in inputs)
+        np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6)
+
+
+def reference_ties(deltas: list[np.ndarray], density: float) -> np.ndarray:
+    """TIES by hand: keep each task vector's top-|density| magnitudes, elect the sign of the summed kept values,
+    average the kept values that agree with it."""
+    trimmed = []
+    for delta in deltas:
+        keep = int(density * delta.size)
+        flat = np.abs(delta).reshape(-1)
+        mask = np.zeros(delta.size, dtype=bool)
+        if keep:
+            mask[np.argsort(-flat, kind="stable")[:keep]] = True
+        trimmed.append(np.where(mask.reshape(delta.shape), delta, 0.0))
+    stacked = np.stack(trimmed)
+    sign = np.where(stacked.sum(0) >= 0, 1.0, -1.0)
+    agree = (np.sign(stacked) == sign) & (stacked != 0)
+    return np.where(agree, stacked, 0.0).sum(0) / np.maximum(agree.sum(0), 1)
+
+
+def test_ties(trio, tmp_path):
+    base, models = trio
+    out = merged(tmp_path, "ties", [(m, 1.0) for m in models], base=base, density=0.3)
+    b, inputs = numpy_of(base), [numpy_of(m) for m in models]
+    for name, tensor in out.items():
+        expected = b[name] + reference_ties([x[name] - b[name] for x in inputs], 0.3)
+        np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_dare_is_seeded_and_unbiased_at_full_density(trio, tmp_path):
+    base, models = trio
+    first = merged(tmp_path / "1", "dare_linear", [(m, 1.0) for m in models], base=base, density=0.5, seed=3)
+    again = merged(tmp_path / "2", "dare_linear", [(m, 1.0) for m in models], base=base, density=0.5, seed=3)
+    other = merged(tmp_path / "3", "dare_linear", [(m, 1.0) for m in models], base=base, density=0.5, seed=4)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+    full = merged(tmp_path / "4", "dare_linear", [(m, 1.0) for m in models], base=base, density=1.0)
+    arithmetic = merged(tmp_path / "5", "task_arithmetic", [(m, 1.0) for m in models], base=base)
+    assert all(torch.allclose(full[k], arithmetic[k], atol=1e-6) for k in full)
+    ties = merged(tmp_path / "6", "dare_ties", [(m, 1.0) for m in models], base=base, density=0.5, seed=3)
+    assert all(torch.isfinite(t).all() for t in ties.values())
+
+
+def test_slerp(trio, tmp_path):
+    _, models = trio
+    out = merged(tmp_path, "slerp", [(models[0], 1.0), (models[2], 1.0)], t=0.3)
+    a_all, b_all = numpy_of(models[0]), numpy_of(models[2])
+    for name, tensor in out.items():
+        a, b = a_all[name].reshape(-1).astype(np.float64), b_all[name].reshape(-1).astype(np.float64)
+        cosine = np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1)
+        if abs(cosine) > 0.9995:  # (nearly) parallel: linear interpolation
+            expected = (1 - 0.3) * a + 0.3 * b
+        else:
+            theta = math.acos(cosine)
+            expected = (math.sin(0.7 * theta) * a + math.sin(0.3 * theta) * b) / math.sin(theta)
+        np.testing.assert_allclose(tensor.numpy().reshape(-1), expected, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_expo(trio, tmp_path):
+    base, models = trio
+    out = merged(tmp_path, "expo", [(models[0], 1.0)], base=base, alpha=0.5)
+    b, a = numpy_of(base), numpy_of(models[0])
+    for name, tensor in out.items():
+        np.testing.assert_allclose(tensor.numpy(), a[name] + 0.5 * (a[name] - b[name]), rtol=0, atol=1e-6)
+
+
+def test_variance_corrected(trio, tmp_path):
+    _, models = trio
+    out = merged(tmp_path, "variance_corrected", [(m, 1.0) for m in models])
+    inputs = [numpy_of(m) for m in models]
+    for name, tensor in out.items():
+        if tensor.numel() < 2 or np.var(sum(x[name] for x in inputs)) == 0:
+            continue
+        values = tensor.double().numpy()
+        target = np.mean([np.var(x[name].astype(np.float64), ddof=1) for x in inputs])
+        assert np.var(values, ddof=1) == pytest.approx(target, rel=1e-4), name
+        assert values.mean() == pytest.approx(np.mean(sum(x[name] for x in inputs) / 3), abs=1e-5)
+
+
+def test_refusals(trio, tmp_path, pairs):
+    base, models = trio
+    with pytest.raises(TaxcutError, match="unknown merge method 'tie'; did you mean ties"):
+        ToolkitSpec(method="tie", models=models)
+    with pytest.raises(Exception, match="method 'ties' works on task vectors: give a 'base' model"):
+        ToolkitSpec(method="ties", models=models)
+    with pytest.raises(Exception, match="method 'slerp' takes exactly 2 model"):
+        ToolkitSpec(method="slerp", models=models)
+    spec = ToolkitSpec(method="linear", models=[models[0], pairs["gpt2"][0]], out=tmp_path / "x")
+    with pytest.raises(TaxcutError, match="config.json 'model_type' is 'gpt2' but the model 1's is 'llama'"):
+        run_method_merge(spec, progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_routes_a_method_spec(trio, tmp_path, capsys):
+    base, models = trio
+    spec = tmp_path / "ties.yaml"
+    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [str(m) for m in models],
+                                    "parameters": {"density": 0.5}}))
+    assert main(["merge", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    provenance = json.loads((tmp_path / "out" / "taxcut_provenance.json").read_text())
+    assert provenance["method"].startswith("ties (Yadav et al. 2023")
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
