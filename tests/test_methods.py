@@ -167,3 +167,47 @@ def test_cli_routes_a_method_spec(trio, tmp_path, capsys):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+def test_sparse_soup_keeps_the_shared_mask_and_refuses_others(trio, tmp_path):
+    from safetensors.torch import save_file
+
+    _, models = trio
+    mask_generator = torch.Generator().manual_seed(1)
+    masks = {k: torch.rand(v.shape, generator=mask_generator) > 0.5 for k, v in load_weights(models[0]).items()}
+    sparse = []
+    for index, model in enumerate(models[::2]):
+        folder = tmp_path / f"sparse{index}"
+        folder.mkdir()
+        save_file({k: v * masks[k] for k, v in load_weights(model).items()}, folder / "model.safetensors",
+                  metadata={"format": "pt"})
+        (folder / "config.json").write_text((model / "config.json").read_text())
+        sparse.append(folder)
+    out = merged(tmp_path, "sparse_soup", [(m, 1.0) for m in sparse])
+    inputs = [numpy_of(m) for m in sparse]
+    for name, tensor in out.items():
+        np.testing.assert_allclose(tensor.numpy(), (inputs[0][name] + inputs[1][name]) / 2, rtol=0, atol=1e-6)
+        assert torch.equal(tensor != 0, masks[name] & (tensor != 0)) and not (tensor[~masks[name]] != 0).any()
+    spec = ToolkitSpec(method="sparse_soup", models=[sparse[0], models[1]], out=tmp_path / "bad")
+    with pytest.raises(TaxcutError, match="model 2's sparsity mask differs from model 1's at"):
+        run_method_merge(spec, progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_checkpoint_averaging_all_last_and_ema(trio, tmp_path):
+    import shutil
+
+    _, models = trio
+    run = tmp_path / "run"
+    for step, model in zip((100, 20, 3), models):  # sorted by step: 3, 20, 100
+        shutil.copytree(model, run / f"checkpoint-{step}")
+    by_step = {3: numpy_of(models[2]), 20: numpy_of(models[1]), 100: numpy_of(models[0])}
+    for selection, weights in (({}, {3: 1, 20: 1, 100: 1}), ({"last": 2}, {20: 1, 100: 1}),
+                               ({"ema": 0.5}, {3: 0.25, 20: 0.25, 100: 0.5})):
+        spec = ToolkitSpec(method="checkpoints", checkpoints={"folder": run, **selection},
+                           out=tmp_path / f"out-{len(weights)}-{selection.get('ema')}")
+        out = load_weights(run_method_merge(spec, progress=False))
+        total = sum(weights.values())
+        for name, tensor in out.items():
+            expected = sum(w * by_step[s][name] for s, w in weights.items()) / total
+            np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6)

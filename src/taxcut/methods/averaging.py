@@ -44,3 +44,24 @@ def variance_corrected(models: list[torch.Tensor], base, weights: list[float], p
         return merged
     mean = merged.mean()
     return (merged - mean) * torch.sqrt(target / current) + mean
+
+
+@method("checkpoints", paper="Schmidt et al. 2023, 'Free Lunch: Robust Cross-Lingual Transfer via Model Checkpoint "
+        "Averaging'")
+def checkpoints(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
+    """The (weighted) average of the checkpoints of one run; the spec's ``checkpoints`` section picks them (all,
+    the last k, or EMA weights with a decay)."""
+    return linear(models, base, weights, {}, name)
+
+
+@method("sparse_soup", paper="Zimmer et al. 2024, 'Sparse Model Soups: A Recipe for Improved Pruning via Model "
+        "Averaging'", min_models=2)
+def sparse_soup(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
+    """The weighted average of models that share one sparsity mask; the mask is kept exactly."""
+    mask = models[0] != 0
+    for index, tensor in enumerate(models[1:], start=2):
+        differ = int(((tensor != 0) != mask).sum())
+        if differ:
+            raise TaxcutError(f"tensor '{name}': model {index}'s sparsity mask differs from model 1's at {differ} "
+                              "positions; a sparse soup needs models pruned with one shared mask")
+    return linear(models, base, weights, {}, name) * mask

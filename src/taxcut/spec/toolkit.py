@@ -13,10 +13,11 @@ out: merged/
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taxcut.spec.merge import _read_yaml_mapping, spec_from_dict
 
@@ -28,11 +29,44 @@ class ModelInput(BaseModel):
     weight: float = 1.0
 
 
+class CheckpointSelection(BaseModel):
+    """The checkpoints of one run: ``folder`` (its ``checkpoint-*`` subfolders) or a ``glob``, ordered by step;
+    all of them, the ``last`` k, or weighted as an exponential moving average with ``ema`` decay."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    folder: Path | None = None
+    glob: str | None = None
+    last: int | None = Field(None, ge=1)
+    ema: float | None = Field(None, gt=0, lt=1)
+
+    def expand(self) -> list[dict]:
+        if (self.folder is None) == (self.glob is None):
+            raise ValueError("'checkpoints' needs exactly one of 'folder' or 'glob'")
+        if self.folder is not None:
+            found = [p for p in Path(self.folder).glob("checkpoint-*") if p.is_dir()]
+        else:
+            pattern = Path(self.glob)
+            found = [p for p in Path(pattern.anchor or ".").glob(str(pattern.relative_to(pattern.anchor or ".")))
+                     if p.is_dir()]
+        found.sort(key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)])
+        if self.last is not None:
+            found = found[-self.last:]
+        if not found:
+            raise ValueError(f"no checkpoint folders found for {self.folder or self.glob}")
+        if self.ema is None:
+            return [{"path": p, "weight": 1.0} for p in found]
+        count = len(found)  # ema_t = d * ema_(t-1) + (1 - d) * theta_t, ema_0 = theta_0
+        weights = [self.ema ** (count - 1)] + [(1 - self.ema) * self.ema ** (count - 1 - i) for i in range(1, count)]
+        return [{"path": p, "weight": w} for p, w in zip(found, weights)]
+
+
 class ToolkitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    models: list[ModelInput]
+    models: list[ModelInput] = []
+    checkpoints: CheckpointSelection | None = None
     base: Path | None = None
     parameters: dict[str, Any] = {}
     out: Path | None = None
@@ -49,6 +83,11 @@ class ToolkitSpec(BaseModel):
     @model_validator(mode="after")
     def _fits_the_method(self) -> ToolkitSpec:
         from taxcut.methods.registry import get_method
+
+        if self.checkpoints is not None:
+            if self.models:
+                raise ValueError("give 'models' or 'checkpoints', not both")
+            self.models = [ModelInput(**item) for item in self.checkpoints.expand()]
 
         found = get_method(self.method)
         if found.needs_base and self.base is None:
@@ -74,6 +113,10 @@ class ToolkitSpec(BaseModel):
         if isinstance(data.get("models"), list):
             data["models"] = [fix(m) if not isinstance(m, dict) else {**m, "path": fix(m.get("path"))}
                               for m in data["models"]]
+        if isinstance(data.get("checkpoints"), dict):
+            for key in ("folder", "glob"):
+                data["checkpoints"][key] = fix(data["checkpoints"].get(key))
+            data["checkpoints"] = {k: v for k, v in data["checkpoints"].items() if v is not None}
         data = {k: v for k, v in data.items() if v is not None}
         data.update(overrides or {})
         return spec_from_dict(data, source=str(path), model=cls)
