@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--debug", action="store_true", help="show tracebacks")
     fit.set_defaults(run=_run_fit)
 
+    mergekit = commands.add_parser("export-mergekit", help="print the mergekit YAML that reproduces a spec")
+    mergekit.add_argument("spec", type=Path, help="a merge spec, a ratios file from `taxcut fit`, or a toolkit spec")
+    mergekit.add_argument("--debug", action="store_true", help="show tracebacks")
+    mergekit.set_defaults(run=_run_export_mergekit)
+
     lab = commands.add_parser("lab", help="the built-in alignment lab (a tiny SFT model aligned with RAFT)")
     lab_commands = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
     build = lab_commands.add_parser("build", help="build (or reuse) a lab: SFT model, RAFT checkpoints, data")
@@ -291,6 +296,18 @@ def _run_fit(args: argparse.Namespace) -> int:
     write_ratios(args.out, ratios_spec(result, settings, args.sft, args.aligned, args.data))
     print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {args.alpha}); "
           f"merge it with: taxcut merge {args.out} --out DIR")
+    return 0
+
+
+def _run_export_mergekit(args: argparse.Namespace) -> int:
+    from taxcut.io.mergekit import mergekit_yaml
+    from taxcut.spec.toolkit import ToolkitSpec
+
+    if "method" in read_spec_file(args.spec):
+        spec = ToolkitSpec.from_yaml(args.spec)
+    else:
+        spec = MergeSpec.from_yaml(args.spec)
+    print(mergekit_yaml(spec), end="")
     return 0
 
 

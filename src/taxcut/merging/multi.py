@@ -1,7 +1,8 @@
 """The toolkit's engine: a registered method over N models (and a base), one tensor of each model at a time.
 
-Methods such as TIES, SLERP or variance correction need whole tensors, so each output tensor is computed from
-the whole tensor of every input (in float32), cast and appended to its shard: memory grows with the largest
+Elementwise methods (linear soups, checkpoint averaging, task arithmetic, ExPO, sparse soups) are streamed in 4 MB
+chunks of every input, so memory does not grow with tensor size; methods that need whole tensors (TIES, DARE,
+SLERP, variance correction) get one whole tensor of every input at a time, so memory grows with the largest
 tensor times the number of inputs, never with the model. Writing, staging, side files and provenance are those of
 ``taxcut merge``.
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+CHUNK_BYTES = 4 * 2**20  # per input, for the methods streamed chunk by chunk
 
 from taxcut.errors import TaxcutError
 from taxcut.io.checkpoint import Checkpoint
@@ -50,6 +53,7 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
         base = checkpoints[0] if spec.base is not None else None
         models = checkpoints[1:] if spec.base is not None else checkpoints
         weights = [m.weight for m in spec.models]
+        buffers = [torch.empty(CHUNK_BYTES, dtype=torch.uint8) for _ in range(len(checkpoints) + 1)]
         with staged_folder(spec.out, overwrite=overwrite, inputs=roles) as staging:
             bar = tqdm(total=len(names), unit="tensor", desc=spec.method,
                        disable=None if progress is None else not progress)
@@ -57,7 +61,8 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
                 writer = ShardWriter(staging / shard.file_name, shard)
                 try:
                     for out in shard.tensors:
-                        writer.write(_merge_one(out, models, base, weights, spec, method).contiguous())
+                        for piece in _merge_one(out, models, base, weights, spec, method, buffers):
+                            writer.write(piece)
                         bar.update()
                 except BaseException:
                     writer.close(complete=False)
@@ -79,21 +84,33 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
     return spec.out
 
 
-def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, method) -> torch.Tensor:
+def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, method, buffers):
+    """The pieces of one output tensor, in order: chunks for elementwise methods, else the whole tensor."""
     infos = [m.tensors[out.name] for m in models]
+    base_info = base.tensors[out.name] if base is not None else None
     if not infos[0].dtype.is_floating_point:
         values = [m.read(info) for m, info in zip(models, infos)]
         if any(not torch.equal(values[0], v) for v in values[1:]):
             raise TaxcutError(f"tensor '{out.name}' is not floating point and differs between the models; "
                               "it cannot be merged")
-        return values[0]
-    tensors = [m.read(info).float() for m, info in zip(models, infos)]
-    base_tensor = base.read(base.tensors[out.name]).float() if base is not None else None
-    merged = method.function(tensors, base_tensor, weights, spec.parameters, out.name).to(out.dtype)
-    if not all_finite(merged):
-        raise TaxcutError(f"tensor '{out.name}': the {spec.method} merge is NaN or Inf; check the inputs and "
-                          "the method's parameters")
-    return merged
+        yield values[0]
+        return
+    numel = infos[0].numel
+    widest = max([i.dtype.itemsize for i in infos] + [out.dtype.itemsize, 4])
+    step = CHUNK_BYTES // widest if method.elementwise else max(numel, 1)
+    for start in range(0, numel, step):
+        stop = min(numel, start + step)
+        if method.elementwise:
+            tensors = [m.read_into(i, start, stop, buf).float() for m, i, buf in zip(models, infos, buffers)]
+            base_tensor = base.read_into(base_info, start, stop, buffers[-1]).float() if base is not None else None
+        else:
+            tensors = [m.read(i).float() for m, i in zip(models, infos)]
+            base_tensor = base.read(base_info).float() if base is not None else None
+        merged = method.function(tensors, base_tensor, weights, spec.parameters, out.name).to(out.dtype)
+        if not all_finite(merged):
+            raise TaxcutError(f"tensor '{out.name}': the {spec.method} merge is NaN or Inf; check the inputs and "
+                              "the method's parameters")
+        yield merged.contiguous()
 
 
 def _check_compatible(roles, checkpoints: list[Checkpoint]) -> set[str]:

@@ -9,7 +9,7 @@ from taxcut.methods.registry import method
 
 
 @method("linear", paper="Wortsman et al. 2022, 'Model soups: averaging weights of multiple fine-tuned models "
-        "improves accuracy without increasing inference time'")
+        "improves accuracy without increasing inference time'", elementwise=True)
 def linear(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
     """``sum_i w_i * theta_i / sum_i w_i`` (a uniform soup with equal weights; ``normalize: false`` skips the
     division)."""
@@ -23,7 +23,7 @@ def linear(models: list[torch.Tensor], base, weights: list[float], params: dict,
 
 
 @method("expo", paper="Zheng et al. 2024, 'Weak-to-Strong Extrapolation Expedites Alignment' (ExPO)",
-        needs_base=True, min_models=1, max_models=1)
+        needs_base=True, min_models=1, max_models=1, elementwise=True)
 def expo(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
     """``aligned + a * (aligned - sft)``: the base is the SFT model, the one input the aligned model."""
     alpha = float(params.get("alpha", 0.3))
@@ -47,7 +47,7 @@ def variance_corrected(models: list[torch.Tensor], base, weights: list[float], p
 
 
 @method("checkpoints", paper="Schmidt et al. 2023, 'Free Lunch: Robust Cross-Lingual Transfer via Model Checkpoint "
-        "Averaging'")
+        "Averaging'", elementwise=True)
 def checkpoints(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
     """The (weighted) average of the checkpoints of one run; the spec's ``checkpoints`` section picks them (all,
     the last k, or EMA weights with a decay)."""
@@ -55,7 +55,7 @@ def checkpoints(models: list[torch.Tensor], base, weights: list[float], params: 
 
 
 @method("sparse_soup", paper="Zimmer et al. 2024, 'Sparse Model Soups: A Recipe for Improved Pruning via Model "
-        "Averaging'", min_models=2)
+        "Averaging'", min_models=2, elementwise=True)
 def sparse_soup(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
     """The weighted average of models that share one sparsity mask; the mask is kept exactly."""
     mask = models[0] != 0

@@ -23,16 +23,19 @@ class Method:
     min_models: int
     max_models: int | None
     paper: str
+    elementwise: bool  # each output element depends only on the same element of the inputs: streamed in chunks
 
 
 METHODS: dict[str, Method] = {}
 
 
-def method(name: str, *, paper: str, needs_base: bool = False, min_models: int = 1, max_models: int | None = None):
-    """Register ``function`` as merge method ``name`` (cite the paper it comes from)."""
+def method(name: str, *, paper: str, needs_base: bool = False, min_models: int = 1, max_models: int | None = None,
+           elementwise: bool = False):
+    """Register ``function`` as merge method ``name`` (cite the paper it comes from). ``elementwise`` methods are
+    streamed chunk by chunk (memory independent of tensor size); the others see whole tensors."""
 
     def register(function: MergeFunction) -> MergeFunction:
-        METHODS[name] = Method(name, function, needs_base, min_models, max_models, paper)
+        METHODS[name] = Method(name, function, needs_base, min_models, max_models, paper, elementwise)
         return function
 
     return register

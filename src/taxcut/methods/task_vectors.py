@@ -27,7 +27,8 @@ def _seed(params: dict, name: str) -> int:
     return int(params.get("seed", 0)) * 1_000_003 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
 
 
-@method("task_arithmetic", paper="Ilharco et al. 2023, 'Editing Models with Task Arithmetic'", needs_base=True)
+@method("task_arithmetic", paper="Ilharco et al. 2023, 'Editing Models with Task Arithmetic'", needs_base=True,
+        elementwise=True)
 def task_arithmetic(models, base, weights, params, name):
     from peft.utils.merge_utils import task_arithmetic as peft_task_arithmetic
 
