@@ -67,7 +67,8 @@ def test_folder_without_config(capsys, tmp_path, pair):
 def test_adapter_folder(capsys, tmp_path, pair):
     (pair[1] / "model.safetensors").unlink()
     (pair[1] / "adapter_config.json").write_text("{}")
-    assert "is a PEFT/LoRA adapter, not a full model" in run_failing(capsys, tmp_path, *args_for(pair))
+    assert "the aligned adapter's base model None is not a local folder" in run_failing(
+        capsys, tmp_path, *args_for(pair))
 
 
 def test_tensor_in_one_model_only(capsys, tmp_path, pair):

@@ -62,20 +62,32 @@ class Checkpoint:
     """
 
     def __init__(self, folder: str | Path, role: str = "model"):
+        from taxcut.io.adapter import LoraAdapter, is_adapter_folder
+
         self.folder = Path(folder)
         self.role = role
-        self.config = _read_config(self.folder, role)
+        self.adapter = LoraAdapter(self.folder, role) if is_adapter_folder(self.folder) else None
+        weights_folder = self.adapter.base_folder if self.adapter else self.folder  # an adapter reads through its base
+        self.config = _read_config(weights_folder, role)
         self.files: list[WeightFile] = []
         self.tensors: dict[str, TensorInfo] = {}
         self._descriptors: dict[Path, int] = {}
         self._bin_state: dict[Path, dict[str, torch.Tensor]] = {}
-        for path in _weight_files(self.folder, role):
+        self._merged_cache: tuple[str, torch.Tensor] | None = None
+        for path in _weight_files(weights_folder, role):
             if path.suffix == ".safetensors":
                 self._add_safetensors(path)
             else:
                 self._add_bin(path)
         if not self.tensors:
             raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
+        if self.adapter is not None:
+            self.adapter.check({name: info.shape for name, info in self.tensors.items()})
+
+    @property
+    def side_file_folders(self) -> list[Path]:
+        """Where config and tokenizer files come from: the folder, or an adapter's base then the adapter."""
+        return [self.adapter.base_folder, self.folder] if self.adapter else [self.folder]
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -93,11 +105,26 @@ class Checkpoint:
         """Elements ``[start, stop)`` of the flattened tensor, read into the uint8 ``buffer``, typed as the tensor."""
         nbytes = (stop - start) * info.dtype.itemsize
         raw = buffer[:nbytes]
-        if info.file.suffix == ".safetensors":
+        if self.adapter is not None and self.adapter.applies_to(info.name):
+            raw.view(info.dtype).copy_(self._adapter_tensor(info).reshape(-1)[start:stop])
+        elif info.file.suffix == ".safetensors":
             _pread_exactly(self._descriptor(info.file), raw, info.data_offset + start * info.dtype.itemsize, info)
         else:
             raw.view(info.dtype).copy_(self._bin_state[info.file][info.name].reshape(-1)[start:stop])
         return raw.view(info.dtype)
+
+    def _adapter_tensor(self, info: TensorInfo) -> torch.Tensor:
+        """Base + adapter for one tensor, kept until another tensor is asked for (chunked reads reuse it)."""
+        if self._merged_cache is None or self._merged_cache[0] != info.name:
+            self._merged_cache = None
+            base = torch.empty(info.nbytes, dtype=torch.uint8)
+            if info.file.suffix == ".safetensors":
+                _pread_exactly(self._descriptor(info.file), base, info.data_offset, info)
+                base_tensor = base.view(info.dtype).reshape(info.shape)
+            else:
+                base_tensor = self._bin_state[info.file][info.name]
+            self._merged_cache = (info.name, self.adapter.merged(info.name, base_tensor))
+        return self._merged_cache[1]
 
     def read(self, info: TensorInfo) -> torch.Tensor:
         """A whole tensor (for small tensors and tests; the engine reads in chunks)."""
@@ -194,11 +221,6 @@ def _weight_files(folder: Path, role: str) -> list[Path]:
             return [folder / name for name in names]
         if (folder / single_name).is_file():
             return [folder / single_name]
-    if (folder / "adapter_config.json").is_file():
-        raise TaxcutError(
-            f"{folder}: the {role} model is a PEFT/LoRA adapter, not a full model; merge it into its base first "
-            "(peft's merge_and_unload) and pass that folder"
-        )
     raise TaxcutError(
         f"{folder}: no weights in the {role} model folder; expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, "
         f"{BIN_SINGLE} or {BIN_INDEX}"

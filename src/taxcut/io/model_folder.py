@@ -17,7 +17,7 @@ SIDE_FILE_GLOBS: tuple[str, ...] = (
 SIDE_FOLDERS: tuple[str, ...] = ("additional_chat_templates",)
 
 
-def copy_side_files(source: Path, destination: Path) -> list[str]:
+def copy_side_files(source: Path, destination: Path, *, overwrite: bool = False) -> list[str]:
     """Copy the config, tokenizer and template files of ``source`` into ``destination``; return their names."""
     copied = []
     for entry in sorted(source.iterdir()):
@@ -25,7 +25,7 @@ def copy_side_files(source: Path, destination: Path) -> list[str]:
             shutil.copy2(entry, destination / entry.name)
             copied.append(entry.name)
         elif entry.is_dir() and entry.name in SIDE_FOLDERS:
-            shutil.copytree(entry, destination / entry.name)
+            shutil.copytree(entry, destination / entry.name, dirs_exist_ok=overwrite)
             copied.append(entry.name + "/")
     return copied
 

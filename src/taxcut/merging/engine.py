@@ -124,8 +124,9 @@ def _non_finite_message(tensor: PlannedTensor, left: torch.Tensor, right: torch.
 
 def _write_side_files(plan: MergePlan, staging: Path) -> None:
     spec = plan.spec
-    source = spec.aligned if spec.files_from == "aligned" else spec.sft
-    copy_side_files(source, staging)
+    source = plan.aligned if spec.files_from == "aligned" else plan.sft
+    for folder in source.side_file_folders:  # an adapter: its base's config, then the adapter's own files
+        copy_side_files(folder, staging, overwrite=True)
     set_config_dtype(staging, plan.out_dtype)
     spec_yaml = spec.model_copy(update={"sft": Path(spec.sft.name), "aligned": Path(spec.aligned.name),
                                         "out": None}).to_yaml()

@@ -70,7 +70,8 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
                 writer.close()
             bar.close()
             write_index(staging, shards)
-            copy_side_files(reference.folder, staging)
+            for folder in reference.side_file_folders:
+                copy_side_files(folder, staging, overwrite=True)
             float_dtypes = [dtypes[n] for n in names if dtypes[n].is_floating_point]
             set_config_dtype(staging, dtype_label(max(set(float_dtypes), key=float_dtypes.count)))
             write_provenance(staging, {
