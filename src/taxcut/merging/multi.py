@@ -35,6 +35,15 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
     if spec.out is None:
         raise TaxcutError("no destination: give --out DIR (or 'out:' in the spec)")
     method = get_method(spec.method)
+    if spec.method == "greedy_soup":  # choose the ingredients first, with the held-out evaluation
+        from taxcut.spec.toolkit import ModelInput
+        from taxcut.sweep.greedy_soup import greedy_soup
+
+        soup = greedy_soup([m.path for m in spec.models], spec.evaluation, str(spec.parameters["score"]))
+        spec = spec.model_copy(update={"models": [ModelInput(path=p) for p in soup.chosen],
+                                       "parameters": {**spec.parameters, "greedy": {
+                                           "individual": soup.individual,
+                                           "trials": [list(t) for t in soup.trials]}}})
     roles = [(f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
     if spec.base is not None:
         roles.insert(0, ("base", spec.base))

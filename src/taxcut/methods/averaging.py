@@ -65,3 +65,9 @@ def sparse_soup(models: list[torch.Tensor], base, weights: list[float], params: 
             raise TaxcutError(f"tensor '{name}': model {index}'s sparsity mask differs from model 1's at {differ} "
                               "positions; a sparse soup needs models pruned with one shared mask")
     return linear(models, base, weights, {}, name) * mask
+
+
+@method("greedy_soup", paper="Wortsman et al. 2022, 'Model soups' (greedy soup)", min_models=2, elementwise=True)
+def greedy_soup(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
+    """The uniform average of the ingredients a greedy selection kept (see :mod:`taxcut.sweep.greedy_soup`)."""
+    return linear(models, base, [1.0] * len(models), {}, name)

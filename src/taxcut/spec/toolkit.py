@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.merge import _read_yaml_mapping, spec_from_dict
 
 
@@ -72,6 +73,7 @@ class ToolkitSpec(BaseModel):
     out: Path | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     max_shard_size: int | str = "5GB"
+    evaluation: EvaluationSpec | None = None  # greedy_soup: the held-out evaluation that ranks and accepts
 
     @field_validator("models", mode="before")
     @classmethod
@@ -88,6 +90,9 @@ class ToolkitSpec(BaseModel):
             if self.models:
                 raise ValueError("give 'models' or 'checkpoints', not both")
             self.models = [ModelInput(**item) for item in self.checkpoints.expand()]
+        if self.method == "greedy_soup" and (self.evaluation is None or "score" not in self.parameters):
+            raise ValueError("a greedy soup needs an 'evaluation' section and parameters.score (reward, TASK or "
+                             "TASK.METRIC)")
 
         found = get_method(self.method)
         if found.needs_base and self.base is None:
@@ -119,4 +124,7 @@ class ToolkitSpec(BaseModel):
             data["checkpoints"] = {k: v for k, v in data["checkpoints"].items() if v is not None}
         data = {k: v for k, v in data.items() if v is not None}
         data.update(overrides or {})
-        return spec_from_dict(data, source=str(path), model=cls)
+        spec = spec_from_dict(data, source=str(path), model=cls)
+        if spec.evaluation is not None:
+            spec = spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})
+        return spec

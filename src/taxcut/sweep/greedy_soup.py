@@ -1,0 +1,78 @@
+"""Greedy soups (Wortsman et al. 2022, "Model soups"): rank the ingredients by a held-out score, then add each to the
+soup only if the soup's score does not drop. Scored with the sweep's evaluators; the soup is a uniform average.
+
+One model stays in memory (the live soup) beside the running sum of the accepted ingredients; each trial reads the
+candidate ingredient tensor by tensor from its folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from taxcut.errors import TaxcutError
+from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
+from taxcut.evaluation.suite import EvaluationSuite
+from taxcut.io.checkpoint import Checkpoint
+from taxcut.spec.evaluation import EvaluationSpec
+from taxcut.sweep.resident import checkpoint_names
+
+
+@dataclass
+class GreedySoup:
+    chosen: list[Path]
+    individual: dict[str, float] = field(default_factory=dict)  # folder -> score alone
+    trials: list[tuple[str, float, bool]] = field(default_factory=list)  # (folder, soup score with it, accepted)
+
+
+def score_of(result: dict, score: str, directions: dict[str, bool]) -> float:
+    """``reward``, ``TASK`` (its primary metric) or ``TASK.METRIC`` from an evaluation result; higher is better."""
+    if score == "reward":
+        return result["reward"]["reward"]
+    task, _, metric = score.partition(".")
+    if task not in result["tasks"]:
+        raise TaxcutError(f"score {score!r}: no task {task!r} in the evaluation ({', '.join(result['tasks'])})")
+    value = result["tasks"][task][metric] if metric else result["primary"][task]
+    return value if directions.get(task, True) or metric else -value
+
+
+def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, device: str = "auto") -> GreedySoup:
+    resolved = pick_device(device)
+    suite = EvaluationSuite.from_spec(evaluation, device=resolved)
+    live = load_causal_lm(models[0], device=resolved, dtype="float32")
+    tokenizer = load_tokenizer(models[0])
+    parameters = dict(live.named_parameters())
+    stored = checkpoint_names(live)
+
+    def read(folder: Path) -> dict[str, torch.Tensor]:
+        with Checkpoint(folder, "ingredient") as checkpoint:
+            missing = [stored[n] for n in parameters if stored[n] not in checkpoint.tensors]
+            if missing:
+                raise TaxcutError(f"{folder}: no tensor '{missing[0]}'; soup ingredients share one architecture")
+            return {n: checkpoint.read(checkpoint.tensors[stored[n]]).float() for n in parameters}
+
+    def evaluate(total: dict[str, torch.Tensor], count: int) -> float:
+        with torch.no_grad():
+            for name, parameter in parameters.items():
+                parameter.copy_(total[name] / count)
+        result = suite.evaluate(live, tokenizer)
+        return score_of(result, score, result["directions"])
+
+    outcome = GreedySoup([])
+    for folder in models:
+        outcome.individual[str(folder)] = evaluate(read(folder), 1)
+    ranked = sorted(models, key=lambda f: -outcome.individual[str(f)])
+    total, best = read(ranked[0]), outcome.individual[str(ranked[0])]
+    outcome.chosen = [ranked[0]]
+    for folder in ranked[1:]:
+        ingredient = read(folder)
+        trial = {name: total[name] + ingredient[name] for name in parameters}
+        value = evaluate(trial, len(outcome.chosen) + 1)
+        accepted = value >= best
+        outcome.trials.append((str(folder), value, accepted))
+        if accepted:
+            total, best = trial, value
+            outcome.chosen.append(folder)
+    return outcome
