@@ -264,3 +264,32 @@ def test_greedy_soup_keeps_what_helps(tmp_path):
     assert [Path(m["path"]).name for m in provenance["spec"]["models"]] == ["good", "twin"]
     soup, original = load_weights(tmp_path / "soup"), load_weights(good)
     assert all(torch.equal(soup[k], original[k]) for k in original)
+
+
+def test_adamerging_learns_coefficients_that_lower_entropy_and_merges_with_them(trio, tmp_path):
+    from taxcut.merging.layers import detect_layers
+    from taxcut.methods.adamerging import fit_adamerging, group_of
+
+    base, models = trio
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 3} w{i + 5}"}) + "\n" for i in range(4, 20)))
+    learned = fit_adamerging(base, [models[0], models[2]], prompts, granularity="layer", epochs=6,
+                             batch_size=16, lr=0.05)
+    assert len(learned["coefficients"]) == 2 and len(learned["coefficients"][0]) == learned["layers"] + 1 == 5
+    assert learned["entropy"][-1] < learned["entropy"][0]
+    assert all(0.0 <= c <= 1.0 for row in learned["coefficients"] for c in row)
+    spec = tmp_path / "ada.yaml"
+    spec.write_text(yaml.safe_dump({"method": "adamerging", "base": str(base),
+                                    "models": [str(models[0]), str(models[2])],
+                                    "parameters": {"coefficients": learned["coefficients"], "layers": 4}}))
+    assert main(["merge", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    out, b = load_weights(tmp_path / "out"), numpy_of(base)
+    inputs = [numpy_of(models[0]), numpy_of(models[2])]
+    assert detect_layers(out).num_layers == 4
+    for name, tensor in out.items():
+        group = group_of(name, 4)
+        expected = b[name] + sum(np.float32(row[group]) * (x[name] - b[name])
+                                 for row, x in zip(learned["coefficients"], inputs))
+        np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6, err_msg=name)
+    task_wise = fit_adamerging(base, [models[0]], prompts, granularity="task", epochs=1)
+    assert len(task_wise["coefficients"][0]) == 1

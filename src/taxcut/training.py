@@ -31,3 +31,78 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: fl
         return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Coefficients:
+    """Where parametrised weights find this step's learned coefficients (set before each forward)."""
+
+    values: torch.Tensor | None = None
+
+
+class Interpolated(torch.nn.Module):
+    """HMA's weight, computed on access: ``(1 - a_k) * theta_sft + a_k * theta_aligned`` (theta_sft is the module's
+    original parameter; ``a_k = holder.values[block]``)."""
+
+    def __init__(self, aligned: torch.Tensor, holder: Coefficients, block: int):
+        super().__init__()
+        self.aligned, self.holder, self.block = aligned, holder, block
+
+    def forward(self, sft: torch.Tensor) -> torch.Tensor:
+        ratio = self.holder.values[self.block]
+        return (sft * (1 - ratio) + self.aligned * ratio).to(sft.dtype)
+
+
+class TaskVectorSum(torch.nn.Module):
+    """AdaMerging's weight, computed on access: ``theta_base + sum_i c_(i,g) * (theta_i - theta_base)`` (theta_base is
+    the module's original parameter; ``c = holder.values``, shape (models, groups))."""
+
+    def __init__(self, others: list[torch.Tensor], holder: Coefficients, group: int):
+        super().__init__()
+        self.others, self.holder, self.group = others, holder, group
+
+    def forward(self, base: torch.Tensor) -> torch.Tensor:
+        return task_vector_sum(base, self.others, [c[self.group] for c in self.holder.values])
+
+
+def task_vector_sum(base: torch.Tensor, others: Sequence[torch.Tensor], coefficients) -> torch.Tensor:
+    """``base + sum_i c_i * (other_i - base)``, in this order (the fit and the merge share it, so they agree)."""
+    merged = base.float()
+    for other, coefficient in zip(others, coefficients):
+        merged = merged + coefficient * (other.float() - base.float())
+    return merged.to(base.dtype)
+
+
+def parametrize_weights(model, parametrizations: dict[str, torch.nn.Module]) -> None:
+    """Give each named parameter (and every module attribute sharing it, for tied weights) a parametrisation."""
+    from torch.nn.utils import parametrize
+
+    by_tensor = {id(p): name for name, p in model.named_parameters() if name in parametrizations}
+    targets = []
+    for _, module in model.named_modules():
+        for attribute, parameter in list(module.named_parameters(recurse=False)):
+            if id(parameter) in by_tensor:
+                targets.append((module, attribute, by_tensor[id(parameter)]))
+    for module, attribute, name in targets:
+        parametrize.register_parametrization(module, attribute, parametrizations[name], unsafe=True)
+
+
+def recompute_layers(model) -> None:
+    """Recompute each decoder layer in the backward pass instead of keeping its weights and activations."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    from taxcut.merging.layers import detect_layers
+
+    layout = detect_layers(name for name, _ in model.named_parameters())
+    layers = {name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]
+              for name, index in layout.layer_of.items()}
+    for name in layers:
+        module = model.get_submodule(name)
+        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+
+
+def current_weight(model, name: str) -> torch.Tensor:
+    """A parameter's current value (through its parametrisation, if it has one)."""
+    *path, attribute = name.split(".")
+    return getattr(model.get_submodule(".".join(path)), attribute)

@@ -36,7 +36,9 @@ from taxcut.merging.layers import TIED_HEAD_NAMES, detect_layers
 from taxcut.merging.plan import build_plan
 from taxcut.merging.ratios import split_blocks
 from taxcut.spec.merge import MergeSpec
-from taxcut.training import collate, warmup_cosine
+from taxcut.training import (
+    Coefficients, Interpolated, collate, current_weight, parametrize_weights, recompute_layers, warmup_cosine,
+)
 
 
 @dataclass
@@ -118,9 +120,10 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
             if name not in trainable:
                 interpolate(parameter.detach().clone(), aligned_params[name].detach(), decision[stored[name]].alpha,
                             parameter.data)
-    holder = _Ratios()
-    _parametrize(model, trainable, aligned_params, holder)
-    _recompute_layers(model)
+    holder = Coefficients()
+    parametrize_weights(model, {name: Interpolated(aligned_params[name].detach(), holder, block)
+                                for name, block in trainable.items()})
+    recompute_layers(model)
 
     # 3. the fit set: prompt + response, loss on the response tokens only
     examples = _encode(tokenizer, data, getattr(model.config, "max_position_embeddings", None))
@@ -146,7 +149,7 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
         for start in range(0, len(order), settings.batch_size):
             batch = collate([shard[i] for i in order[start:start + settings.batch_size]], tokenizer.pad_token_id or 0)
             ratios = block_ratios(logits, settings.alpha, settings.eps)  # (K,), mean == alpha
-            holder.ratios = ratios  # every parametrised weight reads its block's ratio from here
+            holder.values = ratios  # every parametrised weight reads its block's ratio from here
             output = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
             loss = output.loss + (reg * (ratios - settings.alpha).abs()).sum()
             loss.backward()
@@ -162,66 +165,10 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     final = block_ratios(logits.detach(), settings.alpha, settings.eps)
     result.alphas = final.float().cpu().tolist()
     if keep_weights:
-        holder.ratios = final
+        holder.values = final
         with torch.no_grad():
-            result.weights = {stored[name]: _current(model, name).detach().cpu().clone() for name in params}
+            result.weights = {stored[name]: current_weight(model, name).detach().cpu().clone() for name in params}
     return result
-
-
-class _Ratios:
-    """Where the parametrised weights find this step's block ratios."""
-
-    ratios: torch.Tensor | None = None
-
-
-class _Interpolated(torch.nn.Module):
-    """A weight computed on access: ``(1 - a_k) * theta_sft + a_k * theta_aligned`` (theta_sft is the module's
-    original parameter). Computed inside each layer's forward, so with :func:`_recompute_layers` only one layer's
-    weights exist at a time."""
-
-    def __init__(self, aligned: torch.Tensor, holder: _Ratios, block: int):
-        super().__init__()
-        self.aligned, self.holder, self.block = aligned, holder, block
-
-    def forward(self, sft: torch.Tensor) -> torch.Tensor:
-        ratio = self.holder.ratios[self.block]
-        return (sft * (1 - ratio) + self.aligned * ratio).to(sft.dtype)
-
-
-def _parametrize(model, trainable: dict[str, int], aligned_params: dict, holder: _Ratios) -> None:
-    """Parametrise every module attribute holding a trainable weight (tied weights: each module that shares it)."""
-    from torch.nn.utils import parametrize
-
-    by_tensor = {id(p): name for name, p in model.named_parameters() if name in trainable}
-    targets = []
-    for module_name, module in model.named_modules():
-        for attribute, parameter in list(module.named_parameters(recurse=False)):
-            if id(parameter) in by_tensor:
-                targets.append((module, attribute, by_tensor[id(parameter)]))
-    for module, attribute, name in targets:
-        parametrize.register_parametrization(
-            module, attribute, _Interpolated(aligned_params[name].detach(), holder, trainable[name]), unsafe=True)
-
-
-def _recompute_layers(model) -> None:
-    """Recompute each decoder layer in the backward pass instead of keeping its weights and activations."""
-    import functools
-
-    from torch.utils.checkpoint import checkpoint
-
-    layout = detect_layers(name for name, _ in model.named_parameters())
-    layers = {name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]
-              for name, index in layout.layer_of.items()}
-    for name in layers:
-        module = model.get_submodule(name)
-        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
-
-
-def _current(model, name: str) -> torch.Tensor:
-    """A parameter's current value (through its parametrisation, if it has one)."""
-    *path, attribute = name.split(".")
-    module = model.get_submodule(".".join(path))
-    return getattr(module, attribute)
 
 
 def head_rules(stored: dict[str, str], alpha: float) -> list[dict]:

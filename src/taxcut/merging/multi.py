@@ -44,6 +44,15 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
                                        "parameters": {**spec.parameters, "greedy": {
                                            "individual": soup.individual,
                                            "trials": [list(t) for t in soup.trials]}}})
+    if spec.method == "adamerging" and "coefficients" not in spec.parameters:  # learn them first
+        from taxcut.methods.adamerging import fit_adamerging
+
+        options = {k: spec.parameters[k] for k in ("granularity", "epochs", "batch_size", "lr", "init", "seed")
+                   if k in spec.parameters}
+        if "data" not in spec.parameters:
+            raise TaxcutError("adamerging needs parameters.data: a JSONL file of unlabelled prompts")
+        learned = fit_adamerging(spec.base, [m.path for m in spec.models], Path(spec.parameters["data"]), **options)
+        spec = spec.model_copy(update={"parameters": {**spec.parameters, **learned}})
     roles = [(f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
     if spec.base is not None:
         roles.insert(0, ("base", spec.base))

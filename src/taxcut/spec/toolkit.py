@@ -118,6 +118,8 @@ class ToolkitSpec(BaseModel):
         if isinstance(data.get("models"), list):
             data["models"] = [fix(m) if not isinstance(m, dict) else {**m, "path": fix(m.get("path"))}
                               for m in data["models"]]
+        if isinstance(data.get("parameters"), dict) and isinstance(data["parameters"].get("data"), str):
+            data["parameters"]["data"] = fix(data["parameters"]["data"])
         if isinstance(data.get("checkpoints"), dict):
             for key in ("folder", "glob"):
                 data["checkpoints"][key] = fix(data["checkpoints"].get(key))

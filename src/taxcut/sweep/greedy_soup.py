@@ -28,9 +28,13 @@ class GreedySoup:
 
 
 def score_of(result: dict, score: str, directions: dict[str, bool]) -> float:
-    """``reward``, ``TASK`` (its primary metric) or ``TASK.METRIC`` from an evaluation result; higher is better."""
+    """``reward``, ``tasks`` (the mean primary score, losses negated), ``TASK`` (its primary metric) or
+    ``TASK.METRIC`` from an evaluation result; higher is better."""
     if score == "reward":
         return result["reward"]["reward"]
+    if score == "tasks":
+        values = [v if directions.get(t, True) else -v for t, v in result["primary"].items()]
+        return sum(values) / len(values)
     task, _, metric = score.partition(".")
     if task not in result["tasks"]:
         raise TaxcutError(f"score {score!r}: no task {task!r} in the evaluation ({', '.join(result['tasks'])})")
