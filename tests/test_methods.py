@@ -293,3 +293,15 @@ def test_adamerging_learns_coefficients_that_lower_entropy_and_merges_with_them(
         np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6, err_msg=name)
     task_wise = fit_adamerging(base, [models[0]], prompts, granularity="task", epochs=1)
     assert len(task_wise["coefficients"][0]) == 1
+
+
+def test_per_block_parameters(trio, tmp_path):
+    base, models = trio
+    out = merged(tmp_path, "task_arithmetic", [(m, 1.0) for m in models], base=base, **{"lambda": [0.2, 0.6]})
+    b, inputs = numpy_of(base), [numpy_of(m) for m in models]
+    expected_lambda = {"model.layers.0.": 0.2, "model.layers.1.": 0.2, "model.layers.2.": 0.6, "model.layers.3.": 0.6,
+                       "model.embed_tokens": 0.2, "model.norm": 0.4, "lm_head": 0.4}
+    for name, tensor in out.items():
+        lam = next(v for prefix, v in expected_lambda.items() if name.startswith(prefix))
+        expected = b[name] + np.float32(lam) * sum(x[name] - b[name] for x in inputs)
+        np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6, err_msg=name)

@@ -72,6 +72,7 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
         models = checkpoints[1:] if spec.base is not None else checkpoints
         weights = [m.weight for m in spec.models]
         buffers = [torch.empty(CHUNK_BYTES, dtype=torch.uint8) for _ in range(len(checkpoints) + 1)]
+        layers = detect_layers(reference.tensors).num_layers
         with staged_folder(spec.out, overwrite=overwrite, inputs=roles) as staging:
             bar = tqdm(total=len(names), unit="tensor", desc=spec.method,
                        disable=None if progress is None else not progress)
@@ -79,7 +80,7 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
                 writer = ShardWriter(staging / shard.file_name, shard)
                 try:
                     for out in shard.tensors:
-                        for piece in _merge_one(out, models, base, weights, spec, method, buffers):
+                        for piece in _merge_one(out, models, base, weights, spec, method, buffers, layers):
                             writer.write(piece)
                         bar.update()
                 except BaseException:
@@ -103,7 +104,37 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
     return spec.out
 
 
-def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, method, buffers):
+def parameters_for(parameters: dict, name: str, layers: int) -> dict:
+    """A method's parameters for one tensor: a list value (``density: [0.2, 0.5, 0.8]``) gives one value per block
+    of decoder layers (split as ``taxcut merge`` splits ``alphas``); outside the layers, embeddings take the first
+    block's value and the rest the mean, as in ``taxcut merge``."""
+    lists = {k: v for k, v in parameters.items() if isinstance(v, list) and v and k not in _WHOLE_LIST_PARAMETERS
+             and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
+    if not lists:
+        return parameters
+    from taxcut.merging.layers import EMBEDDING_GLOBS
+    from taxcut.merging.ratios import split_blocks
+    from taxcut.methods.adamerging import group_of
+
+    from fnmatch import fnmatchcase
+
+    layer = group_of(name, layers)
+    resolved = dict(parameters)
+    for key, values in lists.items():
+        if layer < layers:
+            block = next(i for i, (first, last) in enumerate(split_blocks(layers, len(values))) if first <= layer <= last)
+            resolved[key] = values[block]
+        elif any(fnmatchcase(name, glob) for glob in EMBEDDING_GLOBS):
+            resolved[key] = values[0]
+        else:
+            resolved[key] = sum(values) / len(values)
+    return resolved
+
+
+_WHOLE_LIST_PARAMETERS = {"coefficients"}
+
+
+def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, method, buffers, layers: int):
     """The pieces of one output tensor, in order: chunks for elementwise methods, else the whole tensor."""
     infos = [m.tensors[out.name] for m in models]
     base_info = base.tensors[out.name] if base is not None else None
@@ -125,7 +156,8 @@ def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, meth
         else:
             tensors = [m.read(i).float() for m, i in zip(models, infos)]
             base_tensor = base.read(base_info).float() if base is not None else None
-        merged = method.function(tensors, base_tensor, weights, spec.parameters, out.name).to(out.dtype)
+        parameters = parameters_for(spec.parameters, out.name, layers)
+        merged = method.function(tensors, base_tensor, weights, parameters, out.name).to(out.dtype)
         if not all_finite(merged):
             raise TaxcutError(f"tensor '{out.name}': the {spec.method} merge is NaN or Inf; check the inputs and "
                               "the method's parameters")

@@ -1,3 +1,11 @@
-"""The built-in merge methods (importing this module registers them)."""
+"""The built-in merge methods: importing this module imports every module of :mod:`taxcut.methods`, whose
+``@method`` decorators register them (a new method is one new module)."""
 
-from taxcut.methods import adamerging, averaging, spherical, task_vectors  # noqa: F401
+import importlib
+import pkgutil
+
+import taxcut.methods
+
+for _module in pkgutil.iter_modules(taxcut.methods.__path__):
+    if _module.name not in ("catalog", "registry"):
+        importlib.import_module(f"taxcut.methods.{_module.name}")
