@@ -305,3 +305,22 @@ def test_per_block_parameters(trio, tmp_path):
         lam = next(v for prefix, v in expected_lambda.items() if name.startswith(prefix))
         expected = b[name] + np.float32(lam) * sum(x[name] - b[name] for x in inputs)
         np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6, err_msg=name)
+
+
+def test_dare_linear_against_its_definition(trio, tmp_path):
+    """Drop each task-vector entry with probability 1 - density, rescale the kept ones by 1/density, add them up;
+    the random stream is the one taxcut seeds for the tensor (seed and name)."""
+    from taxcut.methods.task_vectors import _seed
+
+    base, models = trio
+    out = merged(tmp_path, "dare_linear", [(m, w) for m, w in zip(models, (1.0, 0.5, 2.0))], base=base,
+                 density=0.3, seed=11)
+    b, inputs = load_weights(base), [load_weights(m) for m in models]
+    for name, tensor in out.items():
+        torch.manual_seed(_seed({"seed": 11}, name))
+        total = torch.zeros_like(b[name])
+        for weight, x in zip((1.0, 0.5, 2.0), inputs):
+            delta = x[name] - b[name]
+            keep = torch.bernoulli(torch.full_like(delta, 0.3))
+            total += weight * (delta * keep / 0.3)
+        torch.testing.assert_close(tensor, b[name] + total, rtol=0, atol=1e-6)
