@@ -66,3 +66,31 @@ def test_adapter_for_another_base_is_refused(pairs, tmp_path, capsys):
     with pytest.raises(TaxcutError, match="adapter for another base: 'model.layers.0.self_attn.q_proj.weight' is "
                                           r"\[16, 32\]"):
         Checkpoint(tmp_path / "adapter", "aligned")
+
+
+def test_gpt2_conv1d_with_lora_bias(pairs, tmp_path):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(pairs["gpt2"][0])
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], init_lora_weights=False, fan_in_fan_out=True,
+                        lora_bias=True)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name and name.endswith("bias"):
+                parameter.add_(0.3)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    settings = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = str(pairs["gpt2"][0])
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(settings))
+    reference = {k: v.detach() for k, v in peft_model.merge_and_unload().state_dict().items()}
+    with Checkpoint(tmp_path / "adapter", "aligned") as checkpoint:
+        for name, info in checkpoint.tensors.items():
+            torch.testing.assert_close(checkpoint.read(info), reference[name], rtol=0, atol=1e-6)
+
+
+def test_embedding_lora(llama_pair, tmp_path):
+    reference = make_adapter(llama_pair[0], tmp_path / "adapter", targets=("embed_tokens", "q_proj"), save=())
+    with Checkpoint(tmp_path / "adapter", "aligned") as checkpoint:
+        for name, info in checkpoint.tensors.items():
+            torch.testing.assert_close(checkpoint.read(info), reference[name], rtol=0, atol=1e-6)
+        assert any(f.path.name == "adapter_model.safetensors" for f in checkpoint.files)

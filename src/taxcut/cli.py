@@ -201,6 +201,14 @@ def _run_merge(args: argparse.Namespace) -> int:
         from taxcut.merging.multi import run_method_merge
         from taxcut.spec.toolkit import ToolkitSpec
 
+        averaging_only = [flag for flag, name in (("--sft", "sft"), ("--aligned", "aligned"), ("--alpha", "alpha"),
+                                                  ("--alphas", "alphas"), ("--layer-alphas", "layer_alphas"),
+                                                  ("--block-bounds", "block_bounds"), ("--rule", "rules"),
+                                                  ("--extrapolate", "extrapolate"), ("--files-from", "files_from"))
+                          if getattr(args, name) is not None]
+        if averaging_only:
+            raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype and --max-shard-size; "
+                              f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair")
         overrides = {k: str(v) if isinstance(v, Path) else v for k, v in
                      (("out", args.out), ("dtype", args.dtype), ("max_shard_size", args.max_shard_size)) if v}
         toolkit = ToolkitSpec.from_yaml(args.spec, overrides)

@@ -57,23 +57,36 @@ class LoraAdapter:
         if not weights.is_file():
             raise TaxcutError(f"{folder}: no adapter_model.safetensors in the {role} adapter folder")
         stored = load_file(weights)  # small: two low-rank matrices per module
+        self.weights_file = weights
         self.lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.embedding: set[str] = set()  # targets whose delta is (B @ A).T (LoRA on an embedding)
+        self.bias: dict[str, torch.Tensor] = {}  # lora_bias: scale * lora_B.bias added to the base bias
         self.replaced: dict[str, torch.Tensor] = {}
         for key, tensor in stored.items():
             name = key.removeprefix(_PREFIX)
-            if ".lora_A." in name:
-                target = name.split(".lora_A.")[0] + ".weight"
-                partner = key.replace(".lora_A.", ".lora_B.")
+            if ".lora_A." in name or name.endswith(".lora_embedding_A"):
+                marker = ".lora_A." if ".lora_A." in name else ".lora_embedding_A"
+                target = name.split(marker)[0] + ".weight"
+                partner = key.replace(".lora_A.", ".lora_B.").replace("lora_embedding_A", "lora_embedding_B")
                 if partner not in stored:
                     raise TaxcutError(f"{weights}: '{key}' has no lora_B partner")
                 self.lora[target] = (tensor, stored[partner])
-            elif ".lora_B." not in name:
+                if marker == ".lora_embedding_A":
+                    self.embedding.add(target)
+            elif ".lora_B." in name:
+                if name.endswith(".lora_B.bias") or name.endswith(".lora_B.default.bias"):
+                    self.bias[name.split(".lora_B.")[0] + ".bias"] = tensor
+            elif not name.endswith(".lora_embedding_B") and ".base_layer." not in name:  # base_layer: the base itself
                 self.replaced[name.replace(".modules_to_save.default", "")] = tensor
 
-    def check(self, shapes: dict[str, tuple[int, ...]]) -> None:
+    def check(self, shapes: dict[str, tuple[int, ...]], tied: bool = False) -> None:
         """Refuse an adapter made for another base (a target missing or of another shape)."""
         for target, (a, b) in self.lora.items():
-            expected = (b.shape[0], a.shape[1]) if not self.fan_in_fan_out else (a.shape[1], b.shape[0])
+            transposed = self.fan_in_fan_out or target in self.embedding
+            expected = (a.shape[1], b.shape[0]) if transposed else (b.shape[0], a.shape[1])
+            if target not in shapes and tied and target.endswith(("lm_head.weight", "embed_out.weight")):
+                raise TaxcutError(f"{self.folder}: LoRA on '{target}', which the base ties to its input embedding; "
+                                  "merge this adapter with peft (merge_and_unload) first")
             if target not in shapes or tuple(shapes[target]) != expected:
                 found = list(shapes[target]) if target in shapes else "absent"
                 raise TaxcutError(f"{self.folder}: adapter for another base: '{target}' is {found} in "
@@ -84,14 +97,16 @@ class LoraAdapter:
                                   f"{self.base_folder}")
 
     def applies_to(self, name: str) -> bool:
-        return name in self.lora or name in self.replaced
+        return name in self.lora or name in self.replaced or name in self.bias
 
     def merged(self, name: str, base: torch.Tensor) -> torch.Tensor:
         """The merged tensor ``name`` (float32 arithmetic, cast to the base dtype)."""
         if name in self.replaced:
             return self.replaced[name].to(base.dtype)
+        if name in self.bias:
+            return (base.float() + self.scale * self.bias[name].float()).to(base.dtype)
         a, b = self.lora[name]
         delta = b.float() @ a.float()
-        if self.fan_in_fan_out:
+        if self.fan_in_fan_out or name in self.embedding:
             delta = delta.T
         return (base.float() + self.scale * delta).to(base.dtype)

@@ -82,7 +82,14 @@ class Checkpoint:
         if not self.tensors:
             raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
         if self.adapter is not None:
-            self.adapter.check({name: info.shape for name, info in self.tensors.items()})
+            from taxcut.merging.layers import config_ties_embeddings
+
+            self.adapter.check({name: info.shape for name, info in self.tensors.items()},
+                               tied=config_ties_embeddings(self.config))
+            adapter_file = self.adapter.weights_file  # the provenance fingerprint covers the adapter too
+            header, header_bytes, _ = _read_safetensors_header(adapter_file)
+            self.files.append(WeightFile(adapter_file, adapter_file.stat().st_size,
+                                         hashlib.sha256(header_bytes).hexdigest()))
 
     @property
     def side_file_folders(self) -> list[Path]:

@@ -52,7 +52,9 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
         if "data" not in spec.parameters:
             raise TaxcutError("adamerging needs parameters.data: a JSONL file of unlabelled prompts")
         learned = fit_adamerging(spec.base, [m.path for m in spec.models], Path(spec.parameters["data"]), **options)
-        spec = spec.model_copy(update={"parameters": {**spec.parameters, **learned}})
+        fitted = {"coefficients": learned["coefficients"], "layers": learned["layers"],
+                  "fit": {"entropy": learned["entropy"], "granularity": learned["granularity"]}}
+        spec = spec.model_copy(update={"parameters": {**spec.parameters, **fitted}})
     roles = [(f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
     if spec.base is not None:
         roles.insert(0, ("base", spec.base))
@@ -122,7 +124,8 @@ def parameters_for(parameters: dict, name: str, layers: int) -> dict:
     resolved = dict(parameters)
     for key, values in lists.items():
         if layer < layers:
-            block = next(i for i, (first, last) in enumerate(split_blocks(layers, len(values))) if first <= layer <= last)
+            bounds = split_blocks(layers, len(values), field=f"parameters.{key}")
+            block = next(i for i, (first, last) in enumerate(bounds) if first <= layer <= last)
             resolved[key] = values[block]
         elif any(fnmatchcase(name, glob) for glob in EMBEDDING_GLOBS):
             resolved[key] = values[0]

@@ -12,14 +12,14 @@ from taxcut.merging.layers import LayerLayout
 from taxcut.spec import MergeSpec
 
 
-def split_blocks(num_layers: int, num_blocks: int) -> list[tuple[int, int]]:
+def split_blocks(num_layers: int, num_blocks: int, field: str = "alphas") -> list[tuple[int, int]]:
     """K contiguous near-equal blocks of ``num_layers`` layers as inclusive ``(first, last)`` pairs.
 
     Boundaries fall at ``floor(k * L / K + 1/2)``: 32 layers, K = 3 gives 0-10, 11-20, 21-31 (the paper's split).
     """
     if num_blocks > num_layers:
         raise TaxcutError(
-            f"'alphas' asks for {num_blocks} blocks but the model has only {num_layers} decoder layers: "
+            f"'{field}' asks for {num_blocks} blocks but the model has only {num_layers} decoder layers: "
             "give at most one ratio per layer"
         )
     starts = [int(k * num_layers / num_blocks + 0.5) for k in range(num_blocks)] + [num_layers]

@@ -49,3 +49,35 @@ def get_method(name: str) -> Method:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(METHODS))}"
         raise TaxcutError(f"unknown merge method {name!r}{hint}")
     return METHODS[name]
+
+
+def _numbers(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+# Checks of the parameters the built-in methods read: name -> (test on each value, what it must be).
+PARAMETER_CHECKS = {
+    "density": (lambda v: 0 < v <= 1, "a number in (0, 1] (or a list of them, one per block)"),
+    "lambda": (lambda v: True, "a number (or a list of numbers, one per block)"),
+    "t": (lambda v: 0 <= v <= 1, "a number in [0, 1] (or a list of them, one per block)"),
+    "alpha": (lambda v: True, "a number"),
+    "seed": (lambda v: float(v).is_integer(), "a whole number"),
+    "init": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "lr": (lambda v: v > 0, "a positive number"),
+}
+
+
+def check_parameters(name: str, parameters: dict) -> None:
+    """One clear message for a parameter of the wrong kind, before any tensor is read."""
+    for key, (test, wanted) in PARAMETER_CHECKS.items():
+        if key not in parameters:
+            continue
+        values = _numbers(parameters[key])
+        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and test(v) for v in values):
+            raise TaxcutError(f"method '{name}': parameter '{key}' must be {wanted}; got {parameters[key]!r}")
+    if parameters.get("majority_sign_method", "total") not in ("total", "frequency"):
+        raise TaxcutError(f"method '{name}': 'majority_sign_method' is 'total' or 'frequency'")
+    if parameters.get("granularity", "layer") not in ("layer", "task"):
+        raise TaxcutError(f"method '{name}': 'granularity' is 'layer' or 'task'")
+    if name == "adamerging" and "coefficients" in parameters and "layers" not in parameters:
+        raise TaxcutError("method 'adamerging': given 'coefficients' need 'layers' (the decoder layer count) too")

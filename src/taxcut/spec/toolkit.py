@@ -84,8 +84,9 @@ class ToolkitSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fits_the_method(self) -> ToolkitSpec:
-        from taxcut.methods.registry import get_method
+        from taxcut.methods.registry import check_parameters, get_method
 
+        check_parameters(self.method, self.parameters)
         if self.checkpoints is not None:
             if self.models:
                 raise ValueError("give 'models' or 'checkpoints', not both")

@@ -1,8 +1,8 @@
 """Greedy soups (Wortsman et al. 2022, "Model soups"): rank the ingredients by a held-out score, then add each to the
 soup only if the soup's score does not drop. Scored with the sweep's evaluators; the soup is a uniform average.
 
-One model stays in memory (the live soup) beside the running sum of the accepted ingredients; each trial reads the
-candidate ingredient tensor by tensor from its folder.
+Two copies of the weights stay in memory: the live soup and the running sum of the accepted ingredients; each
+trial reads the candidate ingredient tensor by tensor from its folder (and again if it is accepted).
 """
 
 from __future__ import annotations
@@ -50,33 +50,39 @@ def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, devi
     parameters = dict(live.named_parameters())
     stored = checkpoint_names(live)
 
-    def read(folder: Path) -> dict[str, torch.Tensor]:
+    def tensors(folder: Path):
+        """(parameter name, float32 tensor) of an ingredient, one tensor at a time."""
         with Checkpoint(folder, "ingredient") as checkpoint:
             missing = [stored[n] for n in parameters if stored[n] not in checkpoint.tensors]
             if missing:
                 raise TaxcutError(f"{folder}: no tensor '{missing[0]}'; soup ingredients share one architecture")
-            return {n: checkpoint.read(checkpoint.tensors[stored[n]]).float() for n in parameters}
+            for name in parameters:
+                yield name, checkpoint.read(checkpoint.tensors[stored[name]]).float()
 
-    def evaluate(total: dict[str, torch.Tensor], count: int) -> float:
-        with torch.no_grad():
-            for name, parameter in parameters.items():
-                parameter.copy_(total[name] / count)
+    def score_now() -> float:
         result = suite.evaluate(live, tokenizer)
         return score_of(result, score, result["directions"])
 
     outcome = GreedySoup([])
-    for folder in models:
-        outcome.individual[str(folder)] = evaluate(read(folder), 1)
-    ranked = sorted(models, key=lambda f: -outcome.individual[str(f)])
-    total, best = read(ranked[0]), outcome.individual[str(ranked[0])]
-    outcome.chosen = [ranked[0]]
-    for folder in ranked[1:]:
-        ingredient = read(folder)
-        trial = {name: total[name] + ingredient[name] for name in parameters}
-        value = evaluate(trial, len(outcome.chosen) + 1)
-        accepted = value >= best
-        outcome.trials.append((str(folder), value, accepted))
-        if accepted:
-            total, best = trial, value
-            outcome.chosen.append(folder)
+    with torch.no_grad():
+        for folder in models:  # each ingredient alone
+            for name, tensor in tensors(folder):
+                parameters[name].copy_(tensor)
+            outcome.individual[str(folder)] = score_now()
+        ranked = sorted(models, key=lambda f: -outcome.individual[str(f)])
+        total = {name: tensor for name, tensor in tensors(ranked[0])}  # the running sum of the soup
+        best = outcome.individual[str(ranked[0])]
+        outcome.chosen = [ranked[0]]
+        for folder in ranked[1:]:
+            count = len(outcome.chosen) + 1
+            for name, tensor in tensors(folder):  # the trial soup, written straight into the live model
+                parameters[name].copy_((total[name] + tensor) / count)
+            value = score_now()
+            accepted = value >= best
+            outcome.trials.append((str(folder), value, accepted))
+            if accepted:
+                for name, tensor in tensors(folder):  # read again rather than hold a third copy
+                    total[name] += tensor
+                best = value
+                outcome.chosen.append(folder)
     return outcome
