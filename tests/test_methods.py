@@ -324,3 +324,47 @@ def test_dare_linear_against_its_definition(trio, tmp_path):
             keep = torch.bernoulli(torch.full_like(delta, 0.3))
             total += weight * (delta * keep / 0.3)
         torch.testing.assert_close(tensor, b[name] + total, rtol=0, atol=1e-6)
+
+
+def test_adamerging_fits_then_merges_from_a_spec(trio, tmp_path):
+    base, models = trio
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 44)))
+    spec = tmp_path / "ada.yaml"
+    spec.write_text(yaml.safe_dump({"method": "adamerging", "base": str(base), "models": [str(m) for m in models[:2]],
+                                    "parameters": {"data": "prompts.jsonl", "batch_size": 8}}))
+    assert main(["merge", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    provenance = json.loads((tmp_path / "out" / "taxcut_provenance.json").read_text())
+    assert len(provenance["spec"]["parameters"]["coefficients"]) == 2 and provenance["spec"]["parameters"]["fit"]
+
+
+@pytest.mark.parametrize(("parameters", "message"), [
+    ({"density": "abc"}, "parameter 'density' must be a number in (0, 1]"),
+    ({"density": 0}, "parameter 'density' must be a number in (0, 1]"),
+    ({"majority_sign_method": "foo"}, "'majority_sign_method' is 'total' or 'frequency'"),
+])
+def test_bad_method_parameters(trio, tmp_path, capsys, parameters, message):
+    base, models = trio
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [str(m) for m in models],
+                                    "parameters": parameters}))
+    assert main(["merge", str(spec), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_method_specs_refuse_averaging_flags(trio, tmp_path, capsys):
+    _, models = trio
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"method": "linear", "models": [str(m) for m in models]}))
+    assert main(["merge", str(spec), "--alpha", "0.9", "--out", str(tmp_path / "o")]) == 2
+    assert "--alpha apply to averaging an sft/aligned pair" in capsys.readouterr().err
+
+
+def test_export_mergekit_refuses_what_mergekit_computes_differently(trio, tmp_path, capsys):
+    base, models = trio
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [{"path": str(models[0]),
+                                    "weight": 2.0}, str(models[1])]}))
+    assert main(["export-mergekit", str(spec)]) == 2
+    assert "weighted ties" in capsys.readouterr().err
