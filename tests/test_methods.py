@@ -368,3 +368,15 @@ def test_export_mergekit_refuses_what_mergekit_computes_differently(trio, tmp_pa
                                     "weight": 2.0}, str(models[1])]}))
     assert main(["export-mergekit", str(spec)]) == 2
     assert "weighted ties" in capsys.readouterr().err
+
+
+def test_plan_of_a_toolkit_spec(trio, tmp_path, capsys):
+    base, models = trio
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [str(m) for m in models],
+                                    "parameters": {"density": [0.2, 0.8], "lambda": 1.0}}))
+    assert main(["plan", str(spec)]) == 0
+    text = capsys.readouterr().out
+    assert "method   ties: Yadav et al. 2023" in text
+    assert "density  layers 0-1: 0.2, layers 2-3: 0.8; embeddings 0.2; after the layers 0.5" in text
+    assert "one whole tensor of each input at a time" in text

@@ -223,6 +223,13 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     from taxcut import plan
 
+    if args.spec is not None and "method" in read_spec_file(args.spec):  # a toolkit spec
+        from taxcut.merging.multi import describe
+        from taxcut.spec.toolkit import ToolkitSpec
+
+        print(describe(ToolkitSpec.from_yaml(args.spec)))
+        return 0
+
     with plan(spec_from_args(args)) as merge_plan:
         print(json.dumps(merge_plan.summary(), indent=2) if args.json else merge_plan.render())
     return 0

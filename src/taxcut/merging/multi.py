@@ -106,6 +106,38 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
     return spec.out
 
 
+def describe(spec: ToolkitSpec) -> str:
+    """``taxcut plan`` for a toolkit spec: the method, the inputs, and how list parameters split over the layers
+    (headers only; checks that the inputs fit together)."""
+    method = get_method(spec.method)
+    roles = ([("base", spec.base)] if spec.base is not None else []) + [
+        (f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
+    checkpoints = [Checkpoint(folder, role) for role, folder in roles]
+    try:
+        dropped = _check_compatible(roles, checkpoints)
+        reference = checkpoints[0]
+        layers = detect_layers(reference.tensors).num_layers
+        lines = [f"method   {spec.method}: {method.paper}",
+                 *[f"{role:<8} {folder}" + (f"  (weight {spec.models[i - (spec.base is not None)].weight:g})"
+                                            if role != "base" else "")
+                   for i, (role, folder) in enumerate(roles)],
+                 f"tensors  {len(reference.tensors) - len(dropped)}, {layers} decoder layers; "
+                 + ("streamed in chunks" if method.elementwise else "one whole tensor of each input at a time")]
+        for key, values in spec.parameters.items():
+            if isinstance(values, list) and key not in _WHOLE_LIST_PARAMETERS and values and layers:
+                from taxcut.merging.ratios import split_blocks
+
+                blocks = split_blocks(layers, len(values), field=f"parameters.{key}")
+                lines.append(f"{key:<8} " + ", ".join(f"layers {a}-{b}: {v:g}" for (a, b), v in zip(blocks, values))
+                             + f"; embeddings {values[0]:g}; after the layers {sum(values) / len(values):g}")
+            elif not isinstance(values, (list, dict)):
+                lines.append(f"{key:<8} {values}")
+        return "\n".join(lines)
+    finally:
+        for checkpoint in checkpoints:
+            checkpoint.close()
+
+
 def parameters_for(parameters: dict, name: str, layers: int) -> dict:
     """A method's parameters for one tensor: a list value (``density: [0.2, 0.5, 0.8]``) gives one value per block
     of decoder layers (split as ``taxcut merge`` splits ``alphas``); outside the layers, embeddings take the first
