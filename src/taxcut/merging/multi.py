@@ -55,9 +55,7 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
         fitted = {"coefficients": learned["coefficients"], "layers": learned["layers"],
                   "fit": {"entropy": learned["entropy"], "granularity": learned["granularity"]}}
         spec = spec.model_copy(update={"parameters": {**spec.parameters, **fitted}})
-    roles = [(f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
-    if spec.base is not None:
-        roles.insert(0, ("base", spec.base))
+    roles = _roles(spec)
     checkpoints = []
     try:
         for role, folder in roles:
@@ -110,8 +108,7 @@ def describe(spec: ToolkitSpec) -> str:
     """``taxcut plan`` for a toolkit spec: the method, the inputs, and how list parameters split over the layers
     (headers only; checks that the inputs fit together)."""
     method = get_method(spec.method)
-    roles = ([("base", spec.base)] if spec.base is not None else []) + [
-        (f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
+    roles = _roles(spec)
     checkpoints = [Checkpoint(folder, role) for role, folder in roles]
     try:
         dropped = _check_compatible(roles, checkpoints)
@@ -224,6 +221,12 @@ def _check_compatible(roles, checkpoints: list[Checkpoint]) -> set[str]:
                 raise TaxcutError(f"tensor '{name}' has shape {list(checkpoint.tensors[name].shape)} in {role} but "
                                   f"{list(reference.tensors[name].shape)} in {roles[0][0]}")
     return dropped
+
+
+def _roles(spec: ToolkitSpec) -> list[tuple[str, Path]]:
+    """(role, folder) of every input, the base first: the first one is the reference for checks and side files."""
+    return ([("base", spec.base)] if spec.base is not None else []) + [
+        (f"model {i + 1}", m.path) for i, m in enumerate(spec.models)]
 
 
 def _size(spec: ToolkitSpec) -> int:
