@@ -199,7 +199,7 @@ def _merge_one(out: OutputTensor, models, base, weights, spec: ToolkitSpec, meth
 def _check_compatible(roles, checkpoints: list[Checkpoint]) -> set[str]:
     """Same architecture, tensors and shapes as the first input; returns stored tied heads (not written)."""
     reference = checkpoints[0]
-    for (role, folder), checkpoint in zip(roles[1:], checkpoints[1:]):
+    for (_, folder), checkpoint in zip(roles[1:], checkpoints[1:]):
         for key in ("model_type", "architectures"):
             left, right = reference.config.get(key), checkpoint.config.get(key)
             if left is not None and right is not None and left != right:
