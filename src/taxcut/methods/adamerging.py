@@ -47,9 +47,8 @@ def fit_adamerging(base: Path, models: list[Path], prompts: Path, *, granularity
     """Learn the coefficients; returns ``{"coefficients": [[...]], "layers": L, "entropy": [...]}``."""
     from taxcut.evaluation.data import read_jsonl
     from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
-    from taxcut.io.checkpoint import Checkpoint
     from taxcut.merging.layers import detect_layers
-    from taxcut.sweep.resident import checkpoint_names
+    from taxcut.sweep.resident import architecture_mismatch, checkpoint_names, read_parameters
     from taxcut.training import Coefficients, TaskVectorSum, parametrize_weights, recompute_layers
 
     if granularity not in ("layer", "task"):
@@ -65,13 +64,10 @@ def fit_adamerging(base: Path, models: list[Path], prompts: Path, *, granularity
     groups = layers + 1 if granularity == "layer" else 1
     others: dict[str, list[torch.Tensor]] = {name: [] for name in params}
     for folder in models:
-        with Checkpoint(folder, "model") as checkpoint:
-            for name in params:
-                info = checkpoint.tensors.get(stored[name])
-                if info is None or tuple(info.shape) != tuple(params[name].shape):
-                    raise TaxcutError(f"{folder}: tensor '{stored[name]}' is missing or has another shape; "
-                                      "all models must share the base's architecture")
-                others[name].append(checkpoint.read(info).to(resolved))
+        for name, tensor in read_parameters(folder, params, stored, "model"):
+            if tensor is None:
+                raise architecture_mismatch(folder, stored[name])
+            others[name].append(tensor.to(resolved))
     holder = Coefficients()
     parametrize_weights(model, {name: TaskVectorSum(others[name], holder,
                                                     group_of(stored[name], layers) if groups > 1 else 0)

@@ -230,12 +230,19 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
+def file_relative(value: Any, folder: Path) -> Any:
+    """A path written in a spec file, made relative to the file's ``folder`` when it is relative (else as is)."""
+    if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+        return str(folder / value)
+    return value
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The fields of a YAML spec file, its relative model paths made relative to the file's folder."""
     data = _read_yaml_mapping(path)
     for key in ("sft", "aligned", "out"):
-        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
-            data[key] = str(path.parent / data[key])
+        if key in data:
+            data[key] = file_relative(data[key], path.parent)
     return data
 
 

@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from taxcut.errors import TaxcutError
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.spec.merge import NameRule, _read_yaml_mapping, describe_validation_error, spec_from_dict
+from taxcut.spec.merge import (
+    NameRule, _read_yaml_mapping, describe_validation_error, file_relative, read_spec_file, spec_from_dict,
+)
 
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
 
@@ -99,18 +101,14 @@ class SweepSpec(BaseModel):
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> SweepSpec:
         """Read a sweep spec; its relative paths (models, out, data files) are relative to the file's folder."""
         path = Path(path)
-        data = _read_yaml_mapping(path)
-        for key in ("sft", "aligned", "out"):
-            if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
-                data[key] = str(path.parent / data[key])
+        data = read_spec_file(path)  # sft, aligned, out
         grid = data.get("candidates")
-        for key in ("models", "ratio_files"):
-            if isinstance(grid, dict) and isinstance(grid.get(key), list):
-                grid[key] = [m if not isinstance(m, str) or Path(m).is_absolute() else str(path.parent / m)
-                             for m in grid[key]]
-        if isinstance(grid, dict) and isinstance(grid.get("hma"), dict) and isinstance(grid["hma"].get("data"), str):
-            if not Path(grid["hma"]["data"]).is_absolute():
-                grid["hma"]["data"] = str(path.parent / grid["hma"]["data"])
+        if isinstance(grid, dict):
+            for key in ("models", "ratio_files"):
+                if isinstance(grid.get(key), list):
+                    grid[key] = [file_relative(m, path.parent) for m in grid[key]]
+            if isinstance(grid.get("hma"), dict) and "data" in grid["hma"]:
+                grid["hma"]["data"] = file_relative(grid["hma"]["data"], path.parent)
         data.update(overrides or {})
         spec = spec_from_dict(data, source=str(path), model=cls)
         return spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.spec.merge import _read_yaml_mapping, spec_from_dict
+from taxcut.spec.merge import _read_yaml_mapping, file_relative, spec_from_dict
 
 
 class ModelInput(BaseModel):
@@ -112,7 +112,7 @@ class ToolkitSpec(BaseModel):
         data = _read_yaml_mapping(path)
 
         def fix(value):
-            return str(path.parent / value) if isinstance(value, str) and not Path(value).is_absolute() else value
+            return file_relative(value, path.parent)
 
         for key in ("base", "out"):
             data[key] = fix(data.get(key))

@@ -15,9 +15,8 @@ import torch
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.evaluation.suite import EvaluationSuite
-from taxcut.io.checkpoint import Checkpoint
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.sweep.resident import checkpoint_names
+from taxcut.sweep.resident import architecture_mismatch, checkpoint_names, read_parameters
 
 
 @dataclass
@@ -52,12 +51,10 @@ def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, devi
 
     def tensors(folder: Path):
         """(parameter name, float32 tensor) of an ingredient, one tensor at a time."""
-        with Checkpoint(folder, "ingredient") as checkpoint:
-            missing = [stored[n] for n in parameters if stored[n] not in checkpoint.tensors]
-            if missing:
-                raise TaxcutError(f"{folder}: no tensor '{missing[0]}'; soup ingredients share one architecture")
-            for name in parameters:
-                yield name, checkpoint.read(checkpoint.tensors[stored[name]]).float()
+        for name, tensor in read_parameters(folder, parameters, stored, "ingredient"):
+            if tensor is None:
+                raise architecture_mismatch(folder, stored[name])
+            yield name, tensor.float()
 
     def score_now() -> float:
         result = suite.evaluate(live, tokenizer)

@@ -47,13 +47,11 @@ class ResidentModel:
         """Every parameter's stored tensor in ``folder``; parameters that transformers fuses from several stored
         tensors (mixture-of-experts) are taken from the folder loaded by transformers instead."""
         tensors, fused = {}, []
-        with Checkpoint(folder, "candidate") as checkpoint:
-            for name, parameter in self.parameters.items():
-                info = checkpoint.tensors.get(self.stored_name[name])
-                if info is None or tuple(info.shape) != tuple(parameter.shape):
-                    fused.append(name)
-                else:
-                    tensors[name] = checkpoint.read(info).to(self.model.device)
+        for name, tensor in read_parameters(folder, self.parameters, self.stored_name, "candidate"):
+            if tensor is None:
+                fused.append(name)
+            else:
+                tensors[name] = tensor.to(self.model.device)
         if fused:
             loaded = dict(load_causal_lm(folder, device=self.model.device).named_parameters())
             for name in fused:
@@ -93,6 +91,20 @@ class ResidentModel:
         with torch.no_grad():
             for name, tensor in self._read(folder).items():
                 self.parameters[name].data.copy_(tensor)
+
+
+def read_parameters(folder: Path, parameters: dict, stored_name: dict[str, str], role: str):
+    """Yield ``(parameter name, tensor)`` for each of ``parameters``, read one at a time from ``folder`` under its
+    stored name; the tensor is None where the folder has no tensor of that name and shape."""
+    with Checkpoint(folder, role) as checkpoint:
+        for name, parameter in parameters.items():
+            info = checkpoint.tensors.get(stored_name[name])
+            yield name, (checkpoint.read(info) if info is not None and info.shape == tuple(parameter.shape) else None)
+
+
+def architecture_mismatch(folder: Path, stored: str) -> TaxcutError:
+    return TaxcutError(f"{folder}: tensor '{stored}' is missing or has another shape; all models must share "
+                       "one architecture")
 
 
 def checkpoint_names(model) -> dict[str, str]:
