@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from taxcut.merging.interpolation import BLOCK_ELEMENTS, all_finite, interpolate
+from taxcut.methods.interpolation import BLOCK_ELEMENTS, all_finite, interpolate
 
 
 def reference(sft: torch.Tensor, aligned: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:

@@ -267,8 +267,8 @@ def test_greedy_soup_keeps_what_helps(tmp_path):
 
 
 def test_adamerging_learns_coefficients_that_lower_entropy_and_merges_with_them(trio, tmp_path):
-    from taxcut.merging.layers import detect_layers
-    from taxcut.methods.adamerging import fit_adamerging, group_of
+    from taxcut.io.layers import detect_layers
+    from taxcut.tuning.adamerging import fit_adamerging
 
     base, models = trio
     prompts = tmp_path / "prompts.jsonl"
@@ -285,9 +285,10 @@ def test_adamerging_learns_coefficients_that_lower_entropy_and_merges_with_them(
     assert main(["merge", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     out, b = load_weights(tmp_path / "out"), numpy_of(base)
     inputs = [numpy_of(models[0]), numpy_of(models[2])]
-    assert detect_layers(out).num_layers == 4
+    layout = detect_layers(out)
+    assert layout.num_layers == 4
     for name, tensor in out.items():
-        group = group_of(name, 4)
+        group = layout.layer_of.get(name, 4)
         expected = b[name] + sum(np.float32(row[group]) * (x[name] - b[name])
                                  for row, x in zip(learned["coefficients"], inputs))
         np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6, err_msg=name)

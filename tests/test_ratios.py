@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from taxcut import MergeSpec, TaxcutError
-from taxcut.merging.layers import detect_layers
+from taxcut.io.layers import detect_layers
 from taxcut.merging.ratios import RatioResolver, split_blocks
 
 

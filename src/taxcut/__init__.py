@@ -19,15 +19,9 @@ Quick use::
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from taxcut.errors import TaxcutError
 from taxcut.spec import MergeSpec, NameRule
-
-try:
-    __version__ = version("taxcut")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from taxcut.version import __version__
 
 
 def plan(spec: MergeSpec):

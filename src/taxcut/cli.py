@@ -50,7 +50,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taxcut import __version__
+    from taxcut.version import __version__
 
     parser = _Parser(
         prog="taxcut",
@@ -315,7 +315,7 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_export_mergekit(args: argparse.Namespace) -> int:
-    from taxcut.io.mergekit import mergekit_yaml
+    from taxcut.merging.mergekit import mergekit_yaml
     from taxcut.spec.toolkit import ToolkitSpec
 
     if "method" in read_spec_file(args.spec):

@@ -92,7 +92,7 @@ def recompute_layers(model) -> None:
 
     from torch.utils.checkpoint import checkpoint
 
-    from taxcut.merging.layers import detect_layers
+    from taxcut.io.layers import detect_layers
 
     layout = detect_layers(name for name, _ in model.named_parameters())
     layers = {name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]

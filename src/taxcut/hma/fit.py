@@ -31,8 +31,8 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.data import read_jsonl
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.hma.ratios import block_ratios, initial_logits
-from taxcut.merging.interpolation import interpolate
-from taxcut.merging.layers import TIED_HEAD_NAMES, detect_layers
+from taxcut.methods.interpolation import interpolate
+from taxcut.io.layers import TIED_HEAD_NAMES, detect_layers
 from taxcut.merging.plan import build_plan
 from taxcut.merging.ratios import split_blocks
 from taxcut.spec.merge import MergeSpec
@@ -94,7 +94,7 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     tokenizer = load_tokenizer(aligned)
     aligned_params = dict(load_causal_lm(aligned, device=device).named_parameters())
     params = dict(model.named_parameters())
-    from taxcut.sweep.resident import checkpoint_names
+    from taxcut.io.parameters import checkpoint_names
 
     stored = checkpoint_names(model)
 

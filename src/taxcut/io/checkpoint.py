@@ -82,7 +82,7 @@ class Checkpoint:
         if not self.tensors:
             raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
         if self.adapter is not None:
-            from taxcut.merging.layers import config_ties_embeddings
+            from taxcut.io.layers import config_ties_embeddings
 
             self.adapter.check({name: info.shape for name, info in self.tensors.items()},
                                tied=config_ties_embeddings(self.config))

@@ -11,6 +11,7 @@ import safetensors
 import torch
 
 from taxcut.io.checkpoint import Checkpoint
+from taxcut.version import __version__
 
 PROVENANCE_FILE = "taxcut_provenance.json"
 
@@ -34,8 +35,6 @@ def weights_identity(folder: Path) -> list[tuple[str, int, int]]:
 
 
 def write_provenance(folder: Path, record: dict) -> None:
-    from taxcut import __version__
-
     full = {
         "taxcut_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

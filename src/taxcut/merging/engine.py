@@ -1,7 +1,7 @@
 """The streaming merge: execute a :class:`MergePlan`, chunk by chunk, into a staged destination folder.
 
 For each output tensor, equal element ranges of the two inputs are read into reusable buffers, averaged
-(:func:`taxcut.merging.interpolation.interpolate`) and appended to the output shard. Peak memory is a few chunk
+(:func:`taxcut.methods.interpolation.interpolate`) and appended to the output shard. Peak memory is a few chunk
 buffers plus the Python runtime, whatever the size of the model or of its largest tensor.
 """
 
@@ -19,7 +19,7 @@ from taxcut.io.destination import staged_folder
 from taxcut.io.model_folder import copy_side_files, set_config_dtype
 from taxcut.io.provenance import fingerprint, write_model_card, write_provenance
 from taxcut.io.writer import ShardWriter, WriteBehind, write_index
-from taxcut.merging.interpolation import BLOCK_ELEMENTS, all_finite, interpolate
+from taxcut.methods.interpolation import BLOCK_ELEMENTS, all_finite, interpolate
 from taxcut.merging.plan import MergePlan, PlannedTensor
 from taxcut.spec import MergeSpec
 

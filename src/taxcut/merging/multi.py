@@ -23,8 +23,8 @@ from taxcut.io.dtypes import TORCH_DTYPES, dtype_label
 from taxcut.io.model_folder import copy_side_files, set_config_dtype
 from taxcut.io.provenance import fingerprint, write_provenance
 from taxcut.io.writer import OutputTensor, ShardWriter, plan_shards, write_index
-from taxcut.merging.interpolation import all_finite
-from taxcut.merging.layers import config_ties_embeddings, detect_layers
+from taxcut.methods.interpolation import all_finite
+from taxcut.io.layers import config_ties_embeddings, detect_layers
 from taxcut.merging.plan import stored_tied_heads
 from taxcut.methods.registry import get_method
 from taxcut.spec.toolkit import ToolkitSpec
@@ -37,7 +37,7 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
     method = get_method(spec.method)
     if spec.method == "greedy_soup":  # choose the ingredients first, with the held-out evaluation
         from taxcut.spec.toolkit import ModelInput
-        from taxcut.sweep.greedy_soup import greedy_soup
+        from taxcut.tuning.greedy_soup import greedy_soup
 
         soup = greedy_soup([m.path for m in spec.models], spec.evaluation, str(spec.parameters["score"]))
         spec = spec.model_copy(update={"models": [ModelInput(path=p) for p in soup.chosen],
@@ -45,7 +45,7 @@ def run_method_merge(spec: ToolkitSpec, *, overwrite: bool = False, progress: bo
                                            "individual": soup.individual,
                                            "trials": [list(t) for t in soup.trials]}}})
     if spec.method == "adamerging" and "coefficients" not in spec.parameters:  # learn them first
-        from taxcut.methods.adamerging import fit_adamerging
+        from taxcut.tuning.adamerging import fit_adamerging
 
         options = {k: spec.parameters[k] for k in ("granularity", "epochs", "batch_size", "lr", "init", "seed")
                    if k in spec.parameters}
@@ -143,7 +143,7 @@ def parameters_for(parameters: dict, name: str, layers: int) -> dict:
              and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)}
     if not lists:
         return parameters
-    from taxcut.merging.layers import EMBEDDING_GLOBS
+    from taxcut.io.layers import EMBEDDING_GLOBS
     from taxcut.merging.ratios import split_blocks
     from taxcut.methods.adamerging import group_of
 

@@ -16,7 +16,7 @@ from taxcut.errors import TaxcutError
 from taxcut.io.checkpoint import Checkpoint, TensorInfo
 from taxcut.io.dtypes import TORCH_DTYPES, dtype_label
 from taxcut.io.writer import OutputTensor, Shard, plan_shards
-from taxcut.merging.layers import (
+from taxcut.io.layers import (
     TIED_HEAD_NAMES, LayerLayout, config_layer_count, config_ties_embeddings, detect_layers,
 )
 from taxcut.merging.ratios import RatioDecision, RatioResolver

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from taxcut.errors import TaxcutError
-from taxcut.merging.layers import LayerLayout
+from taxcut.io.layers import LayerLayout
 from taxcut.spec import MergeSpec
 
 
@@ -65,7 +65,7 @@ class RatioResolver:
         if num_layers == 0:
             raise TaxcutError(
                 "no decoder layers found in the tensor names, so per-block or per-layer ratios cannot apply: "
-                "use one 'alpha' with 'rules' (see taxcut.merging.layers for the known layer name patterns)"
+                "use one 'alpha' with 'rules' (see taxcut.io.layers for the known layer name patterns)"
             )
         if spec.layer_alphas is not None:
             if len(spec.layer_alphas) != num_layers:

@@ -69,5 +69,5 @@ def sparse_soup(models: list[torch.Tensor], base, weights: list[float], params: 
 
 @method("greedy_soup", paper="Wortsman et al. 2022, 'Model soups' (greedy soup)", min_models=2, elementwise=True)
 def greedy_soup(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
-    """The uniform average of the ingredients a greedy selection kept (see :mod:`taxcut.sweep.greedy_soup`)."""
+    """The uniform average of the ingredients a greedy selection kept (see :mod:`taxcut.tuning.greedy_soup`)."""
     return linear(models, base, [1.0] * len(models), {}, name)

@@ -2,7 +2,7 @@
 
 The SFT and aligned weights are kept beside the live parameters (three copies of the weights in all), and a
 candidate is applied with the same plan (:func:`taxcut.merging.plan.build_plan`) and the same arithmetic
-(:func:`taxcut.merging.interpolation.interpolate`) as ``taxcut merge``, so a candidate's weights are bit for bit
+(:func:`taxcut.methods.interpolation.interpolate`) as ``taxcut merge``, so a candidate's weights are bit for bit
 those of the merged folder of the same spec.
 """
 
@@ -14,9 +14,9 @@ import torch
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer
-from taxcut.io.checkpoint import Checkpoint
-from taxcut.merging.interpolation import BLOCK_ELEMENTS, interpolate
-from taxcut.merging.layers import detect_layers
+from taxcut.io.parameters import checkpoint_names, read_parameters
+from taxcut.methods.interpolation import BLOCK_ELEMENTS, interpolate
+from taxcut.io.layers import detect_layers
 from taxcut.merging.plan import build_plan
 from taxcut.merging.ratios import RatioResolver
 from taxcut.sweep.candidates import Candidate
@@ -91,34 +91,3 @@ class ResidentModel:
         with torch.no_grad():
             for name, tensor in self._read(folder).items():
                 self.parameters[name].data.copy_(tensor)
-
-
-def read_parameters(folder: Path, parameters: dict, stored_name: dict[str, str], role: str):
-    """Yield ``(parameter name, tensor)`` for each of ``parameters``, read one at a time from ``folder`` under its
-    stored name; the tensor is None where the folder has no tensor of that name and shape."""
-    with Checkpoint(folder, role) as checkpoint:
-        for name, parameter in parameters.items():
-            info = checkpoint.tensors.get(stored_name[name])
-            yield name, (checkpoint.read(info) if info is not None and info.shape == tuple(parameter.shape) else None)
-
-
-def architecture_mismatch(folder: Path, stored: str) -> TaxcutError:
-    return TaxcutError(f"{folder}: tensor '{stored}' is missing or has another shape; all models must share "
-                       "one architecture")
-
-
-def checkpoint_names(model) -> dict[str, str]:
-    """The name under which each parameter is stored in a checkpoint.
-
-    transformers may rename weights on load (GPT-NeoX's ``embed_out`` becomes ``lm_head``); its own reverse
-    mapping, the one ``save_pretrained`` uses, is applied here to placeholder tensors.
-    """
-    names = {name: name for name, _ in model.named_parameters()}
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:
-        return names
-    placeholders = {name: torch.empty(p.shape, device="meta") for name, p in model.named_parameters()}
-    reverted = revert_weight_conversion(model, dict(placeholders))
-    stored = {id(tensor): name for name, tensor in reverted.items()}
-    return {name: stored.get(id(tensor), name) for name, tensor in placeholders.items()}

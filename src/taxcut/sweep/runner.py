@@ -21,6 +21,7 @@ from taxcut.sweep.report import markdown_table, plot_front, write_csv
 from taxcut.evaluation.loading import pick_device
 from taxcut.sweep.resident import ResidentModel
 from taxcut.sweep.results import ResultsStore
+from taxcut.version import __version__
 
 RESULTS_FILE = "results.jsonl"
 
@@ -132,8 +133,6 @@ def summarize(records: list[dict], context: str, candidates: list[Candidate], ou
 
 
 def _record(spec: SweepSpec, candidate: Candidate, result: dict, context: str) -> dict:
-    from taxcut import __version__
-
     return {
         "candidate_id": candidate.id, "label": candidate.label, "kind": candidate.kind,
         "candidate": candidate.ratio_fields(), "mean_alpha": candidate.mean_alpha, "context": context,

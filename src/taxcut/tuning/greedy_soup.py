@@ -16,7 +16,7 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.sweep.resident import architecture_mismatch, checkpoint_names, read_parameters
+from taxcut.io.parameters import architecture_mismatch, checkpoint_names, read_parameters
 
 
 @dataclass
