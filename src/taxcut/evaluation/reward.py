@@ -54,18 +54,10 @@ class RewardModelScorer:
     """
 
     def __init__(self, folder: Path, batch_size: int = 16, device: str | torch.device = "cpu"):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from taxcut.evaluation.loading import load_reward_model
 
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise TaxcutError(f"{folder}: reward model folder not found or has no config.json")
-        try:
-            self.model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all mean "does not load"
-            raise TaxcutError(
-                f"{folder}: the reward model does not load as a sequence classifier ({first_line(exc)})"
-            ) from None
+        self.model, self.tokenizer = load_reward_model(folder, device=device)
         if self.model.config.num_labels != 1:
             raise TaxcutError(
                 f"{folder}: a reward model has one output (num_labels=1); this one has {self.model.config.num_labels}"
