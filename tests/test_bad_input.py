@@ -268,3 +268,29 @@ def test_flag_errors_are_one_line(capsys, flags):
         main(["merge", "--sft", "a", "--aligned", "b", *flags])
     err = capsys.readouterr().err
     assert caught.value.code == 2 and err.count("\n") == 1 and err.startswith("taxcut merge: error: ")
+
+
+def write_index(folder: Path, change) -> None:
+    """Give a single-file folder an index of its tensors (all in model.safetensors), edited by ``change``."""
+    weight_map = {name: "model.safetensors" for name in load_weights(folder)}
+    change(weight_map)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+
+
+def test_index_naming_a_tensor_its_shard_lacks(capsys, tmp_path, pair):
+    write_index(pair[1], lambda m: m.update({"model.layers.9.mlp.up_proj.weight": "model.safetensors"}))
+    assert ("names tensor 'model.layers.9.mlp.up_proj.weight' in model.safetensors, but model.safetensors does not "
+            "hold it") in run_failing(capsys, tmp_path, *args_for(pair))
+
+
+def test_shard_tensor_missing_from_the_index(capsys, tmp_path, pair):
+    write_index(pair[0], lambda m: m.pop("model.norm.weight"))
+    assert ("model.safetensors: holds tensor 'model.norm.weight', which model.safetensors.index.json does not list"
+            in run_failing(capsys, tmp_path, *args_for(pair)))
+
+
+def test_index_pointing_outside_the_folder(capsys, tmp_path, pair):
+    outside = str(pair[1] / "model.safetensors")
+    write_index(pair[0], lambda m: m.update({name: outside for name in m}))
+    assert f"names shard {outside!r}, which lies outside the model folder" in run_failing(
+        capsys, tmp_path, *args_for(pair))

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,11 +75,14 @@ class Checkpoint:
         self._descriptors: dict[Path, int] = {}
         self._bin_state: dict[Path, dict[str, torch.Tensor]] = {}
         self._merged_cache: tuple[str, torch.Tensor] | None = None
-        for path in _weight_files(weights_folder, role):
+        paths, index = _weight_files(weights_folder, role)
+        for path in paths:
             if path.suffix == ".safetensors":
                 self._add_safetensors(path)
             else:
                 self._add_bin(path)
+        if index is not None:
+            _check_index(*index, weights_folder, self.tensors)
         if not self.tensors:
             raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
         if self.adapter is not None:
@@ -163,16 +167,18 @@ class Checkpoint:
 
     def _add_bin(self, path: Path) -> None:
         try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:
-                if "mmap" not in str(exc):
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; the error says enough
+                warnings.simplefilter("ignore")
+                try:
+                    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as exc:
+                    if "mmap" not in str(exc):
+                        raise
+                    state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
             raise TaxcutError(
-                f"{path}: cannot load with torch.load(weights_only=True) ({first_line(exc)}); "
-                "convert the checkpoint to safetensors"
+                f"{path}: cannot load with torch.load(weights_only=True) ({_unpickling_reason(exc)}); taxcut reads "
+                "nothing but plain tensors from a pickle — convert the checkpoint to safetensors"
             ) from None
         if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
             raise TaxcutError(f"{path}: expected a state dict of tensors; convert the checkpoint to safetensors")
@@ -210,28 +216,83 @@ def _read_config(folder: Path, role: str) -> dict:
     return config
 
 
-def _weight_files(folder: Path, role: str) -> list[Path]:
-    """The weight files of a folder, from its index if it has one; safetensors preferred over .bin."""
+def _weight_files(folder: Path, role: str) -> tuple[list[Path], tuple[Path, dict[str, str]] | None]:
+    """The weight files of a folder, from its index if it has one (safetensors preferred over .bin), and
+    ``(index path, weight map)`` when there is an index."""
     for index_name, single_name in ((SAFETENSORS_INDEX, SAFETENSORS_SINGLE), (BIN_INDEX, BIN_SINGLE)):
         index_path = folder / index_name
         if index_path.is_file():
-            try:
-                weight_map = json.loads(index_path.read_text())["weight_map"]
-                names = sorted(set(weight_map.values()))
-                if not all(isinstance(name, str) for name in names):
-                    raise TypeError("file names must be strings")
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise TaxcutError(f"{index_path}: not a valid weight index ({exc!r}); re-save the model") from None
+            weight_map = _read_weight_map(index_path)
+            names = sorted(set(weight_map.values()))
+            for name in names:
+                _check_shard_name(index_path, name, folder)
             missing = [name for name in names if not (folder / name).is_file()]
             if missing:
                 raise TaxcutError(f"{index_path}: lists {missing[0]}, which is not in the folder; copy it there")
-            return [folder / name for name in names]
+            return sorted({folder / name for name in names}), (index_path, weight_map)
         if (folder / single_name).is_file():
-            return [folder / single_name]
+            return [folder / single_name], None
     raise TaxcutError(
         f"{folder}: no weights in the {role} model folder; expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, "
         f"{BIN_SINGLE} or {BIN_INDEX}"
     )
+
+
+def _read_weight_map(index_path: Path) -> dict[str, str]:
+    if index_path.stat().st_size > _MAX_HEADER_BYTES:
+        raise TaxcutError(f"{index_path}: larger than {_MAX_HEADER_BYTES // 2**20} MB; not a weight index")
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("'weight_map' must be an object")
+        if not all(isinstance(name, str) for name in weight_map.values()):
+            raise TypeError("file names must be strings")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise TaxcutError(f"{index_path}: not a valid weight index ({exc!r}); re-save the model") from None
+    return weight_map
+
+
+def _check_shard_name(index_path: Path, name: str, folder: Path) -> None:
+    """A shard named by an index must lie inside the model folder, symlinks resolved (the Hugging Face cache's
+    links from a snapshot into its own repository's ``blobs`` folder are inside too)."""
+    parts = Path(name).parts
+    escapes = not name or Path(name).is_absolute() or ".." in parts
+    if not escapes:
+        root, target = folder.resolve(), (folder / name).resolve()
+        in_cache_blobs = root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+        escapes = not (target.is_relative_to(root) or in_cache_blobs)
+    if escapes:
+        raise TaxcutError(f"{index_path}: names shard {name!r}, which lies outside the model folder; an index may "
+                          "only name files inside its own folder — re-save the model")
+
+
+def _check_index(index_path: Path, weight_map: dict[str, str], folder: Path, tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor the index names stands in the shard it names, and every tensor of the shards is in the index."""
+    for name, shard in weight_map.items():
+        info = tensors.get(name)
+        if info is None:
+            raise TaxcutError(f"{index_path}: names tensor '{name}' in {shard}, but {shard} does not hold it; "
+                              "restore the shard or re-save the model")
+        if info.file != folder / shard:
+            raise TaxcutError(f"{index_path}: names tensor '{name}' in {shard}, but it stands in {info.file.name}; "
+                              "re-save the model")
+    for name, info in tensors.items():
+        if name not in weight_map:
+            raise TaxcutError(f"{info.file}: holds tensor '{name}', which {index_path.name} does not list; "
+                              "re-save the model")
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to unpickle it anyway."""
+    text = str(exc).strip()
+    if not text.startswith("Weights only load failed"):
+        return first_line(exc)
+    for line in text.splitlines()[1:]:
+        line = line.split("WeightsUnpickler error:", 1)[-1].strip()
+        line = line.split(" Please use", 1)[0].strip()
+        if line and "weights_only" not in line and not line.startswith(("Check the documentation", "Please")):
+            return line.rstrip(".")
+    return "it holds objects other than tensors"
 
 
 def _read_safetensors_header(path: Path) -> tuple[dict, bytes, int]:
