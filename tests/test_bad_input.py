@@ -294,3 +294,26 @@ def test_index_pointing_outside_the_folder(capsys, tmp_path, pair):
     write_index(pair[0], lambda m: m.update({name: outside for name in m}))
     assert f"names shard {outside!r}, which lies outside the model folder" in run_failing(
         capsys, tmp_path, *args_for(pair))
+
+
+@pytest.mark.parametrize("where", ["top level", "fit section"])
+def test_alias_bomb_in_a_ratios_file(tmp_path, pair, where):
+    """A ~400-byte file whose aliases expand to 9**10 values is refused at once (the timeout only guards a hang)."""
+    import subprocess
+    import sys
+
+    levels = "abcdefghij"
+    bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    bomb += [f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]" for prev, cur in zip(levels, levels[1:])]
+    spec = f"sft: {pair[0]}\naligned: {pair[1]}\nalphas: [0.3, 0.5, 0.7]\n"
+    spec += "".join(f"{line}\n" for line in bomb) if where == "top level" else (
+        "fit:\n" + "".join(f"  {line}\n" for line in bomb))
+    (tmp_path / "ratios.yaml").write_text(spec)
+    out = tmp_path / "merged"
+    result = subprocess.run([sys.executable, "-m", "taxcut.cli", "merge", str(tmp_path / "ratios.yaml"), "--out",
+                             str(out)], capture_output=True, text=True, timeout=120, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert f"taxcut: error: {tmp_path / 'ratios.yaml'}, line " in lines[0]
+    assert "expands to more than 200000 values once its aliases (*name) are expanded" in lines[0]
+    assert not out.exists()
