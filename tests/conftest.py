@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from models import build_pair  # noqa: E402
+from models import build_pair, build_trio  # noqa: E402
 
 ARCHITECTURES = ["llama", "qwen2", "gpt2", "gpt_neox"]
 
@@ -25,3 +25,9 @@ def pairs(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
 @pytest.fixture(scope="session")
 def llama_pair(pairs) -> tuple[Path, Path]:
     return pairs["llama"]
+
+
+@pytest.fixture(scope="session")
+def trio(tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A base model and three fine-tunes of it, for the toolkit's methods."""
+    return build_trio(tmp_path_factory.mktemp("trio"))

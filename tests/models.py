@@ -133,3 +133,40 @@ def build_reward_model(folder: Path, seed: int = 0) -> Path:
     AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
     save_tokenizer(folder)
     return folder
+
+
+def merged(tmp_path: Path, method: str, models, base=None, **parameters) -> dict[str, torch.Tensor]:
+    """The tensors of a toolkit merge of ``models`` (``(folder, weight)`` pairs), written under ``tmp_path``."""
+    from taxcut.spec.toolkit import ToolkitSpec
+
+    spec = ToolkitSpec(method=method, models=[{"path": m, "weight": w} for m, w in models], base=base,
+                       parameters=parameters, out=tmp_path / method)
+    return load_weights(run_method_merge(spec))
+
+
+def run_method_merge(spec, progress: bool = False) -> Path:
+    """Plan and execute a spec (what ``taxcut merge`` does)."""
+    from taxcut.merging.engine import run_merge
+    from taxcut.merging.plan import build_plan
+
+    return run_merge(build_plan(spec), progress=progress)
+
+
+def numpy_of(folder: Path) -> dict:
+    return {k: v.float().numpy() for k, v in load_weights(folder).items()}
+
+
+def build_trio(root: Path) -> tuple[Path, list[Path]]:
+    """A base model and three fine-tunes of it (noise added), saved whole, sharded and whole."""
+    from safetensors.torch import save_file
+
+    base, first = build_pair(root / "a", "llama", seed=0)
+    _, second = build_pair(root / "b", "llama", seed=0, max_shard_size="30KB")
+    tensors = load_weights(first)
+    generator = torch.Generator().manual_seed(7)
+    third = root / "c" / "third"
+    third.mkdir(parents=True)
+    save_file({k: v + 0.03 * torch.randn(v.shape, generator=generator) for k, v in tensors.items()},
+              third / "model.safetensors", metadata={"format": "pt"})
+    (third / "config.json").write_text((first / "config.json").read_text())
+    return base, [first, second, third]

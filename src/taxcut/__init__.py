@@ -24,21 +24,23 @@ from taxcut.spec import MergeSpec, NameRule
 from taxcut.version import __version__
 
 
-def plan(spec: MergeSpec):
-    """Resolve ``spec`` against the inputs' headers (no weights read) and return the :class:`MergePlan`."""
-    from taxcut.merging.plan import build_plan
+def plan(spec):
+    """Resolve ``spec`` (a :class:`MergeSpec` or a toolkit spec) against the inputs' headers (no weights read) and
+    return the :class:`~taxcut.merging.plan.MergePlan`."""
+    from taxcut.merging.plan import build_plan  # noqa: PLC0415 - `import taxcut` stays light
 
     return build_plan(spec)
 
 
-def merge(spec: MergeSpec, *, overwrite: bool = False, progress: bool | None = None):
-    """Write the merged model described by ``spec`` to ``spec.out`` and return that path.
+def merge(spec, *, overwrite: bool = False, progress: bool | None = None):
+    """Write the merged model described by ``spec`` (a :class:`MergeSpec` or a toolkit spec) to its ``out`` folder
+    and return that path.
 
-    The merge streams tensor by tensor (peak memory does not grow with the model), writes into a temporary
-    folder beside the destination and renames it into place only when complete.
+    Elementwise methods stream chunk by chunk (peak memory does not grow with the model); everything is written
+    into a staging folder beside the destination and renamed into place only when complete.
     """
-    from taxcut.merging.engine import run_merge
-    from taxcut.merging.plan import build_plan
+    from taxcut.merging.engine import run_merge  # noqa: PLC0415 - `import taxcut` stays light
+    from taxcut.merging.plan import build_plan  # noqa: PLC0415
 
     return run_merge(build_plan(spec), overwrite=overwrite, progress=progress)
 

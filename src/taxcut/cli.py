@@ -7,9 +7,12 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
 
 from taxcut.errors import TaxcutError, first_line
+from taxcut.spec.fit import FitSettings, first_problem
 from taxcut.spec.merge import MergeSpec, apply_overrides, read_spec_file, spec_from_dict
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,27 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sft", type=Path, required=True)
     fit.add_argument("--aligned", type=Path, required=True)
     fit.add_argument("--data", type=Path, required=True, help="the fit set (JSONL: prompt, response)")
-    fit.add_argument("--alpha", type=float, required=True,
-                     help="the mean ratio a; a weighs the ALIGNED model (the paper's code: alpha=0.2 means a=0.8)")
-    fit.add_argument("--blocks", type=int, default=3)
-    fit.add_argument("--eps", type=float, default=0.05, help="bounds how far the block ratios can spread")
-    fit.add_argument("--reg", type=_floats, default=[0.0], metavar="W | W1,...,WK",
-                     help="weights of the L1 pull sum_k w_k |a_k - a|")
-    fit.add_argument("--scope", choices=["all", "paper"], default="all",
-                     help="all: every tensor follows the blocks; paper: only Linear weights (embeddings and norms "
-                     "from SFT, lm_head at a)")
-    fit.add_argument("--epochs", type=int, default=1)
-    fit.add_argument("--batch-size", type=int, default=8)
-    fit.add_argument("--lr", type=float, default=0.05)
-    fit.add_argument("--seed", type=int, default=0)
-    fit.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_settings_options(fit, FitSettings)  # --alpha, --blocks, ..., --device: one flag per field
     fit.add_argument("--out", type=Path, required=True, help="the ratios file (a merge spec) to write")
     fit.add_argument("--debug", action="store_true", help="show tracebacks")
     fit.set_defaults(run=_run_fit)
 
     mergekit = commands.add_parser("export-mergekit", help="print the mergekit YAML that reproduces a spec")
-    mergekit.add_argument("spec", type=Path, help="a merge spec, a ratios file from `taxcut fit`, or a toolkit spec")
-    mergekit.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_spec_arguments(mergekit)  # a merge spec, a ratios file from `taxcut fit`, or a toolkit spec
     mergekit.set_defaults(run=_run_export_mergekit)
 
     lab = commands.add_parser("lab", help="the built-in alignment lab (a tiny SFT model aligned with RAFT)")
@@ -194,28 +183,32 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
     return spec_from_dict(apply_overrides(base, overrides), source=source)
 
 
+def merge_spec_from_args(args: argparse.Namespace):
+    """The spec that ``merge``/``plan``/``export-mergekit`` act on: a toolkit spec (a file with ``method:``; only
+    the output flags apply) or a merge spec with the flags laid over it."""
+    if args.spec is None or "method" not in read_spec_file(args.spec):
+        return spec_from_args(args)
+    from taxcut.spec.toolkit import ToolkitSpec
+
+    averaging_only = [flag for flag, name in (("--sft", "sft"), ("--aligned", "aligned"), ("--alpha", "alpha"),
+                                              ("--alphas", "alphas"), ("--layer-alphas", "layer_alphas"),
+                                              ("--block-bounds", "block_bounds"), ("--rule", "rules"),
+                                              ("--extrapolate", "extrapolate"), ("--files-from", "files_from"))
+                      if getattr(args, name, None) is not None]
+    if averaging_only:
+        raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype and --max-shard-size; "
+                          f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair")
+    overrides = {key: str(value) if isinstance(value, Path) else value for key, value in
+                 (("out", getattr(args, "out", None)), ("dtype", getattr(args, "dtype", None)),
+                  ("max_shard_size", getattr(args, "max_shard_size", None))) if value is not None}
+    return ToolkitSpec.from_yaml(args.spec, overrides)
+
+
 def _run_merge(args: argparse.Namespace) -> int:
     from taxcut import merge
 
-    if args.spec is not None and "method" in read_spec_file(args.spec):  # the toolkit: a named method, N models
-        from taxcut.merging.multi import run_method_merge
-        from taxcut.spec.toolkit import ToolkitSpec
-
-        averaging_only = [flag for flag, name in (("--sft", "sft"), ("--aligned", "aligned"), ("--alpha", "alpha"),
-                                                  ("--alphas", "alphas"), ("--layer-alphas", "layer_alphas"),
-                                                  ("--block-bounds", "block_bounds"), ("--rule", "rules"),
-                                                  ("--extrapolate", "extrapolate"), ("--files-from", "files_from"))
-                          if getattr(args, name) is not None]
-        if averaging_only:
-            raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype and --max-shard-size; "
-                              f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair")
-        overrides = {k: str(v) if isinstance(v, Path) else v for k, v in
-                     (("out", args.out), ("dtype", args.dtype), ("max_shard_size", args.max_shard_size)) if v}
-        toolkit = ToolkitSpec.from_yaml(args.spec, overrides)
-        print(f"wrote {run_method_merge(toolkit, overwrite=args.overwrite, progress=not args.no_progress and None)}")
-        return 0
-    spec = spec_from_args(args)
-    destination = merge(spec, overwrite=args.overwrite, progress=False if args.no_progress else None)
+    destination = merge(merge_spec_from_args(args), overwrite=args.overwrite,
+                        progress=False if args.no_progress else None)
     print(f"wrote {destination}")
     return 0
 
@@ -223,14 +216,7 @@ def _run_merge(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     from taxcut import plan
 
-    if args.spec is not None and "method" in read_spec_file(args.spec):  # a toolkit spec
-        from taxcut.merging.multi import describe
-        from taxcut.spec.toolkit import ToolkitSpec
-
-        print(describe(ToolkitSpec.from_yaml(args.spec)))
-        return 0
-
-    with plan(spec_from_args(args)) as merge_plan:
+    with plan(merge_spec_from_args(args)) as merge_plan:
         print(json.dumps(merge_plan.summary(), indent=2) if args.json else merge_plan.render())
     return 0
 
@@ -245,7 +231,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     spec = SweepSpec.from_yaml(args.spec, overrides)
     report = run_sweep(spec, progress=False if args.no_progress else None)
     print(markdown_table(report.rows))
-    print(f"Pareto front: {', '.join(row['label'] for row in report.rows if row['pareto'])}")
+    print(f"Pareto front: {', '.join(row.label for row in report.rows if row.pareto)}")
     print(f"plot: {report.plot}   tables: {report.out / 'candidates.csv'}, {report.out / 'candidates.md'}")
     if spec.select is None:
         return 0
@@ -253,9 +239,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print(f"selected: no candidate meets {spec.select!r}")
         return 1
     chosen = report.selected
-    print(f"selected under {spec.select!r}: {chosen['id']} ({chosen['label']}): reward {chosen['reward']:.4f}, "
-          f"tax {chosen['tax']:.4f}")
-    print(f"export it: taxcut export {report.out} --candidate {chosen['id']} --out DIR")
+    print(f"selected under {spec.select!r}: {chosen.id} ({chosen.label}): reward {chosen.reward:.4f}, "
+          f"tax {chosen.tax:.4f}")
+    print(f"export it: taxcut export {report.out} --candidate {chosen.id} --out DIR")
     return 0
 
 
@@ -265,12 +251,12 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_folder(args.model, load_evaluation(args.spec), device=args.device)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
         return 0
-    if "reward" in result:
-        reward = result["reward"]
-        print(f"reward  {reward['reward']:.4f} ± {reward['reward_stderr']:.4f}  ({int(reward['samples'])} samples)")
-    for name, scores in result["tasks"].items():
+    if result.reward is not None:
+        reward = result.reward
+        print(f"reward  {reward.reward:.4f} ± {reward.reward_stderr:.4f}  ({reward.samples} samples)")
+    for name, scores in result.tasks.items():
         print(f"{name:<20} " + "  ".join(f"{metric} {value:.4f}" for metric, value in scores.items()))
     return 0
 
@@ -298,31 +284,56 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from taxcut.hma.fit import FitSettings, fit_ratios
+    from taxcut.hma.fit import fit_ratios
     from taxcut.hma.ratios_file import ratios_spec, write_ratios
 
-    reg = args.reg[0] if len(args.reg) == 1 else args.reg
-    settings = FitSettings(alpha=args.alpha, blocks=args.blocks, eps=args.eps, reg=reg, scope=args.scope,
-                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                           device=args.device)
+    settings = _settings_from_args(FitSettings, args)
     result = fit_ratios(args.sft, args.aligned, args.data, settings)
     if not result.is_main_process:
         return 0
     write_ratios(args.out, ratios_spec(result, settings, args.sft, args.aligned, args.data))
-    print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {args.alpha}); "
+    print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {settings.alpha}); "
           f"merge it with: taxcut merge {args.out} --out DIR")
     return 0
 
 
+def _add_settings_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per field of a settings model: ``batch_size`` is ``--batch-size``, the field's description its
+    help, its annotation the type (a ``Literal`` gives choices; a list of numbers is written ``X1,X2,...``). Flags
+    left out take the model's defaults (see :func:`_settings_from_args`)."""
+    for name, field in model.model_fields.items():
+        annotation, options = field.annotation, {}
+        if get_origin(annotation) is Literal:
+            options["choices"] = list(get_args(annotation))
+        elif list in (get_origin(part) for part in get_args(annotation)):
+            options["type"] = _floats
+        else:
+            options["type"] = annotation
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if "metavar" in extra:
+            options["metavar"] = extra["metavar"]
+        default = "" if field.is_required() else f" (default: {field.default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=field.is_required(),
+                            help=(field.description or "") + default, **options)
+
+
+def _settings_from_args(model: type[BaseModel], args: argparse.Namespace):
+    """The settings model from the flags given; a bad value is one line naming its flag."""
+    given = {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        name, value, message = first_problem(exc)
+        if not name:
+            raise TaxcutError(message) from None
+        shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
+        raise TaxcutError(f"--{name.replace('_', '-')} {shown}: {message}") from None
+
+
 def _run_export_mergekit(args: argparse.Namespace) -> int:
     from taxcut.merging.mergekit import mergekit_yaml
-    from taxcut.spec.toolkit import ToolkitSpec
 
-    if "method" in read_spec_file(args.spec):
-        spec = ToolkitSpec.from_yaml(args.spec)
-    else:
-        spec = MergeSpec.from_yaml(args.spec)
-    print(mergekit_yaml(spec), end="")
+    print(mergekit_yaml(merge_spec_from_args(args)), end="")
     return 0
 
 

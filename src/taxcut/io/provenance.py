@@ -46,21 +46,22 @@ def write_provenance(folder: Path, record: dict) -> None:
     (folder / PROVENANCE_FILE).write_text(json.dumps(full, indent=2) + "\n")
 
 
-def write_model_card(folder: Path, *, sft: str, aligned: str, summary_lines: list[str], spec_yaml: str) -> None:
-    """A short README.md: what was merged, with which ratios, and how to load it."""
+def write_model_card(folder: Path, *, method: str, inputs: list[tuple[str, str, float]], summary_lines: list[str],
+                     spec_yaml: str) -> None:
+    """A short README.md: what was merged, how, and how to load it. ``inputs`` are (role, folder name, weight)."""
+    weighted = any(weight != 1.0 for _, _, weight in inputs)
     lines = [
         "---",
-        "tags: [taxcut, merge, model-averaging]",
+        "tags: [taxcut, merge]",
         "library_name: transformers",
         "---",
         "",
-        "# Averaged model (taxcut)",
+        "# Merged model (taxcut)",
         "",
-        "Weights are `(1 - a) * sft + a * aligned`, tensor by tensor (`a` weighs the aligned model), as in",
-        "model averaging for the alignment tax (Lin et al., \"Mitigating the Alignment Tax of RLHF\", EMNLP 2024).",
+        f"Method: {method}.",
         "",
-        f"- SFT model: `{sft}`",
-        f"- Aligned model: `{aligned}`",
+        *[f"- {role[0].upper() + role[1:]}: `{name}`" + (f" (weight {weight:g})" if weighted else "")
+          for role, name, weight in inputs],
         *[f"- {line}" for line in summary_lines],
         "",
         "## Spec",

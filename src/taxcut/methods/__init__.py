@@ -1,5 +1,7 @@
-"""Weight-space merge methods, registered by name. Each is a pure function on one tensor of every input.
+"""Weight-space merge methods, registered by name, and their math.
 
-Adding a method touches one module of this package (and its test): decorate a function with
-:func:`taxcut.methods.registry.method` and import the module in :mod:`taxcut.methods.catalog`.
+Each method is a :class:`~taxcut.methods.registry.MergeMethod` in its own module, registered with
+:func:`~taxcut.methods.registry.register`: its parameters (a pydantic model), a pure tensor function, and optionally a
+``prepare`` step that works on data before the merge (delegated to :mod:`taxcut.tuning`). Adding a method is one new
+module here plus its test; :mod:`taxcut.methods.catalog` imports every module of this package.
 """

@@ -1,73 +1,111 @@
-"""Averaging methods: weighted linear soups, ExPO, and variance-corrected averaging."""
+"""Averaging methods: weighted linear soups, checkpoint averaging, ExPO, sparse soups and variance-corrected
+averaging. All but variance correction are elementwise, so the engine streams them chunk by chunk."""
 
 from __future__ import annotations
 
 import torch
 
 from taxcut.errors import TaxcutError
-from taxcut.methods.registry import method
+from taxcut.methods.parameters import MethodParameters, PerBlock
+from taxcut.methods.registry import MergeMethod, TensorSite, register
 
 
-@method("linear", paper="Wortsman et al. 2022, 'Model soups: averaging weights of multiple fine-tuned models "
-        "improves accuracy without increasing inference time'", elementwise=True)
-def linear(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
-    """``sum_i w_i * theta_i / sum_i w_i`` (a uniform soup with equal weights; ``normalize: false`` skips the
-    division)."""
-    total = sum(weights) if params.get("normalize", True) else 1.0
+def weighted_average(models: list[torch.Tensor], weights: list[float], *, normalize: bool = True) -> torch.Tensor:
+    """``sum_i w_i * theta_i / sum_i w_i`` (without ``normalize``: the plain weighted sum)."""
+    total = sum(weights) if normalize else 1.0
     if total == 0:
-        raise TaxcutError("the weights of a normalised linear merge sum to zero")
+        raise TaxcutError("the weights of a normalised linear merge sum to zero; give weights with a non-zero sum")
     merged = torch.zeros_like(models[0])
     for tensor, weight in zip(models, weights):
         merged.add_(tensor, alpha=weight / total)
     return merged
 
 
-@method("expo", paper="Zheng et al. 2024, 'Weak-to-Strong Extrapolation Expedites Alignment' (ExPO)",
-        needs_base=True, min_models=1, max_models=1, elementwise=True)
-def expo(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
-    """``aligned + a * (aligned - sft)``: the base is the SFT model, the one input the aligned model."""
-    alpha = float(params.get("alpha", 0.3))
-    return models[0] + alpha * (models[0] - base)
+class LinearParameters(MethodParameters):
+    normalize: bool = True  # divide by the sum of the weights
 
 
-@method("variance_corrected", paper="'Vanishing Variance Problem in Fully Decentralized Neural-Network Systems' "
-        "(variance-corrected averaging)", min_models=2)
-def variance_corrected(models: list[torch.Tensor], base, weights: list[float], params: dict,
-                       name: str) -> torch.Tensor:
-    """The weighted average, rescaled around its mean so that its variance equals the inputs' mean variance."""
-    merged = linear(models, base, weights, {}, name)
-    if merged.numel() < 2:
-        return merged
-    target = torch.stack([t.var() for t in models]).mean()
-    current = merged.var()
-    if current <= 0:
-        return merged
-    mean = merged.mean()
-    return (merged - mean) * torch.sqrt(target / current) + mean
+@register
+class Linear(MergeMethod):
+    """``sum_i w_i * theta_i / sum_i w_i``: a uniform soup with equal weights (``normalize: false`` skips the
+    division)."""
+
+    name = "linear"
+    paper = ("Wortsman et al. 2022, 'Model soups: averaging weights of multiple fine-tuned models improves accuracy "
+             "without increasing inference time'")
+    Parameters = LinearParameters
+    elementwise = True
+
+    def merge(self, models, base, weights, parameters, site):
+        return weighted_average(models, weights, normalize=parameters.normalize)
+
+    def mergekit(self, plan) -> dict:
+        return {"merge_method": "linear", "parameters": {"normalize": plan.request.parameters.normalize}}
 
 
-@method("checkpoints", paper="Schmidt et al. 2023, 'Free Lunch: Robust Cross-Lingual Transfer via Model Checkpoint "
-        "Averaging'", elementwise=True)
-def checkpoints(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
+@register
+class CheckpointAverage(MergeMethod):
     """The (weighted) average of the checkpoints of one run; the spec's ``checkpoints`` section picks them (all,
     the last k, or EMA weights with a decay)."""
-    return linear(models, base, weights, {}, name)
+
+    name = "checkpoints"
+    paper = ("Schmidt et al. 2023, 'Free Lunch: Robust Cross-Lingual Transfer via Model Checkpoint Averaging'")
+    elementwise = True
+
+    def merge(self, models, base, weights, parameters, site):
+        return weighted_average(models, weights)
 
 
-@method("sparse_soup", paper="Zimmer et al. 2024, 'Sparse Model Soups: A Recipe for Improved Pruning via Model "
-        "Averaging'", min_models=2, elementwise=True)
-def sparse_soup(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
+class ExpoParameters(MethodParameters):
+    alpha: PerBlock = 0.3  # how far past the aligned model: aligned + alpha * (aligned - sft)
+
+
+@register
+class Expo(MergeMethod):
+    """``aligned + alpha * (aligned - sft)``: the base is the SFT model, the one input the aligned model."""
+
+    name = "expo"
+    paper = "Zheng et al. 2024, 'Weak-to-Strong Extrapolation Expedites Alignment' (ExPO)"
+    Parameters = ExpoParameters
+    needs_base, min_models, max_models, elementwise = True, 1, 1, True
+
+    def merge(self, models, base, weights, parameters, site):
+        return models[0] + parameters.alpha * (models[0] - base)
+
+
+@register
+class VarianceCorrected(MergeMethod):
+    """The weighted average, rescaled around its mean so that its variance equals the inputs' mean variance."""
+
+    name = "variance_corrected"
+    paper = "'Vanishing Variance Problem in Fully Decentralized Neural-Network Systems' (variance-corrected averaging)"
+    min_models = 2
+
+    def merge(self, models, base, weights, parameters, site):
+        merged = weighted_average(models, weights)
+        if merged.numel() < 2:
+            return merged
+        target = torch.stack([t.var() for t in models]).mean()
+        current = merged.var()
+        if current <= 0:
+            return merged
+        mean = merged.mean()
+        return (merged - mean) * torch.sqrt(target / current) + mean
+
+
+@register
+class SparseSoup(MergeMethod):
     """The weighted average of models that share one sparsity mask; the mask is kept exactly."""
-    mask = models[0] != 0
-    for index, tensor in enumerate(models[1:], start=2):
-        differ = int(((tensor != 0) != mask).sum())
-        if differ:
-            raise TaxcutError(f"tensor '{name}': model {index}'s sparsity mask differs from model 1's at {differ} "
-                              "positions; a sparse soup needs models pruned with one shared mask")
-    return linear(models, base, weights, {}, name) * mask
 
+    name = "sparse_soup"
+    paper = "Zimmer et al. 2024, 'Sparse Model Soups: A Recipe for Improved Pruning via Model Averaging'"
+    min_models, elementwise = 2, True
 
-@method("greedy_soup", paper="Wortsman et al. 2022, 'Model soups' (greedy soup)", min_models=2, elementwise=True)
-def greedy_soup(models: list[torch.Tensor], base, weights: list[float], params: dict, name: str) -> torch.Tensor:
-    """The uniform average of the ingredients a greedy selection kept (see :mod:`taxcut.tuning.greedy_soup`)."""
-    return linear(models, base, [1.0] * len(models), {}, name)
+    def merge(self, models, base, weights, parameters, site: TensorSite):
+        mask = models[0] != 0
+        for index, tensor in enumerate(models[1:], start=2):
+            differ = int(((tensor != 0) != mask).sum())
+            if differ:
+                raise TaxcutError(f"tensor '{site.name}': model {index}'s sparsity mask differs from model 1's at "
+                                  f"{differ} positions; a sparse soup needs models pruned with one shared mask")
+        return weighted_average(models, weights) * mask

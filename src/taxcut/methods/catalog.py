@@ -1,5 +1,5 @@
 """The built-in merge methods: importing this module imports every module of :mod:`taxcut.methods`, whose
-``@method`` decorators register them (a new method is one new module)."""
+``@register`` decorators add them to the registry (a new method is one new module)."""
 
 import importlib
 import pkgutil

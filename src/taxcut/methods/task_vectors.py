@@ -8,13 +8,20 @@ tensor (``seed`` and the tensor's name), so a merge is reproducible.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from taxcut.methods.registry import method
+from taxcut.errors import TaxcutError
+from taxcut.methods.parameters import MethodParameters, per_block
+from taxcut.methods.registry import MergeMethod, register
+
+Fraction = per_block("a number in (0, 1]", lambda v: 0 < v <= 1)
+Scale = per_block("a number")
 
 
-def _task_vectors(models: list[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
+def task_vectors(models: list[torch.Tensor], base: torch.Tensor) -> list[torch.Tensor]:
     return [tensor - base for tensor in models]
 
 
@@ -22,49 +29,110 @@ def _weights(weights: list[float]) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _seed(params: dict, name: str) -> int:
+def tensor_seed(seed: int, name: str) -> int:
     """The random seed of one tensor: the spec's ``seed`` and the tensor's name."""
-    return int(params.get("seed", 0)) * 1_000_003 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+    return seed * 1_000_003 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
 
 
-@method("task_arithmetic", paper="Ilharco et al. 2023, 'Editing Models with Task Arithmetic'", needs_base=True,
-        elementwise=True)
-def task_arithmetic(models, base, weights, params, name):
-    from peft.utils.merge_utils import task_arithmetic as peft_task_arithmetic
-
-    merged = peft_task_arithmetic(_task_vectors(models, base), _weights(weights))
-    return base + float(params.get("lambda", 1.0)) * merged
+class TaskArithmeticParameters(MethodParameters):
+    lambda_: Scale = Field(1.0, alias="lambda")  # the scale of the summed task vectors
 
 
-@method("ties", paper="Yadav et al. 2023, 'TIES-Merging: Resolving Interference When Merging Models'",
-        needs_base=True)
-def ties(models, base, weights, params, name):
-    from peft.utils.merge_utils import ties as peft_ties
-
-    merged = peft_ties(_task_vectors(models, base), _weights(weights), density=float(params.get("density", 0.2)),
-                       majority_sign_method=params.get("majority_sign_method", "total"))
-    return base + float(params.get("lambda", 1.0)) * merged
+class TiesParameters(TaskArithmeticParameters):
+    density: Fraction = 0.2  # the share of each task vector's largest magnitudes kept
+    majority_sign_method: Literal["total", "frequency"] = "total"
 
 
-@method("dare_linear", paper="Yu et al. 2024, 'Language Models are Super Mario: Absorbing Abilities from "
-        "Homologous Models as a Free Lunch' (DARE)", needs_base=True)
-def dare_linear(models, base, weights, params, name):
-    from peft.utils.merge_utils import dare_linear as peft_dare_linear
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(params, name))
-        merged = peft_dare_linear(_task_vectors(models, base), _weights(weights),
-                                  density=float(params.get("density", 0.5)))
-    return base + float(params.get("lambda", 1.0)) * merged
+class DareParameters(TaskArithmeticParameters):
+    density: Fraction = 0.5  # the probability of keeping each task-vector entry
+    seed: int = 0
 
 
-@method("dare_ties", paper="Yu et al. 2024 (DARE) with TIES sign election (Yadav et al. 2023)", needs_base=True)
-def dare_ties(models, base, weights, params, name):
-    from peft.utils.merge_utils import dare_ties as peft_dare_ties
+class DareTiesParameters(DareParameters):
+    majority_sign_method: Literal["total", "frequency"] = "total"
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(params, name))
-        merged = peft_dare_ties(_task_vectors(models, base), _weights(weights),
-                                density=float(params.get("density", 0.5)),
-                                majority_sign_method=params.get("majority_sign_method", "total"))
-    return base + float(params.get("lambda", 1.0)) * merged
+
+class _TaskVectorMethod(MergeMethod):
+    needs_base = True
+
+    def mergekit(self, plan) -> dict:
+        parameters = plan.request.parameters
+        per_model = {"density": parameters.density} if hasattr(parameters, "density") else {}
+        return {"merge_method": self.name, "parameters": {"lambda": parameters.lambda_}, "model_parameters": per_model}
+
+
+@register
+class TaskArithmetic(_TaskVectorMethod):
+    """``theta_base + lambda * sum_i w_i * (theta_i - theta_base)``."""
+
+    name = "task_arithmetic"
+    paper = "Ilharco et al. 2023, 'Editing Models with Task Arithmetic'"
+    Parameters = TaskArithmeticParameters
+    elementwise = True
+
+    def merge(self, models, base, weights, parameters, site):
+        from peft.utils.merge_utils import task_arithmetic
+
+        return base + parameters.lambda_ * task_arithmetic(task_vectors(models, base), _weights(weights))
+
+
+class _SignElection(_TaskVectorMethod):
+    def mergekit(self, plan) -> dict:
+        if any(m.weight != 1.0 for m in plan.request.models):
+            raise TaxcutError(f"weighted {self.name}: taxcut (peft) divides by the number of agreeing models, "
+                              "mergekit by their weight sum; only equal weights (1.0) export exactly")
+        return super().mergekit(plan)
+
+
+@register
+class Ties(_SignElection):
+    """TIES: trim each task vector to its top-``density`` magnitudes, elect a sign per entry, average the kept
+    values that agree with it."""
+
+    name = "ties"
+    paper = "Yadav et al. 2023, 'TIES-Merging: Resolving Interference When Merging Models'"
+    Parameters = TiesParameters
+
+    def merge(self, models, base, weights, parameters, site):
+        from peft.utils.merge_utils import ties
+
+        merged = ties(task_vectors(models, base), _weights(weights), density=parameters.density,
+                      majority_sign_method=parameters.majority_sign_method)
+        return base + parameters.lambda_ * merged
+
+
+@register
+class DareLinear(_TaskVectorMethod):
+    """DARE: drop each task-vector entry with probability ``1 - density``, rescale the kept ones by
+    ``1 / density``, and add the weighted task vectors."""
+
+    name = "dare_linear"
+    paper = ("Yu et al. 2024, 'Language Models are Super Mario: Absorbing Abilities from Homologous Models as a "
+             "Free Lunch' (DARE)")
+    Parameters = DareParameters
+
+    def merge(self, models, base, weights, parameters, site):
+        from peft.utils.merge_utils import dare_linear
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tensor_seed(parameters.seed, site.name))
+            merged = dare_linear(task_vectors(models, base), _weights(weights), density=parameters.density)
+        return base + parameters.lambda_ * merged
+
+
+@register
+class DareTies(_SignElection):
+    """DARE's random drop and rescale, then TIES's sign election over the rescaled task vectors."""
+
+    name = "dare_ties"
+    paper = "Yu et al. 2024 (DARE) with TIES sign election (Yadav et al. 2023)"
+    Parameters = DareTiesParameters
+
+    def merge(self, models, base, weights, parameters, site):
+        from peft.utils.merge_utils import dare_ties
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tensor_seed(parameters.seed, site.name))
+            merged = dare_ties(task_vectors(models, base), _weights(weights), density=parameters.density,
+                               majority_sign_method=parameters.majority_sign_method)
+        return base + parameters.lambda_ * merged

@@ -1,7 +1,7 @@
 """The spec of the merging toolkit: a named method over N models (and a base model where the method needs one).
 
 ```yaml
-method: ties                       # linear, task_arithmetic, ties, dare_linear, dare_ties, slerp, expo, ...
+method: ...                        # a method registered in taxcut.methods (see `taxcut plan SPEC`)
 base: models/base                  # the methods on task vectors need it (theta_i - theta_base)
 models:
   - models/ft-math                 # a folder, or {path: ..., weight: ...}
@@ -17,10 +17,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.spec.merge import _read_yaml_mapping, file_relative, spec_from_dict
+from taxcut.spec.merge import (
+    _read_yaml_mapping,
+    file_relative,
+    parse_size,
+    spec_from_dict,
+)
 
 
 class ModelInput(BaseModel):
@@ -63,6 +69,10 @@ class CheckpointSelection(BaseModel):
 
 
 class ToolkitSpec(BaseModel):
+    """A named method over N models. ``parameters`` are the method's own (typed and checked by the method when the
+    merge is planned: see :mod:`taxcut.methods`); ``evaluation`` is a held-out evaluation for methods that score
+    their inputs before merging."""
+
     model_config = ConfigDict(extra="forbid")
 
     method: str
@@ -73,7 +83,17 @@ class ToolkitSpec(BaseModel):
     out: Path | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     max_shard_size: int | str = "5GB"
-    evaluation: EvaluationSpec | None = None  # greedy_soup: the held-out evaluation that ranks and accepts
+    evaluation: EvaluationSpec | None = None
+
+    @field_validator("max_shard_size")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        parse_size(value)
+        return value
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)
 
     @field_validator("models", mode="before")
     @classmethod
@@ -83,27 +103,17 @@ class ToolkitSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _fits_the_method(self) -> ToolkitSpec:
-        from taxcut.methods.registry import check_parameters, get_method
-
-        check_parameters(self.method, self.parameters)
+    def _expand_checkpoints(self) -> ToolkitSpec:
         if self.checkpoints is not None:
             if self.models:
                 raise ValueError("give 'models' or 'checkpoints', not both")
             self.models = [ModelInput(**item) for item in self.checkpoints.expand()]
-        if self.method == "greedy_soup" and (self.evaluation is None or "score" not in self.parameters):
-            raise ValueError("a greedy soup needs an 'evaluation' section and parameters.score (reward, TASK or "
-                             "TASK.METRIC)")
-
-        found = get_method(self.method)
-        if found.needs_base and self.base is None:
-            raise ValueError(f"method '{self.method}' works on task vectors: give a 'base' model")
-        count = len(self.models)
-        if count < found.min_models or (found.max_models is not None and count > found.max_models):
-            wanted = (f"exactly {found.min_models}" if found.max_models == found.min_models
-                      else f"at least {found.min_models}")
-            raise ValueError(f"method '{self.method}' takes {wanted} model(s) in 'models'; got {count}")
+        if not self.models:
+            raise ValueError("no input models: list them under 'models' (or pick them with 'checkpoints')")
         return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ToolkitSpec:

@@ -18,8 +18,7 @@ from taxcut.io.parameters import checkpoint_names, read_parameters
 from taxcut.methods.interpolation import BLOCK_ELEMENTS, interpolate
 from taxcut.io.layers import detect_layers
 from taxcut.merging.plan import build_plan
-from taxcut.merging.ratios import RatioResolver
-from taxcut.sweep.candidates import Candidate
+from taxcut.spec.candidates import Candidate
 
 
 class ResidentModel:
@@ -32,9 +31,9 @@ class ResidentModel:
         self.model = load_causal_lm(sft, device=device, dtype=dtype)  # the live parameters, in the sweep's dtype
         self.tokenizer = load_tokenizer(aligned)  # the aligned model's tokenizer and chat template, as merges copy
         if (self.aligned_folder / "generation_config.json").is_file():  # and its generation config (eos ids ...)
-            from transformers import GenerationConfig
+            from taxcut.evaluation.loading import load_generation_config
 
-            self.model.generation_config = GenerationConfig.from_pretrained(self.aligned_folder)
+            self.model.generation_config = load_generation_config(self.aligned_folder)
         self.parameters = dict(self.model.named_parameters())  # tied weights appear once
         self.stored_name = checkpoint_names(self.model)
         # theta_sft and theta_aligned in their stored dtype: interpolate first, cast last, as merge does
@@ -65,13 +64,14 @@ class ResidentModel:
         """The ratio of every parameter, resolved by the merge plan on the checkpoints' tensor names."""
         spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, extrapolate=self.extrapolate)
         with build_plan(spec) as plan:
-            by_stored_name = {t.name: t.decision.alpha for t in plan.tensors}
-        fused = [name for name in self.parameters if self.stored_name[name] not in by_stored_name]
-        by_parameter = RatioResolver(spec, detect_layers(self.parameters)) if fused else None
-        return {  # a parameter fused from several stored tensors: resolved on the parameter names
-            name: by_stored_name[self.stored_name[name]] if name not in fused else by_parameter.ratio_for(name).alpha
-            for name in self.parameters
-        }
+            by_stored_name = {t.name: plan.ratio_of(t.name) for t in plan.tensors}
+            fused = [name for name in self.parameters if self.stored_name[name] not in by_stored_name]
+            if fused:  # parameters fused from several stored tensors: resolved on the parameter names
+                request = plan.request
+                by_parameter = request.method.block_values(request.parameters, detect_layers(self.parameters), {})
+                resolver = next(iter(by_parameter.values()))
+        return {name: by_stored_name[self.stored_name[name]] if name not in fused else resolver.value_for(name).value
+                for name in self.parameters}
 
     def apply(self, candidate: Candidate) -> None:
         """Set the live parameters to ``candidate``'s weights, in place."""
