@@ -1,98 +1,671 @@
-"""Writing a destination folder all at once or not at all.
+"""One destination policy for everything taxcut writes: models, labs, results folders, ratios files, fit sets.
 
-Everything is written into a hidden staging folder beside the destination (same file system) and renamed into
-place only when complete, so a merge that fails or is killed never leaves a half-written model at the
-destination. Staging folders left by killed runs are removed by the next run that writes there.
+The rules:
+
+1. An empty or whitespace path is refused (:func:`destination_path`): an unset shell variable must not turn
+   ``--out "$OUT"`` into the current folder.
+2. A destination that is, contains or lies inside an input (model and adapter folders, data files, the spec file
+   itself), compared after resolving symlinks, is refused.
+3. An existing destination is replaced only with ``overwrite``, and only if taxcut wrote it (see *Markers*); an
+   empty folder counts as free and needs no ``overwrite``. Anything else is refused with a line saying what was
+   found there.
+4. Everything is written to a hidden staging folder or file beside the destination (same file system) and renamed
+   into place only when complete: a failed or killed run leaves no destination, and a failed one no staging.
+5. The final rename is exclusive: of two runs writing one destination at once exactly one succeeds; the other
+   fails with "... was written by another run meanwhile; nothing of this run was kept". A new destination is
+   published with a no-replace rename; a replaced one is swapped in atomically, under a lock beside the
+   destination, after checking that what is there is still what was checked when the run began.
+6. Any run that stages in a folder removes the staging of killed runs there: once their process is gone (same
+   machine), or after :data:`STALE_AFTER_S` when they were made on another machine.
+
+Markers (how taxcut knows it wrote something):
+
+- A folder taxcut wrote holds :data:`MARKER` (``.taxcut``, JSON: ``written_by``, ``kind``, ``entries``). The
+  entries are the files it wrote (relative paths; a name ending in ``/`` covers a whole subfolder); any other
+  file found there is the user's, and makes the folder irreplaceable. Model folders written before the marker
+  existed are recognised by ``taxcut_provenance.json`` beside nothing but model-folder files.
+- A single file taxcut wrote has a sidecar ``.NAME.taxcut`` beside it recording the SHA-256 of the bytes it
+  wrote, so the file's format is untouched (readers need not skip anything) and a file edited since is no
+  longer taxcut's. A file listed in the marker of its folder (a report inside a results folder) needs none.
+
+How callers use it::
+
+    out = destination_path(args.out, "--out")       # the raw text, before Path() or joining it to a folder
+    inputs = [("sft", spec.sft), ("aligned", spec.aligned), ("spec", spec_file)]   # None entries are skipped
+    check_destination(out, overwrite=args.overwrite, inputs=inputs)   # optional: fail fast before long work
+    with staged_folder(out, overwrite=args.overwrite, inputs=inputs, kind="merge") as staging:
+        ...                                         # write everything into ``staging``
+    with staged_file(out, overwrite=args.overwrite, inputs=inputs, kind="fit set") as partial:
+        partial.write_text(text)                    # the temporary file keeps the destination's suffix
+    folder = claim_folder(out, inputs=inputs, kind="sweep results", entries=["results.jsonl", "hma/"])
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
+import hashlib
+import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from taxcut.errors import TaxcutError
 
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.taxcut-(?:partial|old)-(?P<pid>\d+)-")
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: publishing relies on the no-replace rename alone
+    fcntl = None
+
+MARKER = ".taxcut"
+STALE_AFTER_S = 7 * 24 * 3600  # staging made on another machine is removed only after this long untouched
+Inputs = Iterable[tuple[str, "str | os.PathLike[str] | None"]]
+
+_STAGING = re.compile(r"^\..+\.taxcut-(?:partial|old)-(?P<pid>\d+)-(?:(?P<host>[0-9a-f]{8})-)?")
+_LOCK_SUFFIX = ".taxcut-lock"
+_SIDECAR_SUFFIX = ".taxcut"
+_LEGACY_MODEL_FILES = ("*.safetensors", "model.safetensors.index.json", "taxcut_provenance.json", "README.md")
+_MAX_LISTED = 1000  # stop counting a foreign folder's files here (a home folder could hold millions)
+_USE_RENAMEAT2 = True  # tests switch it off to exercise the fallbacks
 
 
-def check_destination(destination: Path, *, overwrite: bool, inputs: Iterable[tuple[str, Path]]) -> None:
-    """Refuse a destination that is, contains or lies inside an input, or that exists without ``overwrite``."""
-    target = destination.expanduser().resolve()
-    for role, folder in inputs:
-        source = folder.expanduser().resolve()
-        if target == source or source in target.parents:
-            raise TaxcutError(
-                f"{destination}: the destination is or lies inside the {role} model folder {folder}; "
-                "write the merge somewhere outside the inputs"
-            )
-        if target in source.parents:
-            raise TaxcutError(
-                f"{destination}: the destination contains the {role} model folder {folder}; "
-                "write the merge somewhere outside the inputs"
-            )
-    if target.exists() and not target.is_dir():
-        raise TaxcutError(f"{destination}: exists and is not a folder; choose another destination")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise TaxcutError(f"{destination}: exists and is not empty; pass --overwrite to replace it")
+def _host_tag() -> str:
+    """This machine (and PID namespace), as 8 hex digits: staging of another tag cannot be checked by pid."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return hashlib.sha256(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+
+
+_HOST = _host_tag()
+
+
+# ---------------------------------------------------------------------------------------------------- checking
+
+def destination_path(raw: str | os.PathLike[str] | None, what: str = "--out") -> Path:
+    """Validate the destination exactly as the user gave it, and return it as a :class:`Path`.
+
+    Call it on the raw text (the CLI argument parsed as ``str``, the spec field before it is joined to the spec's
+    folder): ``Path("")`` is ``Path(".")``, so an empty value can no longer be told apart once it is a Path.
+    ``what`` names the source in the message ("--out", "'out' in sweep.yaml"). An explicit ``.`` is accepted.
+    """
+    if raw is None:
+        raise TaxcutError(f"no destination: give {what}")
+    text = os.fspath(raw)
+    if not text.strip():
+        raise TaxcutError(f"{what} is empty ({text!r}); give the path to write "
+                          "(an unset shell variable gives an empty value)")
+    if "\0" in text:
+        raise TaxcutError(f"{what} contains a NUL character; give a valid path")
+    return Path(text).expanduser()
+
+
+def check_destination(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs,
+                      kind: str = "merge", folder: bool = True) -> None:
+    """Raise :class:`TaxcutError` unless ``destination`` may be written (rules 1-3 of the module docstring).
+
+    ``inputs`` are ``(role, path)`` pairs, files or folders; ``kind`` names the output in messages; ``folder``
+    says whether a folder or a single file will be written there. The staging functions check this themselves;
+    call it first only to fail before long work.
+    """
+    shown, target = _target(destination, list(inputs), kind)
+    _examine(shown, target, overwrite=overwrite, folder=folder)
+
+
+def _target(destination: str | os.PathLike[str], inputs: list, kind: str) -> tuple[str, Path]:
+    shown = os.fspath(destination)
+    if not shown.strip():
+        raise TaxcutError("the destination is empty; give the path to write")
+    target = Path(os.path.realpath(Path(shown).expanduser()))
+    if target == target.parent:
+        raise TaxcutError(f"{shown}: the root folder cannot be a destination; give a folder below it")
+    for role, given in inputs:
+        if given is None or not os.fspath(given):
+            continue
+        source = Path(os.path.realpath(Path(given).expanduser()))
+        thing = "folder" if source.is_dir() else "file"
+        if target == source:
+            relation = f"is the {role} {thing}"
+        elif source in target.parents:
+            relation = f"lies inside the {role} {thing}"
+        elif target in source.parents:
+            relation = f"contains the {role} {thing}"
+        else:
+            continue
+        raise TaxcutError(f"{shown}: the destination {relation} {os.fspath(given)}; "
+                          f"write the {kind} somewhere outside the inputs")
+    return shown, target
+
+
+def _examine(shown: str, target: Path, *, overwrite: bool, folder: bool) -> tuple[int, int] | None:
+    """Refuse what may not be replaced; return the identity (device, inode) of what is there, None if nothing."""
+    try:
+        found = os.lstat(target)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there (making the staging says why it cannot be)
+        return None
+    except OSError as exc:
+        raise TaxcutError(f"{shown}: cannot look there ({exc.strerror or exc}); choose another destination") from None
+    problem = _not_ours(target, folder=folder)
+    if problem:
+        raise TaxcutError(f"{shown}: {problem}; choose another destination")
+    if not overwrite and not (folder and not _files(target, limit=1)):
+        what = "exists and is not empty" if folder else "exists"
+        raise TaxcutError(f"{shown}: {what}; pass --overwrite to replace it")
+    return found.st_dev, found.st_ino
+
+
+def _not_ours(target: Path, *, folder: bool) -> str | None:
+    """Why ``target`` may not be replaced by a ``folder`` (or a file), or None when taxcut wrote it (or it is empty)."""
+    is_dir = target.is_dir() and not target.is_symlink()
+    if folder and not is_dir:
+        return "exists and is a file, not a folder"
+    if not folder:
+        if is_dir:
+            return "exists and is a folder, not a file"
+        return None if _file_is_ours(target) else "is a file taxcut did not write (or one changed since)"
+    files = _files(target, owned=_owned_in(target), limit=_MAX_LISTED)
+    return _foreign(files) if files else None
+
+
+def _foreign(files: list[str]) -> str:
+    more = "more than " if len(files) >= _MAX_LISTED else ""
+    noun = "file" if len(files) == 1 else "files"
+    example = min(files, key=lambda relative: (relative.count("/"), relative))
+    return f"contains {more}{len(files)} {noun} taxcut did not write, e.g. {example}"
+
+
+def _files(folder: Path, owned=lambda relative: False, limit: int | None = None) -> list[str]:
+    """The files under ``folder`` (relative paths; symlinks count as files) that ``owned`` does not claim."""
+    found: list[str] = []
+    for here, dirs, names in os.walk(folder):
+        base = Path(here).relative_to(folder)
+        names = names + [d for d in dirs if os.path.islink(os.path.join(here, d))]
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(here, d)))
+        for name in sorted(names):
+            relative = (base / name).as_posix()
+            if not _is_housekeeping(name) and not owned(relative):
+                found.append(relative)
+                if limit is not None and len(found) >= limit:
+                    return found
+    return found
+
+
+def _is_housekeeping(name: str) -> bool:
+    """Taxcut's own small files: the marker, sidecars, locks and staging (never the user's data)."""
+    return (name == MARKER or _STAGING.match(name) is not None or name.endswith(_LOCK_SUFFIX)
+            or (name.startswith(".") and name.endswith(_SIDECAR_SUFFIX)))
+
+
+def _owned_in(folder: Path):
+    """A predicate: did taxcut write this relative path in ``folder``?"""
+    marker = _read_marker(folder)
+    if marker is not None:
+        entries = set(marker["entries"])
+        return lambda relative: _listed(relative, entries)
+    if _is_legacy_model_folder(folder):
+        from taxcut.io.model_folder import SIDE_FILE_GLOBS, SIDE_FOLDERS
+
+        def legacy(relative: str) -> bool:
+            top, _, rest = relative.partition("/")
+            if rest:
+                return top in SIDE_FOLDERS
+            return any(fnmatchcase(top, glob) for glob in (*_LEGACY_MODEL_FILES, *SIDE_FILE_GLOBS))
+        return legacy
+    return lambda relative: False
+
+
+def _listed(relative: str, entries: set[str]) -> bool:
+    """Is ``relative`` one of ``entries``, or inside an entry that names a whole subfolder (``"hma/"``)?"""
+    parts = relative.split("/")
+    return relative in entries or any("/".join(parts[:i]) + "/" in entries for i in range(1, len(parts)))
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        with open(folder / MARKER, encoding="utf-8") as handle:
+            marker = json.loads(handle.read(64 * 2**20))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(marker, dict) or marker.get("written_by") != "taxcut"
+            or not isinstance(marker.get("entries"), list) or not all(isinstance(e, str) for e in marker["entries"])):
+        return None
+    return marker
+
+
+def _is_legacy_model_folder(folder: Path) -> bool:
+    """A model folder merged before the marker existed: its provenance file names the taxcut version."""
+    try:
+        record = json.loads((folder / "taxcut_provenance.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "taxcut_version" in record
+
+
+def _sidecar(path: Path) -> Path:
+    name = path.name if len(path.name) <= 200 else f"{path.name[:150]}.{_digest(path.name.encode())[:12]}"
+    return path.with_name(f".{name}{_SIDECAR_SUFFIX}")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_is_ours(path: Path) -> bool:
+    marker = _read_marker(path.parent)
+    if marker is not None and _listed(path.name, set(marker["entries"])):
+        return True
+    try:
+        record = json.loads(_sidecar(path).read_text(encoding="utf-8"))
+        accepted = record["sha256"] if record.get("written_by") == "taxcut" else []
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+    return isinstance(accepted, list) and _file_digest(path) in accepted
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+@contextmanager
+def staged_folder(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs,
+                  kind: str = "merge") -> Iterator[Path]:
+    """Yield an empty staging folder beside ``destination``; when the block ends it is published there.
+
+    Published means: :data:`MARKER` listing every file written is added, and the folder is renamed into place
+    (exclusively: see the module docstring). On any failure the staging folder is removed and nothing appears at
+    the destination; an ``OSError`` (disk full, permissions) becomes a one-line :class:`TaxcutError`.
+    """
+    shown, target = _target(destination, list(inputs), kind)
+    expected = _examine(shown, target, overwrite=overwrite, folder=True)
+    staging = _make_staging(shown, target, folder=True)
+    try:
+        yield staging
+        _write_marker(staging, kind, _files(staging))
+        replaced = _publish(shown, target, staging, expected, overwrite=overwrite, folder=True)
+    except OSError as exc:
+        _remove(staging)
+        raise TaxcutError(f"{shown}: writing the {kind} failed ({_reason(exc)}); nothing was written there") from None
+    except BaseException:
+        _remove(staging)
+        raise
+    _remove(replaced)
 
 
 @contextmanager
-def staged_folder(destination: Path, *, overwrite: bool, inputs: Iterable[tuple[str, Path]]) -> Iterator[Path]:
-    """Yield an empty staging folder; on success it replaces ``destination``, on any failure it is removed."""
-    check_destination(destination, overwrite=overwrite, inputs=list(inputs))
-    shown, destination = destination, destination.expanduser().resolve()
-    try:
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(destination)
-        staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.taxcut-partial-{os.getpid()}-",
-                                        dir=destination.parent))
-    except OSError as exc:
-        raise TaxcutError(f"{shown}: cannot write there ({exc.strerror or exc}); choose another destination") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets ordinary permissions
+def staged_file(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs,
+                kind: str) -> Iterator[Path]:
+    """Yield a temporary file beside ``destination`` (empty, same suffix); when the block ends it is published there.
+
+    For fit sets, ratios files and single reports. A sidecar ``.NAME.taxcut`` records the bytes taxcut wrote, so
+    a later ``overwrite`` can tell the file is taxcut's; inside a folder whose marker lists the name (a results
+    folder's reports) none is written. Failures behave as in :func:`staged_folder`.
+    """
+    shown, target = _target(destination, list(inputs), kind)
+    expected = _examine(shown, target, overwrite=overwrite, folder=False)
+    staging = _make_staging(shown, target, folder=False)
     try:
         yield staging
-        _publish(staging, destination)
+        replaced = _publish(shown, target, staging, expected, overwrite=overwrite, folder=False)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        where = f" at {exc.filename}" if exc.filename else ""
-        raise TaxcutError(
-            f"{shown}: the merge failed ({exc.strerror or exc}{where}); nothing was written there"
-        ) from None
+        _remove(staging)
+        raise TaxcutError(f"{shown}: writing the {kind} failed ({_reason(exc)}); nothing was written there") from None
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
+        raise
+    _remove(replaced)
+
+
+def claim_folder(destination: str | os.PathLike[str], *, inputs: Inputs, kind: str,
+                 entries: Iterable[str]) -> Path:
+    """Make ``destination`` a folder taxcut keeps adding to (a sweep's results), and return it.
+
+    ``entries`` are the names this kind of folder holds (``"hma/"`` for a whole subfolder). A new or empty folder
+    gets the marker; a folder with the marker of the same ``kind`` is reused as it is (a resumed sweep), its
+    entries extended; a folder without a marker is adopted only if every file in it has one of those names (made
+    by a version of taxcut before the marker). Anything else is refused. Nothing is deleted.
+    """
+    shown, target = _target(destination, list(inputs), kind)
+    entries = sorted(set(entries))
+    try:
+        if not os.path.lexists(target):
+            staging = _make_staging(shown, target, folder=True)
+            try:
+                _write_marker(staging, kind, entries)
+                _publish(shown, target, staging, None, overwrite=False, folder=True)
+                return Path(shown).expanduser()
+            except TaxcutError:  # created meanwhile by another run: judge what is there now
+                _remove(staging)
+            except BaseException:
+                _remove(staging)
+                raise
+        with _publish_lock(target):
+            if not target.is_dir() or target.is_symlink():
+                raise TaxcutError(f"{shown}: exists and is a file, not a folder; choose another destination")
+            marker = _read_marker(target)
+            if marker is not None and marker.get("kind") != kind:
+                raise TaxcutError(f"{shown}: is a {marker.get('kind')} folder taxcut wrote, not a {kind} folder; "
+                                  "choose another destination")
+            known = set(entries) | set(marker["entries"] if marker else [])
+            foreign = _files(target, owned=lambda relative: _listed(relative, known), limit=_MAX_LISTED)
+            if foreign:
+                raise TaxcutError(f"{shown}: {_foreign(foreign)}; choose another destination")
+            if marker is None or known != set(marker["entries"]):
+                _write_marker(target, kind, sorted(known))
+    except OSError as exc:
+        raise TaxcutError(f"{shown}: cannot write there ({_reason(exc)}); choose another destination") from None
+    return Path(shown).expanduser()
+
+
+def _reason(exc: OSError) -> str:
+    where = f" at {exc.filename}" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def _make_staging(shown: str, target: Path, *, folder: bool) -> Path:
+    prefix = f".{target.name[:100]}.taxcut-partial-{os.getpid()}-{_HOST}-"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale_staging(target.parent)
+        if folder:
+            staging = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
+            staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the published folder is ordinary
+        else:
+            handle, name = tempfile.mkstemp(prefix=prefix, suffix=target.suffix, dir=target.parent)
+            os.close(handle)
+            staging = Path(name)
+            staging.chmod(0o666 & ~_umask())
+    except OSError as exc:
+        raise TaxcutError(f"{shown}: cannot write there ({exc.strerror or exc}); choose another destination") from None
+    return staging
+
+
+def _umask() -> int:
+    try:  # read without changing it: os.umask() would briefly change it for every thread
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def _write_marker(folder: Path, kind: str, entries: list[str]) -> None:
+    from taxcut.version import __version__
+
+    marker = {"written_by": "taxcut", "taxcut_version": __version__, "kind": kind, "entries": sorted(entries)}
+    _write_atomically(folder / MARKER, json.dumps(marker, indent=1) + "\n")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.taxcut-partial-{os.getpid()}-{_HOST}-", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(name, 0o666 & ~_umask())
+        os.replace(name, path)
+    except BaseException:
+        _remove(Path(name))
         raise
 
 
-def _publish(staging: Path, destination: Path) -> None:
-    if not destination.exists():
-        os.rename(staging, destination)
+# ---------------------------------------------------------------------------------------------------- publishing
+
+def _publish(shown: str, target: Path, staging: Path, expected: tuple[int, int] | None, *, overwrite: bool,
+             folder: bool) -> Path | None:
+    """Move ``staging`` to ``target`` if nothing changed there since it was examined; return what it replaced."""
+    meanwhile = f"{shown}: was written by another run meanwhile; nothing of this run was kept"
+    digest = None if folder else _file_digest(staging)
+    with _publish_lock(target):
+        try:
+            found = os.lstat(target)
+        except FileNotFoundError:
+            found = None
+        if found is not None and (found.st_dev, found.st_ino) != expected:
+            raise TaxcutError(meanwhile)
+        sidecar = not folder and not _listed(target.name, set((_read_marker(target.parent) or {}).get("entries", [])))
+        if found is None:
+            try:
+                _rename_noreplace(staging, target, folder=folder)
+            except FileExistsError:
+                raise TaxcutError(meanwhile) from None
+            replaced = None
+        else:
+            _examine(shown, target, overwrite=overwrite, folder=folder)  # still taxcut's, nothing added since
+            if sidecar:
+                _write_sidecar(target, [digest, _file_digest(target)])  # either is taxcut's while they swap
+            replaced = _exchange(staging, target, folder=folder)
+        if sidecar:
+            _write_sidecar(target, [digest])
+    return replaced
+
+
+def _write_sidecar(path: Path, digests: list[str]) -> None:
+    record = {"written_by": "taxcut", "file": path.name, "sha256": digests}
+    _write_atomically(_sidecar(path), json.dumps(record) + "\n")
+
+
+@contextmanager
+def _publish_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock beside ``target`` (flock on ``.NAME.taxcut-lock``, removed again when released).
+
+    The kernel releases the lock of a killed process, so a lock is never stale; the file is unlinked while held
+    and a waiter re-checks that the file it locked is still the one at the path.
+    """
+    path = target.parent / f".{target.name[:100]}{_LOCK_SUFFIX}"
+    if fcntl is None:
+        yield
         return
-    retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.taxcut-old-{os.getpid()}-", dir=destination.parent))
-    os.rename(destination, retired / "content")
-    os.rename(staging, destination)
-    shutil.rmtree(retired, ignore_errors=True)
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without locks: rely on the no-replace rename alone
+            os.close(handle)
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            yield
+            return
+        held = os.fstat(handle)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(handle)  # released and unlinked by its holder while this run waited: lock the new one
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            os.close(handle)
+
+
+_AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
+
+
+@functools.cache
+def _libc_renameat2():
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
+def _renameat2(source: Path, target: Path, flags: int) -> bool:
+    """Linux ``renameat2``; False where the C library or the file system does not offer it."""
+    function = _libc_renameat2() if _USE_RENAMEAT2 else None
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), flags) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(target))
+
+
+def _rename_noreplace(staging: Path, target: Path, *, folder: bool) -> None:
+    """Rename, failing with FileExistsError if anything is at ``target`` (a plain rename would replace a file or
+    an empty folder silently)."""
+    if _renameat2(staging, target, _RENAME_NOREPLACE):
+        return
+    if not folder:
+        try:
+            os.link(staging, target)  # fails if the target exists
+        except FileExistsError:
+            raise
+        except OSError:
+            pass  # no hard links here: fall through to the check under the lock
+        else:
+            os.unlink(staging)
+            return
+    if os.path.lexists(target):
+        raise FileExistsError(errno.EEXIST, "File exists", os.fspath(target))
+    os.rename(staging, target)
+
+
+def _exchange(staging: Path, target: Path, *, folder: bool) -> Path:
+    """Put ``staging`` at ``target`` in one step; return where the replaced content now lies (to be removed)."""
+    if _renameat2(staging, target, _RENAME_EXCHANGE):
+        return staging
+    if not folder:
+        os.replace(staging, target)  # atomic for files
+        return staging  # nothing left there
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:100]}.taxcut-old-{os.getpid()}-{_HOST}-",
+                                    dir=target.parent))
+    os.rename(target, retired / "content")
+    os.rename(staging, target)
+    return retired
+
+
+def _remove(path: Path | None) -> None:
+    if path is None or not os.path.lexists(path):
+        return
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------------- sweeping
+
+def sweep_stale_staging(parent: Path) -> list[Path]:
+    """Remove what killed runs left in ``parent``; return what was removed.
+
+    That is: staging folders and files whose process is gone (same machine: the pid in the name is not running,
+    or is running but started after the staging was last touched, so it was reused) or, when made on another
+    machine, untouched for :data:`STALE_AFTER_S`; lock files nobody holds; sidecars whose file is gone. Staging of
+    a live run is never touched.
+    """
+    removed: list[Path] = []
+    try:
+        entries = sorted(os.scandir(parent), key=lambda entry: entry.name)
+    except OSError:
+        return removed
+    for entry in entries:
+        path = Path(entry.path)
+        found = _STAGING.match(entry.name)
+        if found and _abandoned(int(found["pid"]), found["host"], path):
+            _remove(path)
+            removed.append(path)
+        elif not found and entry.name.endswith(_LOCK_SUFFIX) and _remove_free_lock(path):
+            removed.append(path)
+        elif not found and entry.name.startswith(".") and entry.name.endswith(_SIDECAR_SUFFIX) and _orphan(path):
+            _remove(path)
+            removed.append(path)
+    return removed
 
 
 def remove_leftovers(destination: Path) -> None:
-    """Delete staging folders of ``destination`` whose process is gone (killed merges)."""
-    for entry in destination.parent.iterdir():
-        found = _LEFTOVER.match(entry.name)
-        if found and found.group("name") == destination.name and not _process_alive(int(found.group("pid"))):
-            shutil.rmtree(entry, ignore_errors=True)
+    """Older name of :func:`sweep_stale_staging` on the destination's folder."""
+    sweep_stale_staging(Path(destination).expanduser().resolve().parent)
 
 
-def _process_alive(pid: int) -> bool:
+def _abandoned(pid: int, host: str | None, path: Path) -> bool:
+    try:
+        touched = os.lstat(path).st_mtime
+    except OSError:
+        return False
+    if host is not None and host != _HOST:
+        return time.time() - touched > STALE_AFTER_S
+    if pid == os.getpid():
+        return False  # this process's own (another thread)
+    return not _running_since(pid, touched)
+
+
+def _running_since(pid: int, touched: float) -> bool:
+    """Is ``pid`` a process that could have touched something at time ``touched``?"""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # it exists, under another user
+    except (OverflowError, ValueError):
+        return False
+    started = _process_start(pid)
+    return started is None or started <= touched + 2  # seconds of slack: boot time is read to the second
+
+
+def _process_start(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), from /proc; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat") as handle:
+            boot = next(float(line.split()[1]) for line in handle if line.startswith("btime "))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _remove_free_lock(path: Path) -> bool:
+    if fcntl is None:
+        return False
+    try:
+        handle = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held, current = os.fstat(handle), os.stat(path)
+        if (held.st_dev, held.st_ino) != (current.st_dev, current.st_ino):
+            return False
+        os.unlink(path)
         return True
-    return True
+    except OSError:
+        return False
+    finally:
+        os.close(handle)
+
+
+def _orphan(sidecar: Path) -> bool:
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("written_by") == "taxcut" and isinstance(record.get("file"), str)
+            and not os.path.lexists(sidecar.parent / record["file"]))
