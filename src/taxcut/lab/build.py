@@ -110,7 +110,7 @@ def build_lab(config: LabConfig, out: Path | None = None, *, log=print) -> Lab:
         return existing
     if folder.exists() and any(folder.iterdir()):
         raise TaxcutError(f"{folder}: exists and holds something other than this lab; choose another --out")
-    with staged_folder(folder, overwrite=True, inputs=[]) as staging:
+    with staged_folder(folder, overwrite=False, inputs=[], kind="lab") as staging:
         timings = _build(config, staging, log)
     return Lab(folder, config, config.raft_iterations, timings)
 
