@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from taxcut.errors import TaxcutError
+from taxcut.errors import TaxcutError, first_line
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,11 @@ def render_prompt(record: dict, tokenizer) -> str:
     if not getattr(tokenizer, "chat_template", None):
         raise TaxcutError("a prompt is given as 'messages' but the model's tokenizer has no chat template; "
                           "give 'prompt' text instead")
-    return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
+    try:
+        return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
+    except Exception as exc:  # noqa: BLE001 - a template raises what it likes (roles must alternate, ...)
+        raise TaxcutError(f"the model's chat template cannot render these 'messages' ({first_line(exc)}); "
+                          "fix the chat or give 'prompt' text instead") from None
 
 
 def prompt_text(record: dict) -> str:

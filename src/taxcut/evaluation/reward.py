@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -12,12 +13,26 @@ from pathlib import Path
 import torch
 
 from taxcut.errors import TaxcutError, first_line
-from taxcut.evaluation.data import read_jsonl
+from taxcut.evaluation.data import prompt_problem, read_jsonl
 from taxcut.evaluation.generation import GenerationSettings, generate, prompt_text, render_prompt
 from taxcut.evaluation.metrics import mean_and_stderr
 
 
-def load_reward_function(reference: str) -> Callable[[str, str], float]:
+class RewardFunction:
+    """A user's reward callable ``(prompt, response) -> float`` with the reference it was loaded from (its name in
+    error messages)."""
+
+    def __init__(self, reference: str, function: Callable[[str, str], float]):
+        self.reference, self.function = reference, function
+
+    def __call__(self, prompt: str, response: str) -> float:
+        return self.function(prompt, response)
+
+    def __repr__(self) -> str:
+        return f"reward function {self.reference!r}"
+
+
+def load_reward_function(reference: str) -> RewardFunction:
     """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the callable ``(prompt, response) -> float``."""
     module_name, sep, function_name = reference.rpartition(":")
     if not sep or not module_name or not function_name:
@@ -43,7 +58,7 @@ def load_reward_function(reference: str) -> Callable[[str, str], float]:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise TaxcutError(f"reward function {reference!r}: {module_name} has no function {function_name!r}")
-    return function
+    return RewardFunction(reference, function)
 
 
 class RewardModelScorer:
@@ -67,6 +82,7 @@ class RewardModelScorer:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size = batch_size
         self.device = device
+        self.folder = folder
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         texts = [self._render(p, r) for p, r in zip(prompts, responses)]
@@ -79,7 +95,7 @@ class RewardModelScorer:
                                        truncation=limit is not None, max_length=limit,
                                        add_special_tokens=not templated).to(self.device)
                 scores.extend(self.model(**batch).logits[:, 0].float().tolist())
-        return scores
+        return checked_rewards(scores, len(texts), f"the reward model {self.folder}")
 
     def _render(self, prompt: str, response: str) -> str:
         if getattr(self.tokenizer, "chat_template", None):
@@ -104,26 +120,81 @@ class RewardEvaluator:
     name: str = "reward"
 
     def __post_init__(self) -> None:
-        self.records = read_jsonl(self.prompts_path, needs=[("prompt", "messages")], what="prompts", limit=self.limit)
+        self.records = read_jsonl(self.prompts_path, needs=[("prompt", "messages")], what="prompts", limit=self.limit,
+                                  check=prompt_problem)
 
     def responses(self, model, tokenizer) -> tuple[list[str], list[str]]:
         """(plain prompts, responses), each prompt repeated ``samples_per_prompt`` times."""
         records = [r for r in self.records for _ in range(self.samples_per_prompt)]
-        rendered = [render_prompt(r, tokenizer) for r in records]
+        once = [self._render(number, r, tokenizer) for number, r in enumerate(self.records, start=1)]
+        rendered = [text for text in once for _ in range(self.samples_per_prompt)]
         chat = [r.get("prompt") is None for r in records]
         return [prompt_text(r) for r in records], generate(model, tokenizer, rendered, self.settings, chat_rendered=chat)
 
+    def _render(self, number: int, record: dict, tokenizer) -> str:
+        try:
+            return render_prompt(record, tokenizer)
+        except TaxcutError as exc:
+            raise TaxcutError(f"{self.prompts_path}, record {number}: {exc}") from None
+
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         prompts, responses = self.responses(model, tokenizer)
-        rewards = [float(x) for x in self.scorer(prompts, responses)]
+        rewards = checked_rewards(self.scorer(prompts, responses), len(responses), _scorer_name(self.scorer))
         mean, stderr = mean_and_stderr(rewards)
         return {"reward": mean, "reward_stderr": stderr, "samples": float(len(rewards))}
 
 
 def function_scorer(function: Callable[[str, str], float]) -> Callable[[Sequence[str], Sequence[str]], list[float]]:
-    """Lift a per-pair reward function to the batch interface of the scorers."""
+    """Lift a per-pair reward function to the batch interface of the scorers; whatever the function raises or
+    returns that is not a finite number becomes a one-line error naming it."""
+    name = _scorer_name(function)
 
     def score(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        return [float(function(p, r)) for p, r in zip(prompts, responses)]
+        scores = []
+        for number, (prompt, response) in enumerate(zip(prompts, responses), start=1):
+            try:
+                scores.append(function(prompt, response))
+            except Exception as exc:  # noqa: BLE001 - the user's code: any failure is reported as theirs
+                raise TaxcutError(f"{name} raised {type(exc).__name__}: {first_line(exc)} (on response {number}); "
+                                  "fix the function") from None
+        return checked_rewards(scores, len(responses), name)
 
+    score.reward_name = name
     return score
+
+
+def checked_rewards(values, count: int, name: str) -> list[float]:
+    """``values`` as a list of ``count`` finite floats, or a one-line error naming the scorer ``name``."""
+    try:
+        values = list(values)
+    except TypeError:
+        raise TaxcutError(f"{name} returned {type(values).__name__}, not a list of {count} rewards") from None
+    if len(values) != count:
+        raise TaxcutError(f"{name} returned {len(values)} rewards for {count} responses; it must score each once")
+    rewards = []
+    for number, value in enumerate(values, start=1):
+        try:
+            if isinstance(value, (str, bytes)):
+                raise TypeError
+            reward = float(value)
+        except (TypeError, ValueError):
+            raise TaxcutError(f"{name} returned {_shown(value)} (a {type(value).__name__}) for response {number}; "
+                              "a reward must be a number") from None
+        if not math.isfinite(reward):
+            raise TaxcutError(f"{name} returned {reward} for response {number}; a reward must be a finite number")
+        rewards.append(reward)
+    return rewards
+
+
+def _scorer_name(scorer) -> str:
+    """How error messages name a scorer: the reward model's folder, or the reward function's reference."""
+    if isinstance(scorer, RewardModelScorer):
+        return f"the reward model {scorer.folder}"
+    if isinstance(scorer, RewardFunction):
+        return repr(scorer)
+    return getattr(scorer, "reward_name", None) or f"reward function {getattr(scorer, '__qualname__', '?')!r}"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
