@@ -11,11 +11,12 @@ from models import load_weights
 
 from taxcut import MergeSpec, TaxcutError, merge
 from taxcut.cli import main
-from taxcut.hma.fit import FitSettings, fit_ratios
+from taxcut.hma.fit import fit_ratios
 from taxcut.hma.ratios import block_ratios, initial_logits, ratio_bounds
 from taxcut.hma.ratios_file import ratios_spec, write_ratios
 from taxcut.hma.sample import sample_fit_set
 from taxcut.lab.build import LabConfig, build_lab
+from taxcut.spec.fit import FitSettings
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
@@ -66,7 +67,7 @@ def test_fitted_model_equals_merge_of_the_ratios_file(lab, fit_set, tmp_path, sc
     path = tmp_path / "ratios.yaml"
     write_ratios(path, ratios_spec(result, settings, lab.sft, lab.aligned, fit_set))
     spec = MergeSpec.from_yaml(path, {"out": str(tmp_path / "merged")})
-    assert spec.fit["settings"]["alpha"] == 0.6 and "weighs the ALIGNED model" in spec.fit["convention"]
+    assert spec.fit.settings.alpha == 0.6 and "weighs the ALIGNED model" in spec.fit.convention
     merged = load_weights(merge(spec))
     assert set(result.weights) == set(merged)
     for name, tensor in merged.items():
@@ -121,7 +122,7 @@ def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
     pytest.importorskip("optuna")
     data = {
         "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(tmp_path / "out"),
-        "candidates": {"alphas": [0.0, 0.5, 1.0], "hma": {"data": str(fit_set), "alphas": [0.5], "lr": 0.2}},
+        "candidates": {"grid": [0.0, 0.5, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.5], "lr": 0.2}},
         "search": {"budget": 3},
         "evaluation": {"reward": {"prompts": str(lab.data / "chat_prompts.jsonl"),
                                   "function": "taxcut.lab.tasks:reward", "max_new_tokens": 8},
@@ -130,16 +131,18 @@ def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     report = run_sweep(SweepSpec.from_yaml(tmp_path / "s.yaml"), progress=False)
-    kinds = [row["kind"] for row in report.rows]
+    kinds = [row.kind for row in report.rows]
     assert kinds.count("HMA") == 1 and kinds.count("search") == 3 and kinds.count("MA") == 3
-    hma = next(row for row in report.rows if row["kind"] == "HMA")
-    assert hma["mean_alpha"] == pytest.approx(0.5, abs=1e-6)
+    hma = next(row for row in report.rows if row.kind == "HMA")
+    assert hma.mean_alpha == pytest.approx(0.5, abs=1e-6)
     lines = (tmp_path / "out" / RESULTS_FILE).read_text().splitlines()
     run_sweep(SweepSpec.from_yaml(tmp_path / "s.yaml"), progress=False)  # everything done: nothing re-evaluated
     assert (tmp_path / "out" / RESULTS_FILE).read_text().splitlines() == lines
 
 
 def test_fit_settings_are_checked():
-    for fields in ({"batch_size": 0}, {"epochs": 0}, {"lr": 0.0}):
-        with pytest.raises(TaxcutError, match="--batch-size and --epochs must be at least 1 and --lr positive"):
+    for fields, message in (({"batch_size": 0}, "'batch_size' = 0: must be at least 1"),
+                            ({"epochs": 0}, "'epochs' = 0: must be at least 1"),
+                            ({"lr": 0.0}, "'lr' = 0.0: must be a positive finite number")):
+        with pytest.raises(TaxcutError, match=message):
             FitSettings(alpha=0.5, **fields)

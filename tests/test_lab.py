@@ -13,6 +13,7 @@ from taxcut.lab import tasks
 from taxcut.lab.build import LabConfig, build_lab
 from taxcut.lab.demo import run_demo, summarize
 from taxcut.lab.tokenizer import build_tokenizer
+from taxcut.sweep.report import SweepRow
 
 
 @pytest.fixture(scope="module")
@@ -70,16 +71,21 @@ def test_reward_and_task_data():
 def test_demo_end_to_end_on_the_quick_lab(quick_lab, tmp_path, capsys):
     result = run_demo(seed=0, out=tmp_path / "demo", quick=True, lab_folder=quick_lab.folder)
     printed = capsys.readouterr().out
-    labels = [row["label"] for row in result.rows]
+    labels = [row.label for row in result.rows]
     assert labels[:2] == ["MA a=0", "MA a=0.1"] and "raft-1" in labels and "blocks [0.5, 0.7, 0.9]" in labels
     assert result.plot.read_bytes()[:4] == b"\x89PNG"
     assert "Alignment (RAFT) raised the mean reward" in printed and "stage timings:" in printed
 
 
+def row(**fields) -> SweepRow:
+    """A sweep row with the given fields (the rest made up: no scores)."""
+    return SweepRow(**{"id": "0" * 12, "reward_stderr": 0.0, "primary": {}, "scores": {}, **fields})
+
+
 def test_summary_in_plain_words():
-    rows = [{"kind": "MA", "mean_alpha": a / 10, "reward": a / 10, "tax": (a / 10) ** 2, "label": f"MA a={a / 10:g}"}
+    rows = [row(kind="MA", mean_alpha=a / 10, reward=a / 10, tax=(a / 10) ** 2, label=f"MA a={a / 10:g}")
             for a in range(11)]
-    rows.append({"kind": "model", "mean_alpha": None, "reward": 0.5, "tax": 0.5, "label": "raft-1"})
+    rows.append(row(kind="model", mean_alpha=None, reward=0.5, tax=0.5, label="raft-1"))
     text = summarize(rows)
     assert "raised the mean reward from +0.00 to +1.00 (+1.00) and cost 100.0 points" in text
     assert "a = 0.5: keeps    50% of the reward gain for    25% of the tax" in text

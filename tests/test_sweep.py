@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,8 +18,8 @@ from models import load_weights
 
 from taxcut import MergeSpec, TaxcutError, merge
 from taxcut.cli import main
+from taxcut.spec.candidates import Candidate, expand_grid, ma_candidate
 from taxcut.spec.sweep import SweepSpec
-from taxcut.sweep.candidates import Candidate, expand_grid, ma_candidate
 from taxcut.sweep.pareto import pareto_front, select, tax
 from taxcut.sweep.resident import ResidentModel
 from taxcut.sweep.runner import RESULTS_FILE, export_candidate, run_sweep
@@ -54,7 +55,7 @@ def write_sweep(tmp_path: Path, pair, *, function: str = "first_word_number", al
                                              for i in range(4, 14)))
     spec = {
         "sft": str(pair[0]), "aligned": str(pair[1]), "out": "sweep-out",
-        "candidates": {"alphas": list(alphas), "block_patterns": [list(p) for p in patterns]},
+        "candidates": {"grid": list(alphas), "block_patterns": [list(p) for p in patterns]},
         "evaluation": {
             "reward": {"prompts": "data/prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:{function}",
                        "max_new_tokens": 3},
@@ -80,13 +81,13 @@ def test_sweep_end_to_end(llama_pair, tmp_path, capsys):
     spec = SweepSpec.from_yaml(spec_path)
     report = run_sweep(spec, progress=False)  # everything is in the results file: nothing is evaluated again
     assert len((out / RESULTS_FILE).read_text().splitlines()) == 4
-    rows = {row["label"]: row for row in report.rows}
-    assert rows["MA a=0"]["tax"] == 0.0
+    rows = {row.label: row for row in report.rows}
+    assert rows["MA a=0"].tax == 0.0
     baseline = records[0]
     aligned = records[2]
-    assert rows["MA a=1"]["tax"] == pytest.approx(tax(aligned["primary"], baseline["primary"], aligned["directions"]))
-    assert rows["MA a=1"]["reward"] == aligned["reward"]["reward"]
-    assert [r["pareto"] for r in report.rows] == pareto_front([(r["reward"], r["tax"]) for r in report.rows])
+    assert rows["MA a=1"].tax == pytest.approx(tax(aligned["primary"], baseline["primary"], aligned["directions"]))
+    assert rows["MA a=1"].reward == aligned["reward"]["reward"]
+    assert [r.pareto for r in report.rows] == pareto_front([(r.reward, r.tax) for r in report.rows])
     png = (out / "front.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     import matplotlib.image
@@ -98,7 +99,7 @@ def test_sweep_end_to_end(llama_pair, tmp_path, capsys):
     assert "| MA a=0.5 |" in (out / "candidates.md").read_text()
 
     # export: the merged folder of the candidate, identical to a direct merge of the same ratios
-    block_id = rows["blocks [0.2, 0.5, 0.8]"]["id"]
+    block_id = rows["blocks [0.2, 0.5, 0.8]"].id
     exported = export_candidate(out, block_id[:6], tmp_path / "exported")
     direct = merge(MergeSpec(sft=llama_pair[0], aligned=llama_pair[1], alphas=[0.2, 0.5, 0.8], out=tmp_path / "d"))
     assert load_weights(exported).keys() == load_weights(direct).keys()
@@ -131,15 +132,25 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(llama_pair, tmp_p
     assert len(ids) == len(set(ids))  # nothing finished was evaluated again
 
 
+def result_record(candidate_id: str):
+    """A results-file record of a made-up evaluation."""
+    from taxcut.evaluation.result import EvaluationResult
+    from taxcut.sweep.results import ResultRecord
+
+    result = EvaluationResult(tasks={"mc": {"acc": 0.5}}, primary={"mc": 0.5}, directions={"mc": True}, seconds=1.0)
+    return ResultRecord(candidate_id=candidate_id, candidate=ma_candidate(0.5), result=result, mean_alpha=0.5,
+                        sft="sft", aligned="aligned")
+
+
 def test_a_cut_short_line_is_kept_and_skipped(tmp_path):
     from taxcut.sweep.results import ResultsStore
 
     store = ResultsStore(tmp_path / "r.jsonl")
-    store.append({"candidate_id": "a", "x": 1})
+    store.append(result_record("a"))
     with open(tmp_path / "r.jsonl", "a") as handle:
         handle.write('{"candidate_id": "b", "x"')  # a kill in the middle of a write
-    store.append({"candidate_id": "c", "x": 3})
-    assert [r["candidate_id"] for r in store.records()] == ["a", "c"]
+    store.append(result_record("c"))
+    assert [r.candidate_id for r in store.records()] == ["a", "c"]
     assert '{"candidate_id": "b", "x"\n' in (tmp_path / "r.jsonl").read_text()
 
 
@@ -150,11 +161,11 @@ def test_pareto_front_of_hand_made_points():
 
 
 def test_selection_under_a_budget():
-    rows = [{"id": "a", "reward": 0.0, "tax": 0.0}, {"id": "b", "reward": 0.9, "tax": 0.1},
-            {"id": "c", "reward": 1.2, "tax": 0.9}, {"id": "d", "reward": 0.95, "tax": 0.25}]
-    assert select(rows, "tax<=0.2")["id"] == "b"
-    assert select(rows, "tax <= 0.3")["id"] == "d"
-    assert select(rows, "reward>=0.9")["id"] == "b"  # only a reward floor: the lowest tax above it
+    rows = [SimpleNamespace(id="a", reward=0.0, tax=0.0), SimpleNamespace(id="b", reward=0.9, tax=0.1),
+            SimpleNamespace(id="c", reward=1.2, tax=0.9), SimpleNamespace(id="d", reward=0.95, tax=0.25)]
+    assert select(rows, "tax<=0.2").id == "b"
+    assert select(rows, "tax <= 0.3").id == "d"
+    assert select(rows, "reward>=0.9").id == "b"  # only a reward floor: the lowest tax above it
     assert select(rows, "reward>=0.9, tax<0.05") is None
     with pytest.raises(TaxcutError, match="cannot read the selection 'accuracy>3'"):
         select(rows, "accuracy>3")
@@ -168,11 +179,11 @@ def test_tax_directions():
 def test_sweep_spec_errors(llama_pair, tmp_path):
     path = write_sweep(tmp_path, llama_pair)
     data = yaml.safe_load(path.read_text())
-    data["candidates"]["alphas"] = [0.5, 1.5]
+    data["candidates"]["grid"] = [0.5, 1.5]
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(TaxcutError, match=r"candidate MA a=1.5: 'alpha' = 1.5 is outside \[0, 1\]"):
         SweepSpec.from_yaml(path)
-    data["candidates"]["alphas"] = [0.5]
+    data["candidates"]["grid"] = [0.5]
     data["evaluation"].pop("tasks")
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(TaxcutError, match="a sweep measures reward and tax"):
@@ -262,9 +273,9 @@ def test_generation_config_comes_from_the_aligned_model(llama_pair, tmp_path):
 
 
 def test_the_baseline_is_the_sft_model_even_with_grid_rules():
-    from taxcut.spec.sweep import CandidateGrid
+    from taxcut.spec.candidates import CandidateGrid
 
-    candidates = expand_grid(CandidateGrid(alphas=[0.5], rules=[{"match": "lm_head.*", "alpha": 1.0}]))
+    candidates = expand_grid(CandidateGrid(grid=[0.5], rules=[{"match": "lm_head.*", "alpha": 1.0}]))
     assert candidates[0].alpha == 0.0 and candidates[0].rules == []
     assert candidates[1].rules and candidates[1].alpha == 0.5
 
@@ -272,5 +283,5 @@ def test_the_baseline_is_the_sft_model_even_with_grid_rules():
 def test_non_finite_points_are_never_on_the_front():
     nan = float("nan")
     assert pareto_front([(nan, 0.0), (1.0, 0.5), (0.5, 0.1)]) == [False, True, True]
-    rows = [{"id": "n", "reward": nan, "tax": 0.0}, {"id": "ok", "reward": 2.0, "tax": 0.4}]
-    assert select(rows, "tax<=0.5")["id"] == "ok"
+    rows = [SimpleNamespace(id="n", reward=nan, tax=0.0), SimpleNamespace(id="ok", reward=2.0, tax=0.4)]
+    assert select(rows, "tax<=0.5").id == "ok"

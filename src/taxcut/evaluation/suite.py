@@ -11,6 +11,7 @@ from pathlib import Path
 from taxcut.evaluation.generation import GenerationSettings
 from taxcut.io.provenance import weights_identity
 from taxcut.evaluation.protocol import TaxTask
+from taxcut.evaluation.result import EvaluationResult, RewardScore
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
 from taxcut.evaluation.tasks import TASK_TYPES
 from taxcut.spec.evaluation import EvaluationSpec, RewardSpec, TaskSpec
@@ -28,19 +29,18 @@ class EvaluationSuite:
         reward = _reward_evaluator(spec.reward, device) if spec.reward else None
         return cls(spec, reward, [_task(task) for task in spec.tasks])
 
-    def evaluate(self, model, tokenizer) -> dict:
-        """``{"reward": {...}, "tasks": {name: {metric: value}}, "primary": {name: value}, "seconds": ...}``."""
+    def evaluate(self, model, tokenizer) -> EvaluationResult:
+        """The reward (if the spec has one) and every task's scores of ``model``."""
         started = time.perf_counter()
-        result: dict = {"tasks": {}, "primary": {}}
-        if self.reward is not None:
-            result["reward"] = self.reward.evaluate(model, tokenizer)
-        for task in self.tasks:
-            scores = task.evaluate(model, tokenizer)
-            result["tasks"][task.name] = scores
-            result["primary"][task.name] = scores[task.primary_metric]
-        result["directions"] = {task.name: task.higher_is_better for task in self.tasks}
-        result["seconds"] = time.perf_counter() - started
-        return result
+        reward = RewardScore.from_scores(self.reward.evaluate(model, tokenizer)) if self.reward is not None else None
+        scores = {task.name: task.evaluate(model, tokenizer) for task in self.tasks}
+        return EvaluationResult(
+            tasks=scores,
+            primary={task.name: scores[task.name][task.primary_metric] for task in self.tasks},
+            directions={task.name: task.higher_is_better for task in self.tasks},
+            seconds=time.perf_counter() - started,
+            reward=reward,
+        )
 
     def fingerprint(self) -> str:
         """What results depend on in the evaluation: its settings, the *contents* of its data files, the reward
@@ -108,7 +108,7 @@ def _task(spec: TaskSpec) -> TaxTask:
     return TASK_TYPES[spec.type](spec.name, spec.path, **options)
 
 
-def evaluate_folder(model_dir: Path, spec: EvaluationSpec, device: str = "auto") -> dict:
+def evaluate_folder(model_dir: Path, spec: EvaluationSpec, device: str = "auto") -> EvaluationResult:
     """``taxcut eval``: the same evaluators on one model folder."""
     from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 

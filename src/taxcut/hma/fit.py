@@ -23,7 +23,6 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -31,41 +30,16 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.data import read_jsonl
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.hma.ratios import block_ratios, initial_logits
-from taxcut.methods.interpolation import interpolate
 from taxcut.io.layers import TIED_HEAD_NAMES, detect_layers
+from taxcut.io.parameters import checkpoint_names
 from taxcut.merging.plan import build_plan
-from taxcut.merging.ratios import split_blocks
+from taxcut.methods.interpolation import all_finite, interpolate
+from taxcut.methods.parameters import split_blocks
+from taxcut.spec.fit import FitSettings
 from taxcut.spec.merge import MergeSpec
 from taxcut.training import (
     Coefficients, Interpolated, collate, current_weight, parametrize_weights, recompute_layers, warmup_cosine,
 )
-
-
-@dataclass
-class FitSettings:
-    alpha: float
-    blocks: int = 3
-    eps: float = 0.05
-    reg: list[float] | float = 0.0  # weights w_k of sum_k w_k |a_k - a| (one number: the same for every block)
-    scope: Literal["all", "paper"] = "all"
-    epochs: int = 1
-    batch_size: int = 8
-    lr: float = 0.05
-    warmup: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.alpha < 1.0:
-            raise TaxcutError(f"--alpha {self.alpha}: HMA needs 0 < a < 1 (its logits start at logit(a))")
-        if self.blocks < 1 or self.eps <= 0:
-            raise TaxcutError("--blocks must be at least 1 and --eps positive")
-        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0:
-            raise TaxcutError("--batch-size and --epochs must be at least 1 and --lr positive")
-        weights = self.reg if isinstance(self.reg, list) else [self.reg] * self.blocks
-        if len(weights) != self.blocks or any(w < 0 for w in weights):
-            raise TaxcutError(f"--reg needs one non-negative weight or {self.blocks} (one per block)")
-        self.reg = weights
 
 
 @dataclass
@@ -94,9 +68,9 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     tokenizer = load_tokenizer(aligned)
     aligned_params = dict(load_causal_lm(aligned, device=device).named_parameters())
     params = dict(model.named_parameters())
-    from taxcut.io.parameters import checkpoint_names
-
     stored = checkpoint_names(model)
+    for label, folder, tensors in (("SFT", sft, params), ("aligned", aligned, aligned_params)):
+        _refuse_non_finite(tensors, stored, f"{label} model ({folder})")
 
     # 2. which ratio each parameter follows: the plan of the ratios file we are about to write
     num_layers = detect_layers(stored.values()).num_layers
@@ -118,8 +92,10 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     with torch.no_grad():  # weights whose ratio does not train (rules, the mean): set once, in place, as merge does
         for name, parameter in params.items():
             if name not in trainable:
-                interpolate(parameter.detach().clone(), aligned_params[name].detach(), decision[stored[name]].alpha,
-                            parameter.data)
+                alpha = decision[stored[name]].alpha
+                if not interpolate(parameter.detach().clone(), aligned_params[name].detach(), alpha, parameter.data):
+                    raise TaxcutError(f"tensor '{stored[name]}': its average at a = {alpha} is not finite in "
+                                      f"{str(parameter.dtype).removeprefix('torch.')}; load the models in float32")
     holder = Coefficients()
     parametrize_weights(model, {name: Interpolated(aligned_params[name].detach(), holder, block)
                                 for name, block in trainable.items()})
@@ -169,6 +145,14 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
         with torch.no_grad():
             result.weights = {stored[name]: current_weight(model, name).detach().cpu().clone() for name in params}
     return result
+
+
+def _refuse_non_finite(tensors: dict[str, torch.Tensor], stored: dict[str, str], model: str) -> None:
+    """A NaN or Inf weight would flow into every step of the fit: refuse it, naming the tensor and the model."""
+    for name, tensor in tensors.items():
+        if not all_finite(tensor.detach()):
+            raise TaxcutError(f"tensor '{stored[name]}' of the {model} contains NaN or Inf values; fix or re-export "
+                              "that checkpoint")
 
 
 def head_rules(stored: dict[str, str], alpha: float) -> list[dict]:

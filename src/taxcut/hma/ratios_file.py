@@ -1,34 +1,30 @@
 """The ratios file ``taxcut fit`` writes: an ordinary merge spec (sft, aligned, alphas, block_bounds, rules) with
-a ``fit`` section recording how it was learned, so ``merge``, ``plan``, ``sweep`` and ``export`` take it as is."""
+a ``fit`` section recording how it was learned (:class:`taxcut.spec.fit.FitRecord`, its ``settings`` the
+:class:`~taxcut.spec.fit.FitSettings` used), so ``merge``, ``plan``, ``sweep`` and ``export`` take it as is."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
-from taxcut.hma.fit import FitResult, FitSettings
+from taxcut.hma.fit import FitResult
+from taxcut.spec.fit import FitRecord, FitSettings
 from taxcut.spec.merge import MergeSpec
 
+METHOD = "HMA (Lin et al., EMNLP 2024): a_k = a*K*(sigmoid(s_k)+eps)/sum_j(sigmoid(s_j)+eps)"
 CONVENTION = ("a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned (the paper's code weighs the SFT "
               "model: its alpha=0.2 is a=0.8)")
 
 
 def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Path, data: Path) -> MergeSpec:
     step = max(1, len(result.losses) // 500)  # a readable loss curve, at most ~500 points
-    return MergeSpec(
-        sft=sft.resolve(), aligned=aligned.resolve(), alphas=result.alphas, block_bounds=result.block_bounds,
-        rules=result.rules,
-        fit={
-            "method": "HMA (Lin et al., EMNLP 2024): a_k = a*K*(sigmoid(s_k)+eps)/sum_j(sigmoid(s_j)+eps)",
-            "convention": CONVENTION,
-            "settings": {k: v for k, v in asdict(settings).items()},
-            "data": str(data.resolve()),
-            "steps": len(result.losses),
-            "loss_first": result.losses[0] if result.losses else None,
-            "loss_last": result.losses[-1] if result.losses else None,
-            "loss_curve": result.losses[::step],
-        },
+    record = FitRecord(
+        method=METHOD, convention=CONVENTION, settings=settings, data=str(data.resolve()), steps=len(result.losses),
+        loss_first=result.losses[0] if result.losses else None,
+        loss_last=result.losses[-1] if result.losses else None,
+        loss_curve=result.losses[::step],
     )
+    return MergeSpec(sft=sft.resolve(), aligned=aligned.resolve(), alphas=result.alphas,
+                     block_bounds=result.block_bounds, rules=result.rules, fit=record)
 
 
 def write_ratios(path: Path, spec: MergeSpec) -> None:

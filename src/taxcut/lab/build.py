@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -191,7 +190,3 @@ def _save(model, tokenizer, folder: Path) -> None:
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def remove_lab(folder: Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from taxcut.lab.build import REWARD_FUNCTION, Lab, LabConfig, build_lab
 from taxcut.spec.sweep import SweepSpec
+from taxcut.sweep.report import SweepRow
 
 BLOCK_PROFILES = [[0.5, 0.7, 0.9], [0.9, 0.7, 0.5], [0.3, 0.5, 0.7]]
 
@@ -22,7 +23,7 @@ def demo_sweep_spec(lab: Lab, out: Path, *, samples_per_prompt: int = 2) -> Swee
               "batch_size": 128} for name in lab.capability_tasks]
     return SweepSpec.model_validate({
         "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(out),
-        "candidates": {"alphas": [round(0.1 * i, 1) for i in range(11)], "block_patterns": BLOCK_PROFILES,
+        "candidates": {"grid": [round(0.1 * i, 1) for i in range(11)], "block_patterns": BLOCK_PROFILES,
                        "models": [str(p) for p in lab.checkpoints[:-1]]},
         "evaluation": {
             "reward": {"prompts": str(lab.data / "chat_prompts.jsonl"), "function": REWARD_FUNCTION,
@@ -36,7 +37,7 @@ def demo_sweep_spec(lab: Lab, out: Path, *, samples_per_prompt: int = 2) -> Swee
 
 @dataclass
 class DemoResult:
-    rows: list[dict]
+    rows: list[SweepRow]
     plot: Path
     timings: dict[str, float] = field(default_factory=dict)
     summary: str = ""
@@ -67,13 +68,13 @@ def run_demo(*, seed: int = 0, out: Path = Path("demo-output"), quick: bool = Fa
     return DemoResult(report.rows, report.plot, timings, summary)
 
 
-def summarize(rows: list[dict]) -> str:
+def summarize(rows: list[SweepRow]) -> str:
     """Plain words: what alignment gained and cost, what each averaged model keeps, and MA vs early stopping."""
-    ma = sorted((r for r in rows if r["kind"] == "MA"), key=lambda r: r["mean_alpha"])
+    ma = sorted((r for r in rows if r.kind == "MA"), key=lambda r: r.mean_alpha)
     sft, aligned = ma[0], ma[-1]
-    gain, cost = aligned["reward"] - sft["reward"], aligned["tax"]
+    gain, cost = aligned.reward - sft.reward, aligned.tax
     lines = [
-        f"Alignment (RAFT) raised the mean reward from {sft['reward']:+.2f} to {aligned['reward']:+.2f} "
+        f"Alignment (RAFT) raised the mean reward from {sft.reward:+.2f} to {aligned.reward:+.2f} "
         f"(+{gain:.2f}) and cost {100 * cost:.1f} points of mean capability accuracy (the alignment tax).",
     ]
     if gain <= 0 or cost <= 0:
@@ -81,38 +82,38 @@ def summarize(rows: list[dict]) -> str:
         return "\n".join(lines)
     lines.append("Model averaging, theta = (1 - a) * sft + a * aligned:")
     for row in ma[1:-1]:
-        lines.append(f"  a = {row['mean_alpha']:.1f}: keeps {100 * (row['reward'] - sft['reward']) / gain:5.0f}% of "
-                     f"the reward gain for {100 * row['tax'] / cost:5.0f}% of the tax")
-    best = max((r for r in ma if r["reward"] - sft["reward"] >= 0.8 * gain), key=lambda r: -r["tax"], default=None)
+        lines.append(f"  a = {row.mean_alpha:.1f}: keeps {100 * (row.reward - sft.reward) / gain:5.0f}% of "
+                     f"the reward gain for {100 * row.tax / cost:5.0f}% of the tax")
+    best = max((r for r in ma if r.reward - sft.reward >= 0.8 * gain), key=lambda r: -r.tax, default=None)
     if best is not None:
-        lines.append(f"Best MA keeping >= 80% of the gain: a = {best['mean_alpha']:.1f}, tax "
-                     f"{100 * best['tax']:.1f} points instead of {100 * cost:.1f}.")
-    for row in (r for r in rows if r["kind"] == "model"):
-        matched = _ma_tax_at_reward(ma, row["reward"])
-        head = f"Early stopping at {row['label']} (reward {row['reward']:+.2f}, tax {100 * row['tax']:.1f} points)"
+        lines.append(f"Best MA keeping >= 80% of the gain: a = {best.mean_alpha:.1f}, tax "
+                     f"{100 * best.tax:.1f} points instead of {100 * cost:.1f}.")
+    for row in (r for r in rows if r.kind == "model"):
+        matched = _ma_tax_at_reward(ma, row.reward)
+        head = f"Early stopping at {row.label} (reward {row.reward:+.2f}, tax {100 * row.tax:.1f} points)"
         if matched is None:
             lines.append(f"{head}: outside the reward range of the MA curve; no comparison at equal reward.")
-        elif matched <= row["tax"]:
+        elif matched <= row.tax:
             lines.append(f"{head}: MA at the same reward pays {100 * matched:.1f} points, keeping "
-                         f"{100 * (row['tax'] - matched):.1f} points more capability than early stopping.")
+                         f"{100 * (row.tax - matched):.1f} points more capability than early stopping.")
         else:
             lines.append(f"{head}: MA at the same reward pays {100 * matched:.1f} points; here early stopping "
-                         f"keeps {100 * (matched - row['tax']):.1f} points more.")
-    blocks = [r for r in rows if r["kind"] == "blocks"]
+                         f"keeps {100 * (matched - row.tax):.1f} points more.")
+    blocks = [r for r in rows if r.kind == "blocks"]
     for row in blocks:
-        matched = _ma_tax_at_reward(ma, row["reward"])
+        matched = _ma_tax_at_reward(ma, row.reward)
         if matched is not None:
-            lines.append(f"Block profile {row['label'].removeprefix('blocks ')} (bottom to top): reward "
-                         f"{row['reward']:+.2f}, tax {100 * row['tax']:.1f} points vs. MA's {100 * matched:.1f} at "
+            lines.append(f"Block profile {row.label.removeprefix('blocks ')} (bottom to top): reward "
+                         f"{row.reward:+.2f}, tax {100 * row.tax:.1f} points vs. MA's {100 * matched:.1f} at "
                          "that reward.")
     return "\n".join(lines)
 
 
-def _ma_tax_at_reward(ma: list[dict], reward: float) -> float | None:
+def _ma_tax_at_reward(ma: list[SweepRow], reward: float) -> float | None:
     """MA's tax where its curve (in order of a) first reaches ``reward``, interpolated linearly."""
     for left, right in zip(ma, ma[1:]):
-        low, high = sorted((left["reward"], right["reward"]))
+        low, high = sorted((left.reward, right.reward))
         if low <= reward <= high and high > low:
-            share = (reward - left["reward"]) / (right["reward"] - left["reward"])
-            return left["tax"] + share * (right["tax"] - left["tax"])
+            share = (reward - left.reward) / (right.reward - left.reward)
+            return left.tax + share * (right.tax - left.tax)
     return None

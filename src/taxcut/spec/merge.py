@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
+from taxcut.spec.fit import FitRecord
 
 _SIZE_UNITS = {
     "": 1, "B": 1,
@@ -90,7 +91,39 @@ class NameRule(BaseModel):
         return re.fullmatch(self.regex, tensor_name) is not None
 
 
-class MergeSpec(BaseModel):
+class RatioFields(BaseModel):
+    """The ratio fields, declared once: a merge spec and a sweep candidate give their ratios with these (see the
+    module docstring). Which combinations are valid is checked where the ratios are used (:class:`MergeSpec`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha: float | None = None
+    alphas: list[float] | None = None
+    block_bounds: list[tuple[int, int]] | None = None
+    layer_alphas: list[float] | None = None
+    rules: list[NameRule] = []
+
+    def ratio_fields(self) -> dict[str, Any]:
+        """The ratio fields that are set, as plain data (``rules`` only when there are some)."""
+        data = self.model_dump(mode="json", include=set(RATIO_FIELDS), exclude_none=True)
+        if not data.get("rules"):
+            data.pop("rules", None)
+        return data
+
+    @property
+    def mean_alpha(self) -> float | None:
+        """The mean ratio ``a`` of the decoder layers (HMA keeps this equal to MA's ``a``); None without ratios."""
+        if self.alpha is not None:
+            return self.alpha
+        values = self.alphas if self.alphas is not None else self.layer_alphas
+        return sum(values) / len(values) if values else None
+
+
+RATIO_FIELDS = tuple(RatioFields.model_fields)  # alpha, alphas, block_bounds, layer_alphas, rules
+ONE_RATIO_PER = ("alpha", "alphas", "layer_alphas")  # the three ways of giving the layers' ratios: exactly one
+
+
+class MergeSpec(RatioFields):
     """What to merge, how, and where to write it. See the module docstring for the ratio conventions."""
 
     model_config = ConfigDict(extra="forbid")
@@ -99,17 +132,11 @@ class MergeSpec(BaseModel):
     aligned: Path
     out: Path | None = None
 
-    alpha: float | None = None
-    alphas: list[float] | None = None
-    block_bounds: list[tuple[int, int]] | None = None
-    layer_alphas: list[float] | None = None
-    rules: list[NameRule] = []
-
     extrapolate: bool = False
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     max_shard_size: int | str = "5GB"
     files_from: Literal["aligned", "sft"] = "aligned"
-    fit: dict[str, Any] | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
+    fit: FitRecord | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
 
     @field_validator("max_shard_size")
     @classmethod
@@ -134,7 +161,7 @@ class MergeSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check_ratios(self) -> MergeSpec:
-        given = [name for name in ("alpha", "alphas", "layer_alphas") if getattr(self, name) is not None]
+        given = [name for name in ONE_RATIO_PER if getattr(self, name) is not None]
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of 'alpha', 'alphas' (per block) or 'layer_alphas' (per layer); got "
@@ -184,20 +211,15 @@ class MergeSpec(BaseModel):
     def max_shard_bytes(self) -> int:
         return parse_size(self.max_shard_size)
 
-    @property
-    def mean_alpha(self) -> float:
-        """The mean ratio ``a`` of the decoder layers (HMA keeps this equal to MA's ``a``)."""
-        if self.alpha is not None:
-            return self.alpha
-        values = self.alphas if self.alphas is not None else self.layer_alphas
-        return sum(values) / len(values)
-
     # --- YAML -------------------------------------------------------------------------------------------------
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", exclude_defaults=True)
-        for key in ("sft", "aligned"):  # always written, even where equal to a default
-            data[key] = str(getattr(self, key))
+        dumped = self.model_dump(mode="json", exclude_defaults=True)
+        data = {"sft": str(self.sft), "aligned": str(self.aligned)}  # always written, first
+        data.update((key, dumped.pop(key)) for key in ("out",) if key in dumped)
+        data.update(dumped)
+        if self.fit is not None:  # the fit record whole, its default-valued settings included
+            data["fit"] = self.fit.model_dump(mode="json")
         return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
@@ -207,9 +229,6 @@ class MergeSpec(BaseModel):
         return spec_from_dict(data, source=str(path))
 
 
-_RATIO_FIELDS = ("alpha", "alphas", "layer_alphas", "block_bounds")
-
-
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """A spec file's fields with ``overrides`` (the command line's flags) laid over them.
 
@@ -217,9 +236,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     ratios, ``block_bounds`` included; override ``rules`` come before the file's rules.
     """
     merged = dict(data)
-    if any(name in overrides for name in ("alpha", "alphas", "layer_alphas")):
-        for name in _RATIO_FIELDS:
-            merged.pop(name, None)
+    if any(name in overrides for name in ONE_RATIO_PER):
+        for name in RATIO_FIELDS:
+            if name != "rules":
+                merged.pop(name, None)
     for key, value in overrides.items():
         if key == "rules" and "rules" in merged:
             if isinstance(merged["rules"], list):
@@ -247,22 +267,10 @@ def read_spec_file(path: Path) -> dict[str, Any]:
 
 
 def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file, or a one-line :class:`TaxcutError`."""
-    if not path.is_file():
-        raise TaxcutError(f"{path}: spec file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise TaxcutError(f"{path}: not a text file (YAML must be UTF-8)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise TaxcutError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise TaxcutError(f"{path}: a spec must be a YAML mapping of fields, got {type(data).__name__}")
-    return data
+    """The top-level mapping of a YAML file, read within size, alias and nesting limits, or a one-line error."""
+    from taxcut.io.yaml_file import read_yaml_mapping
+
+    return read_yaml_mapping(path)
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "spec", model: type[BaseModel] | None = None):

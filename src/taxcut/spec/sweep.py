@@ -1,55 +1,20 @@
-"""What to sweep: the candidates (MA grid, block and layer patterns), how to evaluate them, where to write."""
+"""What to sweep: the candidates (MA grid, block and layer patterns, HMA; :mod:`taxcut.spec.candidates`), how to
+evaluate them, where to write."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from taxcut.errors import TaxcutError
+from taxcut.spec.candidates import CandidateGrid, expand_grid
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.merge import (
-    NameRule, _read_yaml_mapping, describe_validation_error, file_relative, read_spec_file, spec_from_dict,
+    _read_yaml_mapping, describe_validation_error, file_relative, read_spec_file, spec_from_dict,
 )
-
-DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
-
-
-class CandidateGrid(BaseModel):
-    """``alphas``: the MA grid; ``block_patterns``: per-block ratio lists (HMA-style, same split rule and
-    ``block_bounds`` as ``taxcut merge``); ``layer_patterns``: per-layer lists; ``rules`` apply to every candidate;
-    ``models``: other checkpoints of the same architecture evaluated as they are (e.g. early-stopping
-    checkpoints of the RLHF run, to compare with averaging). The SFT model (a = 0) is always evaluated: the tax is
-    measured from it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    alphas: list[float] = DEFAULT_GRID
-    block_patterns: list[list[float]] = []
-    block_bounds: list[tuple[int, int]] | None = None
-    layer_patterns: list[list[float]] = []
-    rules: list[NameRule] = []
-    models: list[Path] = []
-    ratio_files: list[Path] = []  # ratios files of `taxcut fit` (or any merge spec): their ratios are candidates
-    hma: HmaGrid | None = None
-
-
-class HmaGrid(BaseModel):
-    """Fit one HMA candidate per ``alphas`` value (cached by its inputs) with ``taxcut fit``'s settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    data: Path
-    alphas: list[float] = [round(0.1 * i, 1) for i in range(1, 10)]
-    blocks: int = 3
-    eps: float = 0.05
-    reg: float | list[float] = 0.0
-    scope: Literal["all", "paper"] = "all"
-    epochs: int = 1
-    batch_size: int = 8
-    lr: float = 0.05
-    seed: int = 0
 
 
 class SearchSpec(BaseModel):
@@ -86,8 +51,6 @@ class SweepSpec(BaseModel):
     def _candidates_are_valid_merges(self) -> SweepSpec:
         if self.evaluation.reward is None or not self.evaluation.tasks:
             raise ValueError("a sweep measures reward and tax: its 'evaluation' needs a 'reward' section and 'tasks'")
-        from taxcut.sweep.candidates import expand_grid
-
         for candidate in expand_grid(self.candidates):
             if candidate.model is not None:
                 continue
@@ -114,8 +77,6 @@ class SweepSpec(BaseModel):
         return spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
 
 

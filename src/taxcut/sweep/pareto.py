@@ -6,6 +6,7 @@ import math
 import operator
 import re
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from taxcut.errors import TaxcutError
 
@@ -52,13 +53,23 @@ def parse_selection(expression: str) -> list[tuple[str, str, float]]:
     return conditions
 
 
-def select(rows: Sequence[dict], expression: str) -> dict | None:
+class Measured(Protocol):
+    """Anything with a reward and a tax (a sweep's rows)."""
+
+    reward: float
+    tax: float
+
+
+Row = TypeVar("Row", bound=Measured)
+
+
+def select(rows: Sequence[Row], expression: str) -> Row | None:
     """The best row meeting every condition: the highest reward, or the lowest tax when only reward is bounded."""
     conditions = parse_selection(expression)
-    eligible = [row for row in rows if math.isfinite(row["reward"]) and math.isfinite(row["tax"])
-                and all(_OPERATORS[op](row[axis], value) for axis, op, value in conditions)]
+    eligible = [row for row in rows if math.isfinite(row.reward) and math.isfinite(row.tax)
+                and all(_OPERATORS[op](getattr(row, axis), value) for axis, op, value in conditions)]
     if not eligible:
         return None
     if all(axis == "reward" for axis, _, _ in conditions):
-        return min(eligible, key=lambda row: (row["tax"], -row["reward"]))
-    return max(eligible, key=lambda row: (row["reward"], -row["tax"]))
+        return min(eligible, key=lambda row: (row.tax, -row.reward))
+    return max(eligible, key=lambda row: (row.reward, -row.tax))

@@ -1,43 +1,115 @@
 """The results file: one JSON line per evaluated candidate, appended and flushed to disk as each one finishes.
 
 Nothing in it is ever rewritten: a sweep killed at any point and run again finds every finished candidate there
-and evaluates only the rest. A line cut short by a kill is kept as it is and skipped when reading.
+and evaluates only the rest. A line cut short by a kill is kept as it is and skipped when reading; a complete line
+that is not a record (hand-edited, say) is an error naming the file and line.
+
+A line holds the candidate (``candidate_id``, ``label``, ``kind`` and its ratio fields under ``candidate``), what
+it was measured against (``context``, ``sft``, ``aligned``, ``extrapolate``, ``dtype``), the evaluation's fields
+at top level (``reward``, ``tasks``, ``primary``, ``directions``, ``seconds``; see
+:class:`taxcut.evaluation.result.EvaluationResult`) and ``finished``, ``taxcut_version``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from taxcut.errors import TaxcutError
+from taxcut.evaluation.result import EvaluationResult
+from taxcut.spec.candidates import Candidate
+
+_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds")
+_CANDIDATE_KEYS = ("label", "kind")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """One evaluated candidate, as a line of the results file."""
+
+    candidate_id: str
+    candidate: Candidate
+    result: EvaluationResult
+    mean_alpha: float | None
+    sft: str
+    aligned: str
+    context: str | None = None  # what the result depends on besides the candidate (see sweep_context)
+    extrapolate: bool = False
+    dtype: str | None = None
+    finished: str = ""
+    taxcut_version: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.candidate.label
+
+    @property
+    def kind(self) -> str:
+        return self.candidate.kind
+
+    def to_json(self) -> dict[str, Any]:
+        """The line's fields (the evaluation's at top level, seconds rounded to milliseconds)."""
+        evaluation = self.result.to_dict()
+        evaluation["seconds"] = round(evaluation["seconds"], 3)
+        return {
+            "candidate_id": self.candidate_id, "label": self.label, "kind": self.kind,
+            "candidate": self.candidate.ratio_fields(), "mean_alpha": self.mean_alpha, "context": self.context,
+            "sft": self.sft, "aligned": self.aligned, "extrapolate": self.extrapolate, "dtype": self.dtype,
+            **evaluation, "finished": self.finished, "taxcut_version": self.taxcut_version,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ResultRecord:
+        """The record of a line's fields; a missing or mistyped field raises pydantic's ``ValidationError``."""
+        shaped = {key: value for key, value in data.items() if key not in _EVALUATION_KEYS + _CANDIDATE_KEYS}
+        fields = data.get("candidate")
+        shaped["candidate"] = ({**fields, **{key: data.get(key) for key in _CANDIDATE_KEYS}}
+                               if isinstance(fields, dict) else fields)
+        shaped["result"] = {key: data[key] for key in _EVALUATION_KEYS if key in data}
+        return _ADAPTER.validate_python(shaped)
+
+
+_ADAPTER = TypeAdapter(ResultRecord)
 
 
 class ResultsStore:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[ResultRecord]:
         """Every complete record, in the order written."""
         if not self.path.exists():
             return []
         records = []
         with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
+            for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
+                    data = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut short by a killed run
-                if isinstance(record, dict) and "candidate_id" in record:
-                    records.append(record)
+                records.append(self._parse(data, number))
         return records
 
-    def append(self, record: dict) -> None:
+    def _parse(self, data: Any, number: int) -> ResultRecord:
+        where = f"{self.path}, line {number}"
+        if not isinstance(data, dict):
+            raise TaxcutError(f"{where}: not a result record (expected a JSON object); fix or delete the line")
+        try:
+            return ResultRecord.from_json(data)
+        except ValidationError as exc:
+            raise TaxcutError(f"{where}: not a result record: {_describe(exc)}; fix or delete the line") from None
+
+    def append(self, record: ResultRecord) -> None:
         """Add one record durably (flushed and fsynced before returning)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(record, sort_keys=True) + "\n"
+        line = json.dumps(record.to_json(), sort_keys=True) + "\n"
         with open(self.path, "a+b") as handle:
             handle.seek(0, os.SEEK_END)
             if handle.tell() > 0:
@@ -48,14 +120,24 @@ class ResultsStore:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def find(self, candidate: str) -> dict:
+    def find(self, candidate: str) -> ResultRecord:
         """The newest record whose candidate id starts with ``candidate`` (an id or an unambiguous prefix)."""
         if not self.path.is_file():
             raise TaxcutError(f"{self.path}: results file not found")
-        matches = [r for r in self.records() if r["candidate_id"].startswith(candidate)]
-        ids = {r["candidate_id"] for r in matches}
+        matches = [r for r in self.records() if r.candidate_id.startswith(candidate)]
+        ids = {r.candidate_id for r in matches}
         if not ids:
             raise TaxcutError(f"{self.path}: no candidate with id {candidate!r}; see candidates.csv for the ids")
         if len(ids) > 1:
             raise TaxcutError(f"{self.path}: {candidate!r} matches {len(ids)} candidates; give more of the id")
         return matches[-1]
+
+
+def _describe(exc: ValidationError) -> str:
+    """pydantic's first problem, its field written with the line's own (flat) field names."""
+    first = exc.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    if location[:1] == ["result"] or (location[:1] == ["candidate"] and location[1:2] in (["label"], ["kind"])):
+        location = location[1:]
+    message = "is missing" if first["type"] == "missing" else first["msg"].removeprefix("Value error, ")
+    return f"field '{'.'.join(location)}' {message}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,16 +12,19 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from taxcut.errors import TaxcutError
+from taxcut.evaluation.loading import pick_device
+from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
+from taxcut.hma.candidates import hma_candidates
 from taxcut.io.provenance import weights_identity
 from taxcut.merging.plan import build_plan
+from taxcut.spec.candidates import Candidate, expand_grid
 from taxcut.spec.sweep import SweepSpec
-from taxcut.sweep.candidates import Candidate, expand_grid
 from taxcut.sweep.pareto import pareto_front, select, tax
-from taxcut.sweep.report import markdown_table, plot_front, write_csv
-from taxcut.evaluation.loading import pick_device
+from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.resident import ResidentModel
-from taxcut.sweep.results import ResultsStore
+from taxcut.sweep.results import ResultRecord, ResultsStore
+from taxcut.sweep.search import search_candidates
 from taxcut.version import __version__
 
 RESULTS_FILE = "results.jsonl"
@@ -28,9 +32,9 @@ RESULTS_FILE = "results.jsonl"
 
 @dataclass
 class SweepReport:
-    rows: list[dict]  # one per candidate: id, label, kind, mean_alpha, reward, reward_stderr, tax, pareto, scores
+    rows: list[SweepRow]  # one per candidate of the sweep, in the order evaluated
     out: Path
-    selected: dict | None = None
+    selected: SweepRow | None = None
 
     @property
     def plot(self) -> Path:
@@ -47,10 +51,10 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
     suite = EvaluationSuite.from_spec(spec.evaluation, device=device)
     context = sweep_context(spec, suite)
     store = ResultsStore(spec.out / RESULTS_FILE)
-    latest = {r["candidate_id"]: r for r in store.records() if r.get("context") == context}
+    latest = {r.candidate_id: r for r in store.records() if r.context == context}
     resident: list[ResidentModel] = []
 
-    def evaluate(candidate: Candidate) -> dict:
+    def evaluate(candidate: Candidate) -> ResultRecord:
         if not resident:
             resident.append(ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype,
                                           extrapolate=spec.extrapolate))
@@ -73,18 +77,14 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
     candidates = expand_grid(spec.candidates)
     evaluate_all(candidates)
     if spec.candidates.hma is not None:
-        from taxcut.hma.candidates import hma_candidates
-
         fitted = hma_candidates(spec, log=lambda *_: None)
         evaluate_all(fitted)
         candidates += fitted
     if spec.search is not None:
-        from taxcut.sweep.search import search_candidates
-
         bounds = spec.search
-        done = [r for r in latest.values() if r["kind"] == "search"  # earlier proposals that fit this search
-                and len(r["candidate"].get("alphas", [])) == bounds.blocks
-                and all(bounds.low <= a <= bounds.high for a in r["candidate"]["alphas"])]
+        done = [r for r in latest.values() if r.kind == "search"  # earlier proposals that fit this search
+                and len(r.candidate.alphas or []) == bounds.blocks
+                and all(bounds.low <= a <= bounds.high for a in r.candidate.alphas)]
         candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate)
     (spec.out / "sweep.yaml").write_text(spec.to_yaml())
     report = summarize(list(latest.values()), context, candidates, spec.out)
@@ -101,9 +101,9 @@ def sweep_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def summarize(records: list[dict], context: str, candidates: list[Candidate], out: Path) -> SweepReport:
+def summarize(records: list[ResultRecord], context: str, candidates: list[Candidate], out: Path) -> SweepReport:
     """Rows for the candidates of this sweep (newest record of each), their tax, the front; writes the reports."""
-    latest = {r["candidate_id"]: r for r in records if r.get("context") == context}
+    latest = {r.candidate_id: r for r in records if r.context == context}
     unique: dict[str, Candidate] = {}
     for candidate in candidates:
         unique.setdefault(candidate.id, candidate)
@@ -111,20 +111,10 @@ def summarize(records: list[dict], context: str, candidates: list[Candidate], ou
     baseline = latest.get(candidates[0].id)
     if baseline is None:
         raise TaxcutError("the SFT model (a = 0) has no result yet, so the tax cannot be measured")
-    rows = []
-    for candidate in candidates:
-        record = latest.get(candidate.id)
-        if record is None:
-            continue
-        rows.append({
-            "id": candidate.id, "label": candidate.label, "kind": candidate.kind,
-            "mean_alpha": record["mean_alpha"], "reward": record["reward"]["reward"],
-            "reward_stderr": record["reward"]["reward_stderr"],
-            "tax": tax(record["primary"], baseline["primary"], record["directions"]),
-            "primary": record["primary"], "scores": record["tasks"],
-        })
-    for row, on_front in zip(rows, pareto_front([(r["reward"], r["tax"]) for r in rows])):
-        row["pareto"] = on_front
+    rows = [_row(candidate, latest[candidate.id].result, latest[candidate.id].mean_alpha, baseline.result)
+            for candidate in candidates if candidate.id in latest]
+    for row, on_front in zip(rows, pareto_front([(r.reward, r.tax) for r in rows])):
+        row.pareto = on_front
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "candidates.csv")
     (out / "candidates.md").write_text(markdown_table(rows))
@@ -132,15 +122,23 @@ def summarize(records: list[dict], context: str, candidates: list[Candidate], ou
     return SweepReport(rows, out)
 
 
-def _record(spec: SweepSpec, candidate: Candidate, result: dict, context: str) -> dict:
-    return {
-        "candidate_id": candidate.id, "label": candidate.label, "kind": candidate.kind,
-        "candidate": candidate.ratio_fields(), "mean_alpha": candidate.mean_alpha, "context": context,
-        "sft": str(spec.sft.resolve()), "aligned": str(spec.aligned.resolve()), "extrapolate": spec.extrapolate,
-        "dtype": spec.dtype, "reward": result["reward"], "tasks": result["tasks"], "primary": result["primary"],
-        "directions": result["directions"], "seconds": round(result["seconds"], 3),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "taxcut_version": __version__,
-    }
+def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | None,
+         baseline: EvaluationResult) -> SweepRow:
+    reward = result.reward
+    return SweepRow(
+        id=candidate.id, label=candidate.label, kind=candidate.kind, mean_alpha=mean_alpha,
+        reward=reward.reward if reward else math.nan, reward_stderr=reward.reward_stderr if reward else math.nan,
+        tax=tax(result.primary, baseline.primary, result.directions), primary=result.primary, scores=result.tasks,
+    )
+
+
+def _record(spec: SweepSpec, candidate: Candidate, result: EvaluationResult, context: str) -> ResultRecord:
+    return ResultRecord(
+        candidate_id=candidate.id, candidate=candidate, result=result, mean_alpha=candidate.mean_alpha,
+        sft=str(spec.sft.resolve()), aligned=str(spec.aligned.resolve()), context=context,
+        extrapolate=spec.extrapolate, dtype=spec.dtype,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), taxcut_version=__version__,
+    )
 
 
 def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: bool = False) -> Path:
@@ -152,9 +150,8 @@ def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: 
     from taxcut import merge
 
     record = ResultsStore(results).find(candidate_id)
-    candidate = Candidate(label=record["label"], kind=record["kind"], **record["candidate"])
-    spec = candidate.merge_spec(Path(record["sft"]), Path(record["aligned"]), out=out,
-                                extrapolate=record.get("extrapolate", False))
-    if record.get("dtype"):
-        spec = spec.model_copy(update={"dtype": record["dtype"]})
+    spec = record.candidate.merge_spec(Path(record.sft), Path(record.aligned), out=out,
+                                       extrapolate=record.extrapolate)
+    if record.dtype:
+        spec = spec.model_copy(update={"dtype": record.dtype})
     return merge(spec, overwrite=overwrite)

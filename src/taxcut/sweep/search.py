@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from taxcut.errors import TaxcutError
+from taxcut.spec.candidates import Candidate
 from taxcut.spec.sweep import SearchSpec
-from taxcut.sweep.candidates import Candidate
 from taxcut.sweep.pareto import tax
+from taxcut.sweep.results import ResultRecord
 
 
-def search_candidates(spec: SearchSpec, done: list[dict], baseline: dict,
-                      evaluate: Callable[[Candidate], dict]) -> list[Candidate]:
+def search_candidates(spec: SearchSpec, done: list[ResultRecord], baseline: ResultRecord,
+                      evaluate: Callable[[Candidate], ResultRecord]) -> list[Candidate]:
     """Run the search to its budget. ``done``: this search's earlier records; ``evaluate``: candidate -> record."""
     try:
         import optuna
@@ -29,7 +30,7 @@ def search_candidates(spec: SearchSpec, done: list[dict], baseline: dict,
     distributions = {f"a{k}": optuna.distributions.FloatDistribution(spec.low, spec.high) for k in range(spec.blocks)}
     candidates = []
     for record in done:
-        params = {f"a{k}": value for k, value in enumerate(record["candidate"]["alphas"])}
+        params = {f"a{k}": value for k, value in enumerate(record.candidate.alphas)}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   values=_objectives(record, baseline)))
         candidates.append(_candidate([params[f"a{k}"] for k in range(spec.blocks)]))
@@ -46,5 +47,6 @@ def _candidate(alphas: list[float]) -> Candidate:
     return Candidate(label="search [" + ", ".join(f"{a:.2f}" for a in alphas) + "]", kind="search", alphas=alphas)
 
 
-def _objectives(record: dict, baseline: dict) -> list[float]:
-    return [record["reward"]["reward"], tax(record["primary"], baseline["primary"], record["directions"])]
+def _objectives(record: ResultRecord, baseline: ResultRecord) -> list[float]:
+    result = record.result
+    return [result.reward.reward, tax(result.primary, baseline.result.primary, result.directions)]

@@ -14,6 +14,7 @@ import torch
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
+from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.io.parameters import architecture_mismatch, checkpoint_names, read_parameters
@@ -26,22 +27,39 @@ class GreedySoup:
     trials: list[tuple[str, float, bool]] = field(default_factory=list)  # (folder, soup score with it, accepted)
 
 
-def score_of(result: dict, score: str, directions: dict[str, bool]) -> float:
-    """``reward``, ``tasks`` (the mean primary score, losses negated), ``TASK`` (its primary metric) or
-    ``TASK.METRIC`` from an evaluation result; higher is better."""
+def score_of(result: EvaluationResult, score: str) -> float:
+    """``reward``, ``tasks`` (the mean primary score), ``TASK`` (its primary metric) or ``TASK.METRIC`` from an
+    evaluation result, oriented so that higher is better: lower-is-better scores (nll, perplexity) are negated."""
     if score == "reward":
-        return result["reward"]["reward"]
+        if result.reward is None:
+            raise TaxcutError("score 'reward': the evaluation has no 'reward' section")
+        return result.reward.reward
     if score == "tasks":
-        values = [v if directions.get(t, True) else -v for t, v in result["primary"].items()]
+        if not result.primary:
+            raise TaxcutError("score 'tasks': the evaluation has no 'tasks'")
+        values = [v if result.higher_is_better(t) else -v for t, v in result.primary.items()]
         return sum(values) / len(values)
     task, _, metric = score.partition(".")
-    if task not in result["tasks"]:
-        raise TaxcutError(f"score {score!r}: no task {task!r} in the evaluation ({', '.join(result['tasks'])})")
-    value = result["tasks"][task][metric] if metric else result["primary"][task]
-    return value if directions.get(task, True) or metric else -value
+    if task not in result.tasks:
+        raise TaxcutError(f"score {score!r}: no task {task!r} in the evaluation ({', '.join(result.tasks)})")
+    if metric and metric not in result.tasks[task]:
+        raise TaxcutError(f"score {score!r}: task {task!r} has no metric {metric!r} ({', '.join(result.tasks[task])})")
+    value = result.tasks[task][metric] if metric else result.primary[task]
+    return value if result.higher_is_better(task) else -value
+
+
+def _check_score(score: str, evaluation: EvaluationSpec) -> None:
+    """Refuse a score the evaluation cannot give before any model is loaded (metrics are known only once run)."""
+    names = [task.name for task in evaluation.tasks]
+    if score == "reward" and evaluation.reward is None:
+        raise TaxcutError("score 'reward': the evaluation has no 'reward' section")
+    if score not in ("reward", "tasks") and score.partition(".")[0] not in names:
+        raise TaxcutError(f"score {score!r}: no task {score.partition('.')[0]!r} in the evaluation "
+                          f"({', '.join(names) or 'it has no tasks'})")
 
 
 def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, device: str = "auto") -> GreedySoup:
+    _check_score(score, evaluation)
     resolved = pick_device(device)
     suite = EvaluationSuite.from_spec(evaluation, device=resolved)
     live = load_causal_lm(models[0], device=resolved, dtype="float32")
@@ -57,8 +75,7 @@ def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, devi
             yield name, tensor.float()
 
     def score_now() -> float:
-        result = suite.evaluate(live, tokenizer)
-        return score_of(result, score, result["directions"])
+        return score_of(suite.evaluate(live, tokenizer), score)
 
     outcome = GreedySoup([])
     with torch.no_grad():

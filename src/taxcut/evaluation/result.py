@@ -1,0 +1,59 @@
+"""What one evaluation measured, as typed data: the reward axis and each tax task's scores.
+
+:meth:`EvaluationResult.to_dict` is the plain-data shape (``taxcut eval --json``, a sweep's results file):
+``{"tasks": {name: {metric: value}}, "primary": {name: value}, "reward": {"reward", "reward_stderr",
+"samples"}, "directions": {name: higher_is_better}, "seconds": ...}`` (``reward`` only where one was measured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+
+
+@dataclass(frozen=True)
+class RewardScore:
+    """The mean reward of a model's responses, its standard error, and how many responses were scored."""
+
+    reward: float
+    reward_stderr: float
+    samples: int
+
+    @classmethod
+    def from_scores(cls, scores: Mapping[str, float]) -> RewardScore:
+        """From a reward evaluator's named scores (``reward``, ``reward_stderr``, ``samples``)."""
+        return cls(float(scores["reward"]), float(scores["reward_stderr"]), int(scores["samples"]))
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """Every task's scores by metric, each task's primary score (the one the tax uses) and its direction (True
+    where higher is better), the reward where one was measured, and the seconds it all took."""
+
+    tasks: dict[str, dict[str, float]]
+    primary: dict[str, float]
+    directions: dict[str, bool]
+    seconds: float
+    reward: RewardScore | None = None
+
+    def higher_is_better(self, task: str) -> bool:
+        """The direction of ``task``'s scores (every metric of a task is read in its primary metric's direction)."""
+        return self.directions.get(task, True)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"tasks": self.tasks, "primary": self.primary}
+        if self.reward is not None:
+            data["reward"] = asdict(self.reward)
+        data.update(directions=self.directions, seconds=self.seconds)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvaluationResult:
+        """The inverse of :meth:`to_dict`; a missing or mistyped field raises pydantic's ``ValidationError``."""
+        return _ADAPTER.validate_python(dict(data))
+
+
+_ADAPTER = TypeAdapter(EvaluationResult)

@@ -1,0 +1,169 @@
+"""Sweep candidates: what a sweep's ``candidates:`` section asks for, and the candidates it expands to, each one
+ratio assignment (given with a merge spec's ratio fields) with a stable id derived from what it is.
+
+Three lists of ratios, three names: ``grid`` is the MA grid (one candidate per a); ``hma.mean_alphas`` are the
+a values HMA is fitted at (the mean of its block ratios); a candidate's ``alphas`` are per-block ratios, as in a
+merge spec. The old names ``candidates.alphas`` and ``hma.alphas`` still read, with a deprecation message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from taxcut.errors import TaxcutError
+from taxcut.spec.fit import HMA_RANGE, FitOptions, FitSettings
+from taxcut.spec.merge import MergeSpec, NameRule, RatioFields
+
+DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
+
+CandidateKind = Literal["MA", "blocks", "layers", "model", "HMA", "search"]
+"""MA: one ratio ``a``; blocks / layers: hand-set per-block / per-layer ratios (or a ratios file without a fit
+record); model: a checkpoint evaluated as it is; HMA: learned block ratios; search: proposed by the black-box
+search."""
+
+_log = logging.getLogger("taxcut")
+_announced: set[str] = set()
+
+
+def renamed_key(data: Any, old: str, new: str, where: str) -> Any:
+    """``data`` with its old key ``old`` read as ``new``, announced once per process on stderr."""
+    if not isinstance(data, dict) or old not in data:
+        return data
+    if new in data:
+        raise ValueError(f"give '{where}.{new}' only ('{where}.{old}' is its old name)")
+    message = f"taxcut: warning: '{where}.{old}' is deprecated; call it '{where}.{new}'"
+    if message not in _announced:
+        _announced.add(message)
+        _log.warning(message)
+    renamed = {key: value for key, value in data.items() if key != old}
+    renamed[new] = data[old]
+    return renamed
+
+
+class HmaGrid(FitOptions):
+    """Fit one HMA candidate at each ``mean_alphas`` value (cached by its inputs) with ``taxcut fit``'s options;
+    the device is the sweep's."""
+
+    data: Path
+    mean_alphas: list[float] = [round(0.1 * i, 1) for i in range(1, 10)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        return renamed_key(data, "alphas", "mean_alphas", "candidates.hma")
+
+    @field_validator("mean_alphas")
+    @classmethod
+    def _inside(cls, values: list[float]) -> list[float]:
+        for value in values:
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"has {value}, but {HMA_RANGE}")
+        return values
+
+    def settings(self, alpha: float, device: str) -> FitSettings:
+        """The settings of the fit at mean ratio ``alpha``."""
+        return FitSettings(alpha=alpha, device=device, **self.options())
+
+
+class CandidateGrid(BaseModel):
+    """``grid``: the MA grid; ``block_patterns``: per-block ratio lists (HMA-style, same split rule and
+    ``block_bounds`` as ``taxcut merge``); ``layer_patterns``: per-layer lists; ``rules`` apply to every candidate;
+    ``models``: other checkpoints of the same architecture evaluated as they are (e.g. early-stopping
+    checkpoints of the RLHF run, to compare with averaging); ``ratio_files``: ratios files of ``taxcut fit`` (or
+    any merge spec); ``hma``: fit HMA at each of its ``mean_alphas``. The SFT model (a = 0) is always evaluated:
+    the tax is measured from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grid: list[float] = DEFAULT_GRID
+    block_patterns: list[list[float]] = []
+    block_bounds: list[tuple[int, int]] | None = None
+    layer_patterns: list[list[float]] = []
+    rules: list[NameRule] = []
+    models: list[Path] = []
+    ratio_files: list[Path] = []
+    hma: HmaGrid | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        return renamed_key(data, "alphas", "grid", "candidates")
+
+
+class Candidate(RatioFields):
+    """One averaged model to evaluate, given like a merge spec's ratio fields (see :mod:`taxcut.spec.merge`), or
+    an existing checkpoint evaluated as it is (``model``, kind "model")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: str
+    kind: CandidateKind
+    model: str | None = None
+
+    def ratio_fields(self) -> dict[str, Any]:
+        if self.model is not None:
+            return {"model": self.model}
+        return super().ratio_fields()
+
+    @property
+    def id(self) -> str:
+        """12 hex digits of the hash of the ratio fields (for a model: its path and weight files' times), so the
+        same candidate has the same id in every sweep."""
+        identity = self.ratio_fields()
+        if self.model is not None:
+            from taxcut.io.provenance import weights_identity  # noqa: PLC0415 - keeps `import taxcut` free of torch
+
+            identity["weights"] = weights_identity(Path(self.model))
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @property
+    def mean_alpha(self) -> float | None:
+        """The mean ratio of the decoder layers; None for a model evaluated as it is."""
+        return None if self.model is not None else super().mean_alpha
+
+    def merge_spec(self, sft: Path, aligned: Path, out: Path | None = None, extrapolate: bool = False) -> MergeSpec:
+        if self.model is not None:
+            raise TaxcutError(f"candidate {self.label} is the model folder {self.model} itself; there is nothing to merge")
+        return MergeSpec(sft=sft, aligned=aligned, out=out, extrapolate=extrapolate, **self.ratio_fields())
+
+
+def expand_grid(grid: CandidateGrid) -> list[Candidate]:
+    """The candidates of a grid, the SFT model (a = 0) first, duplicates removed, in the order given."""
+    rules = [rule.model_dump(exclude_none=True) for rule in grid.rules]
+    candidates = [ma_candidate(0.0)]  # the SFT model itself, the baseline of the tax (the grid's rules not applied)
+    candidates += [ma_candidate(a, rules) for a in grid.grid]
+    candidates += [
+        Candidate(label=f"blocks {_short(p)}", kind="blocks", alphas=p, block_bounds=grid.block_bounds, rules=rules)
+        for p in grid.block_patterns
+    ]
+    candidates += [Candidate(label=f"layers {_short(p)}", kind="layers", layer_alphas=p, rules=rules)
+                   for p in grid.layer_patterns]
+    candidates += [Candidate(label=Path(m).name, kind="model", model=str(Path(m).resolve())) for m in grid.models]
+    candidates += [from_ratios_file(Path(path)) for path in grid.ratio_files]
+    unique: dict[str, Candidate] = {}
+    for candidate in candidates:
+        unique.setdefault(candidate.id, candidate)
+    return list(unique.values())
+
+
+def ma_candidate(alpha: float, rules: list | None = None) -> Candidate:
+    return Candidate(label=f"MA a={alpha:g}", kind="MA", alpha=alpha, rules=rules or [])
+
+
+def _short(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def from_ratios_file(path: Path, label: str | None = None) -> Candidate:
+    """The ratios of a merge spec file (e.g. written by ``taxcut fit``) as a candidate: kind "HMA" when the file
+    records a fit, else "blocks"."""
+    spec = MergeSpec.from_yaml(path)
+    kind = "HMA" if spec.fit else "blocks"
+    return Candidate(label=label or f"{kind} {path.stem}", kind=kind, **spec.ratio_fields())

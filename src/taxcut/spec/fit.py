@@ -1,0 +1,146 @@
+"""The settings of an HMA fit, declared once: ``taxcut fit`` builds its flags from :class:`FitSettings` (field
+``batch_size`` is ``--batch-size``, its description the help), a sweep's ``hma:`` section reuses
+:class:`FitOptions`, and a ratios file records the settings it was fitted with in its ``fit:`` section
+(:class:`FitRecord`).
+
+Convention: ``alpha`` (a) weighs the ALIGNED model; the paper's code weighs the SFT model (its ``alpha=0.2`` is
+``a = 0.8``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from taxcut.errors import TaxcutError
+
+HMA_RANGE = "HMA needs 0 < a < 1 (its block logits start at logit(a))"
+
+
+class FitOptions(BaseModel):
+    """How the block ratios are learned, at whatever mean ratio ``a`` and on whatever device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blocks: int = Field(3, description="K, the number of blocks of contiguous decoder layers")
+    eps: float = Field(0.05, description="bounds how far the block ratios can spread from a (smaller: further)")
+    reg: list[float] | float = Field(
+        0.0, description="weights w_k of the L1 pull sum_k w_k |a_k - a|: one for every block, or one per block",
+        json_schema_extra={"metavar": "W | W1,...,WK"})
+    scope: Literal["all", "paper"] = Field(
+        "all", description="all: every tensor follows the blocks; paper: only Linear weights (embeddings and norms "
+        "from SFT, lm_head at a)")
+    epochs: int = Field(1, description="passes over the fit set")
+    batch_size: int = Field(8, description="examples per step")
+    lr: float = Field(0.05, description="Adam's learning rate on the K block logits")
+    warmup: float = Field(0.1, description="share of the steps that warm the learning rate up (then cosine decay)")
+    seed: int = Field(0, description="seeds the model's randomness and the order of the examples")
+
+    @field_validator("blocks", "eps", "reg", "epochs", "batch_size", "lr", "warmup", "seed", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ValueError("expected a number, got true/false")
+        return value
+
+    @field_validator("blocks", "epochs", "batch_size")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("eps", "lr")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError("must be a positive finite number")
+        return value
+
+    @field_validator("warmup")
+    @classmethod
+    def _share(cls, value: float) -> float:
+        if not 0.0 <= value < 1.0:
+            raise ValueError("must be a share of the steps: 0 <= warmup < 1")
+        return value
+
+    @field_validator("reg")
+    @classmethod
+    def _one_weight_per_block(cls, value: list[float] | float, info: ValidationInfo) -> list[float] | float:
+        weights = value if isinstance(value, list) else [value]
+        if not all(math.isfinite(w) and w >= 0 for w in weights):
+            raise ValueError("weights must be non-negative finite numbers")
+        blocks = info.data.get("blocks")
+        if blocks is None:  # 'blocks' itself is invalid: reported on its own
+            return value
+        if len(weights) == 1:
+            weights = weights * blocks
+        if len(weights) != blocks:
+            raise ValueError(f"gives {len(weights)} weights for {blocks} blocks: give one weight, or one per block")
+        return weights  # always one weight per block from here on
+
+    def options(self) -> dict[str, Any]:
+        """The fields of :class:`FitOptions` only (what a sweep's ``hma:`` section shares with ``taxcut fit``)."""
+        return self.model_dump(include=set(FitOptions.model_fields))
+
+
+class FitSettings(FitOptions):
+    """Everything ``taxcut fit`` needs besides its inputs: the options, the mean ratio ``alpha`` and the device.
+
+    Built in Python, a bad value is a one-line :class:`TaxcutError` naming the setting.
+    """
+
+    alpha: float = Field(description="the mean ratio a; a weighs the ALIGNED model (the paper's code: alpha=0.2 "
+                                     "means a=0.8)")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the fit runs")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            name, value, message = first_problem(exc)
+            raise TaxcutError(f"fit setting '{name}' = {value!r}: {message}" if name else message) from None
+
+    @field_validator("alpha", mode="before")
+    @classmethod
+    def _alpha_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got true/false")
+        return value
+
+    @field_validator("alpha")
+    @classmethod
+    def _inside(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:  # NaN fails too
+            raise ValueError(HMA_RANGE)
+        return value
+
+
+def first_problem(exc: ValidationError) -> tuple[str, Any, str]:
+    """(field name or "", the value given, what is wrong) of the first problem pydantic found."""
+    first = exc.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "is not a known setting"
+    return name, first.get("input"), message
+
+
+class FitRecord(BaseModel):
+    """The ``fit:`` section of a ratios file: how its ratios were learned (kept with the spec, not used to merge).
+
+    Only these fields are read (any other is dropped), so only they reach a merged model's provenance.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    method: str | None = None
+    convention: str | None = None
+    settings: FitSettings | None = None
+    data: str | None = None  # the fit set
+    steps: int | None = None
+    loss_first: float | None = None
+    loss_last: float | None = None
+    loss_curve: list[float] = []
