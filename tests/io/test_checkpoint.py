@@ -181,7 +181,7 @@ def test_shards_outside_the_folder_are_refused(tmp_path, escape):
 def test_the_hub_cache_layout_is_inside(tmp_path):
     """A Hugging Face cache snapshot links its files into the repository's blobs folder: that is still inside."""
     repo = tmp_path / "models--org--name"
-    blobs = sharded_folder(repo / "blobs")
+    sharded_folder(repo / "blobs")
     snapshot = repo / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)
     for file in ["config.json", "model.safetensors.index.json", *SHARDS]:
