@@ -170,12 +170,46 @@ def test_unpicklable_bin_is_refused(capsys, tmp_path, pair):
 
 def test_existing_destination_needs_overwrite(capsys, tmp_path, pair):
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
-    code = main(["merge", *args_for(pair), "--out", str(out)])
-    assert code != 0
+    assert main(["merge", *args_for(pair), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["merge", *args_for(pair), "--out", str(out)]) != 0
     assert f"{out}: exists and is not empty; pass --overwrite to replace it" in capsys.readouterr().err
-    assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_a_folder_taxcut_did_not_write_is_never_replaced(capsys, tmp_path, pair, overwrite):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    assert main(["merge", *args_for(pair), "--out", str(out), *overwrite]) != 0
+    assert f"{out}: contains 1 file taxcut did not write, e.g. thesis.tex" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"] and (out / "thesis.tex").read_text() == "mine"
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_an_empty_out_is_refused(capsys, tmp_path, pair, monkeypatch, out):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    (here / "notes.txt").write_text("mine")
+    assert main(["merge", *args_for(pair), "--out", out, "--overwrite"]) != 0
+    assert "--out is empty" in capsys.readouterr().err
+    assert sorted(p.name for p in here.iterdir()) == ["notes.txt"]
+
+
+def test_an_empty_out_in_a_spec_is_refused(capsys, tmp_path, pair):
+    spec = tmp_path / "soup.yaml"
+    spec.write_text(f"method: linear\nmodels: [{pair[0]}, {pair[1]}]\nout: ''\n")
+    assert main(["merge", str(spec), "--overwrite"]) != 0
+    assert "'out' in" in capsys.readouterr().err and spec.is_file()
+
+
+def test_the_spec_file_is_never_a_destination(capsys, tmp_path, pair):
+    spec = tmp_path / "specs" / "soup.yaml"
+    spec.parent.mkdir()
+    spec.write_text(f"method: linear\nmodels: [{pair[0]}, {pair[1]}]\n")
+    assert main(["merge", str(spec), "--out", str(spec.parent), "--overwrite"]) != 0
+    assert "contains the spec file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "contains"])
@@ -259,7 +293,7 @@ def test_unwritable_destination(capsys, tmp_path, pair):
     blocker.write_text("x")
     code = main(["merge", *args_for(pair), "--out", str(blocker / "merged")])
     err = capsys.readouterr().err
-    assert code != 0 and err.count("\n") == 1 and f"{blocker / 'merged'}: cannot write there" in err
+    assert code != 0 and err.count("\n") == 1 and f"{blocker / 'merged'}: cannot write there ({blocker} is a file" in err
 
 
 @pytest.mark.parametrize("flags", [["--block-bounds", "0-1,2-3-4"], ["--rule", "lm_head*"], ["--alpha", "x"]])

@@ -213,13 +213,14 @@ def test_plan_reads_headers_only(llama_pair, monkeypatch):
     assert "embeddings (first block's ratio)" in text
 
 
-def test_overwrite_replaces_destination(llama_pair, tmp_path):
+def test_overwrite_replaces_what_taxcut_wrote(llama_pair, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    merge(MergeSpec(sft=llama_pair[0], aligned=llama_pair[1], alpha=0.2, out=out))
+    first = load_weights(out)
     merge(MergeSpec(sft=llama_pair[0], aligned=llama_pair[1], alpha=0.5, out=out), overwrite=True)
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or retired folders left
+    second = load_weights(out)
+    assert not torch.equal(first["lm_head.weight"], second["lm_head.weight"])
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".taxcut-lock")] == ["out"]  # no staging left
 
 
 def test_extrapolation_past_the_aligned_model(llama_pair, tmp_path):

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from taxcut.errors import TaxcutError, first_line
-from taxcut.spec.fit import FitSettings, first_problem
+from taxcut.io.destination import destination_path
+from taxcut.spec.fit import FitSettings, SettingError
 from taxcut.spec.merge import MergeSpec, apply_overrides, read_spec_file, spec_from_dict
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +151,7 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("spec", nargs="?", type=Path, help="a YAML spec; the flags below override its fields")
     parser.add_argument("--sft", type=Path, help="the SFT model folder (a = 0)")
     parser.add_argument("--aligned", type=Path, help="the aligned (RLHF/DPO) model folder (a = 1)")
-    parser.add_argument("--out", type=Path, help="the destination folder")
+    parser.add_argument("--out", help="the destination folder")
     ratio = parser.add_mutually_exclusive_group()
     ratio.add_argument("--alpha", type=float, help="one ratio for every tensor (MA)")
     ratio.add_argument("--alphas", type=_floats, metavar="A1,A2,...", help="one ratio per block of layers (HMA)")
@@ -170,6 +171,8 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> MergeSpec:
     """The spec file (if any) with the flags given on the command line laid over it."""
     overrides: dict[str, Any] = {}
+    if args.out is not None:  # an empty --out (an unset shell variable) is refused, never the current folder
+        destination_path(args.out, "--out")
     for name in ("sft", "aligned", "out", "alpha", "alphas", "layer_alphas", "block_bounds", "extrapolate",
                  "dtype", "max_shard_size", "files_from", "rules"):
         value = getattr(args, name)
@@ -198,6 +201,8 @@ def merge_spec_from_args(args: argparse.Namespace):
     if averaging_only:
         raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype and --max-shard-size; "
                           f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair")
+    if getattr(args, "out", None) is not None:
+        destination_path(args.out, "--out")
     overrides = {key: str(value) if isinstance(value, Path) else value for key, value in
                  (("out", getattr(args, "out", None)), ("dtype", getattr(args, "dtype", None)),
                   ("max_shard_size", getattr(args, "max_shard_size", None))) if value is not None}
@@ -207,8 +212,9 @@ def merge_spec_from_args(args: argparse.Namespace):
 def _run_merge(args: argparse.Namespace) -> int:
     from taxcut import merge
 
+    protect = [("spec", args.spec)] if args.spec is not None else []
     destination = merge(merge_spec_from_args(args), overwrite=args.overwrite,
-                        progress=False if args.no_progress else None)
+                        progress=False if args.no_progress else None, protect=protect)
     print(f"wrote {destination}")
     return 0
 
@@ -321,13 +327,13 @@ def _settings_from_args(model: type[BaseModel], args: argparse.Namespace):
     """The settings model from the flags given; a bad value is one line naming its flag."""
     given = {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
     try:
-        return model.model_validate(given)
-    except ValidationError as exc:
-        name, value, message = first_problem(exc)
-        if not name:
-            raise TaxcutError(message) from None
+        return model(**given)
+    except SettingError as exc:
+        if not exc.setting:
+            raise
+        value = exc.value
         shown = ",".join(f"{v:g}" for v in value) if isinstance(value, list) else value
-        raise TaxcutError(f"--{name.replace('_', '-')} {shown}: {message}") from None
+        raise TaxcutError(f"--{exc.setting.replace('_', '-')} {shown}: {exc.problem}") from None
 
 
 def _run_export_mergekit(args: argparse.Namespace) -> int:

@@ -390,6 +390,10 @@ def _make_staging(shown: str, target: Path, *, folder: bool) -> Path:
             staging = Path(name)
             staging.chmod(0o666 & ~_umask())
     except OSError as exc:
+        blocker = next((parent for parent in target.parents if parent.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise TaxcutError(f"{shown}: cannot write there ({blocker} is a file, not a folder); choose another "
+                              "destination") from None
         raise TaxcutError(f"{shown}: cannot write there ({exc.strerror or exc}); choose another destination") from None
     return staging
 

@@ -10,7 +10,7 @@ and the model card are written once, here, for every method.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from taxcut.errors import TaxcutError
-from taxcut.io.destination import staged_folder
+from taxcut.io.destination import check_destination, staged_folder
 from taxcut.io.model_folder import copy_side_files, set_config_dtype
 from taxcut.io.provenance import fingerprint, write_model_card, write_provenance
 from taxcut.io.writer import ShardWriter, WriteBehind, write_index
@@ -31,14 +31,17 @@ CHUNK_BYTES = 4 * 2**20  # per buffer: small enough to stay in cache between rea
 
 
 def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None = None,
-              log: Callable[[str], None] | None = None) -> Path:
+              log: Callable[[str], None] | None = None, protect: Sequence[tuple[str, Path]] = ()) -> Path:
     """Run the method's prepare step (if any), then write the merge of ``plan`` to its destination; return the
-    destination. Closes the plan. ``log`` gets the plan's notes and the prepare step's messages (default: stderr)."""
+    destination. Closes the plan. ``log`` gets the plan's notes and the prepare step's messages (default: stderr);
+    ``protect`` names more files the destination must not touch (the spec file, a results file)."""
     log = log or _to_stderr
     with plan:
         request = plan.request
         if request.out is None:
             raise TaxcutError("no destination: give --out DIR (or 'out:' in the spec)")
+        inputs = _inputs(plan, protect)
+        check_destination(request.out, overwrite=overwrite, inputs=inputs)  # before a prepare step's long work
         for note in plan.notes:
             log(f"note: {note}")
         prepared = request.method.prepare(request, log)
@@ -46,11 +49,18 @@ def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None
             plan.close()
             plan = build_plan(prepared)
         with plan:
-            inputs = [(model.role, model.path) for model in plan.request.inputs]
-            with staged_folder(request.out, overwrite=overwrite, inputs=inputs) as staging:
+            with staged_folder(request.out, overwrite=overwrite, inputs=_inputs(plan, protect)) as staging:
                 _write_weights(plan, staging, progress)
                 _write_side_files(plan, staging)
     return request.out
+
+
+def _inputs(plan: MergePlan, protect: Sequence[tuple[str, Path]]) -> list[tuple[str, Path]]:
+    """Everything the merge reads: the models (and adapters' bases), the method's files, the spec."""
+    inputs = []
+    for model, checkpoint in zip(plan.request.inputs, plan.checkpoints):
+        inputs += [(model.label, folder) for folder in checkpoint.side_file_folders]
+    return inputs + plan.method.input_files(plan.request) + list(protect)
 
 
 def _to_stderr(message: str) -> None:

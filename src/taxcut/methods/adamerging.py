@@ -54,6 +54,10 @@ class AdaMerging(MergeMethod):
             raise TaxcutError(f"adamerging: parameters.coefficients has {len(parameters.coefficients)} rows but "
                               f"there are {len(request.models)} models; give one row per model")
 
+    def input_files(self, request) -> list[tuple[str, Path]]:
+        data = request.parameters.data
+        return [("AdaMerging prompts", data)] if data is not None else []
+
     def check(self, parameters, layout) -> None:
         if parameters.coefficients is None:
             return

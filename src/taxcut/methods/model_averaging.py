@@ -18,19 +18,15 @@ from taxcut.methods.interpolation import interpolate
 from taxcut.methods.parameters import BlockValues, MethodParameters
 from taxcut.methods.registry import MergeMethod, register
 from taxcut.methods.request import MergeRequest, ModelInput
-from taxcut.spec.merge import MergeSpec, NameRule, spec_from_dict
+from taxcut.spec.merge import MergeSpec, RatioFields, spec_from_dict
 
 RATIO = "alpha"  # the name of the per-tensor ratio
 
 
-class AveragingParameters(MethodParameters):
-    """The ratio fields of a :class:`~taxcut.spec.merge.MergeSpec` (validated there)."""
+class AveragingParameters(RatioFields, MethodParameters):
+    """The ratio fields of a :class:`~taxcut.spec.merge.MergeSpec` (validated there), and whether ratios may leave
+    [0, 1]."""
 
-    alpha: float | None = None
-    alphas: list[float] | None = None
-    block_bounds: list[tuple[int, int]] | None = None
-    layer_alphas: list[float] | None = None
-    rules: list[NameRule] = []
     extrapolate: bool = False
 
     @classmethod

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -79,6 +80,10 @@ class MergeMethod:
     def prepare(self, request, log: Callable[[str], None]):
         """Work on data before the merge (choose ingredients, fit coefficients); return the request to execute."""
         return request
+
+    def input_files(self, request) -> list[tuple[str, Path]]:
+        """Files the method reads besides the models (data, evaluation files), as (role, path): never destinations."""
+        return request.evaluation.input_files() if request.evaluation is not None else []
 
     def validate(self, request) -> None:
         """Refuse a request that cannot work (a missing evaluation, data file, ...) before any file is read."""

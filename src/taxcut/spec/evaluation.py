@@ -78,6 +78,23 @@ class EvaluationSpec(BaseModel):
             raise ValueError("task names must be unique")
         return self
 
+    def input_files(self) -> list[tuple[str, Path]]:
+        """Every file and folder the evaluation reads, as (role, path): no output may land on them."""
+        found: list[tuple[str, Path]] = []
+        if self.reward is not None:
+            found.append(("reward prompts", self.reward.prompts))
+            if self.reward.model is not None:
+                found.append(("reward model", self.reward.model))
+            module, sep, _ = (self.reward.function or "").rpartition(":")
+            if sep and module.endswith(".py"):
+                found.append(("reward function", Path(module)))
+        for task in self.tasks:
+            if task.path is not None:
+                found.append((f"task '{task.name}' data", task.path))
+            if task.task and task.task.endswith((".yaml", ".yml")):
+                found.append((f"task '{task.name}'", Path(task.task)))
+        return found
+
     def relative_to(self, folder: Path) -> EvaluationSpec:
         """The same spec with relative file paths made relative to ``folder`` (the spec file's)."""
         def fix(path):

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from taxcut.io.destination import destination_path
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.merge import (
     _read_yaml_mapping,
@@ -124,6 +125,8 @@ class ToolkitSpec(BaseModel):
         def fix(value):
             return file_relative(value, path.parent)
 
+        if "out" in data:  # an empty 'out:' must not become the spec's own folder
+            destination_path(data["out"], f"'out' in {path}")
         for key in ("base", "out"):
             data[key] = fix(data.get(key))
         if isinstance(data.get("models"), list):
