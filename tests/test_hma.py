@@ -146,3 +146,38 @@ def test_fit_settings_are_checked():
                             ({"lr": 0.0}, "'lr' = 0.0: must be a positive finite number")):
         with pytest.raises(TaxcutError, match=message):
             FitSettings(alpha=0.5, **fields)
+
+
+def test_fit_refuses_non_finite_weights(llama_pair, tmp_path, capsys):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    aligned = shutil.copytree(llama_pair[1], tmp_path / "aligned")
+    tensors = load_weights(aligned)
+    tensors["model.layers.1.mlp.down_proj.weight"][3, 2] = float("nan")
+    save_file(tensors, aligned / "model.safetensors", metadata={"format": "pt"})
+    data = tmp_path / "fit.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f" w{i + 2}"}) + "\n"
+                            for i in range(4, 12)))
+    ratios = tmp_path / "ratios.yaml"
+    assert main(["fit", "--sft", str(llama_pair[0]), "--aligned", str(aligned), "--data", str(data),
+                 "--alpha", "0.5", "--device", "cpu", "--out", str(ratios)]) == 2
+    error = capsys.readouterr().err
+    assert f"tensor 'model.layers.1.mlp.down_proj.weight' of the aligned model ({aligned}) contains NaN or Inf" in error
+    assert error.count("\n") == 1 and not ratios.exists()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--lr", "nan"], "--lr nan: must be a positive finite number"),
+    (["--alpha", "1.5"], "--alpha 1.5: HMA needs 0 < a < 1"),
+    (["--reg", "0.1,0.2"], "--reg 0.1,0.2: gives 2 weights for 3 blocks"),
+    (["--blocks", "0"], "--blocks 0: must be at least 1"),
+])
+def test_bad_fit_flags_are_one_line_errors(llama_pair, tmp_path, capsys, flags, message):
+    arguments = ["fit", "--sft", str(llama_pair[0]), "--aligned", str(llama_pair[1]), "--data",
+                 str(tmp_path / "fit.jsonl"), "--alpha", "0.5", "--out", str(tmp_path / "ratios.yaml")]
+    assert main(arguments + flags) == 2
+    error = capsys.readouterr().err
+    assert f"taxcut: error: {message}" in error and error.count("\n") == 1
+    assert not (tmp_path / "ratios.yaml").exists()

@@ -28,7 +28,7 @@ class FitOptions(BaseModel):
     eps: float = Field(0.05, description="bounds how far the block ratios can spread from a (smaller: further)")
     reg: list[float] | float = Field(
         0.0, description="weights w_k of the L1 pull sum_k w_k |a_k - a|: one for every block, or one per block",
-        json_schema_extra={"metavar": "W | W1,...,WK"})
+        json_schema_extra={"metavar": "W | W1,...,WK"}, validate_default=True)  # the default too: one per block
     scope: Literal["all", "paper"] = Field(
         "all", description="all: every tensor follows the blocks; paper: only Linear weights (embeddings and norms "
         "from SFT, lm_head at a)")
@@ -89,7 +89,8 @@ class FitOptions(BaseModel):
 class FitSettings(FitOptions):
     """Everything ``taxcut fit`` needs besides its inputs: the options, the mean ratio ``alpha`` and the device.
 
-    Built in Python, a bad value is a one-line :class:`TaxcutError` naming the setting.
+    A bad value is a one-line :class:`SettingError` naming the setting (wherever the settings are read: in Python,
+    from flags, from a ratios file).
     """
 
     alpha: float = Field(description="the mean ratio a; a weighs the ALIGNED model (the paper's code: alpha=0.2 "
@@ -100,8 +101,7 @@ class FitSettings(FitOptions):
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            name, value, message = first_problem(exc)
-            raise TaxcutError(f"fit setting '{name}' = {value!r}: {message}" if name else message) from None
+            raise SettingError(*first_problem(exc)) from None
 
     @field_validator("alpha", mode="before")
     @classmethod
@@ -116,6 +116,15 @@ class FitSettings(FitOptions):
         if not 0.0 < value < 1.0:  # NaN fails too
             raise ValueError(HMA_RANGE)
         return value
+
+
+class SettingError(TaxcutError):
+    """A bad fit setting: which one (``setting``, "" when it is the combination), the value given and the problem,
+    so that ``taxcut fit`` can name its flag instead."""
+
+    def __init__(self, setting: str, value: Any, problem: str):
+        super().__init__(f"fit setting '{setting}' = {value!r}: {problem}" if setting else problem)
+        self.setting, self.value, self.problem = setting, value, problem
 
 
 def first_problem(exc: ValidationError) -> tuple[str, Any, str]:
