@@ -33,7 +33,8 @@ def peak_gb():
     return int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) / 2**20
 
 if mode == "hma":
-    from taxcut.hma.fit import FitSettings, fit_ratios
+    from taxcut.hma.fit import fit_ratios
+    from taxcut.spec.fit import FitSettings
     import taxcut.hma.fit as fit
     stamps = []
     original = fit.collate

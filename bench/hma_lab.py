@@ -21,12 +21,13 @@ from taxcut.hma.sample import sample_fit_set
 from taxcut.lab import tasks
 from taxcut.lab.build import LabConfig, build_lab
 from taxcut.lab.demo import demo_sweep_spec
+from taxcut.sweep.report import SweepRow
 from taxcut.sweep.runner import run_sweep
 
 
-def dominated(point: dict, others: list[dict]) -> bool:
-    return any(o["reward"] >= point["reward"] and o["tax"] <= point["tax"]
-               and (o["reward"] > point["reward"] or o["tax"] < point["tax"]) for o in others)
+def dominated(point: SweepRow, others: list[SweepRow]) -> bool:
+    return any(o.reward >= point.reward and o.tax <= point.tax and (o.reward > point.reward or o.tax < point.tax)
+               for o in others)
 
 
 def main() -> None:
@@ -45,23 +46,23 @@ def main() -> None:
         spec = demo_sweep_spec(lab, work / f"sweep-{seed}")
         data = spec.model_dump(mode="json")
         data["candidates"].update(block_patterns=[], models=[], hma={
-            "data": str(fit_set), "alphas": [0.3, 0.4, 0.5, 0.6, 0.7], "batch_size": 16, "lr": 0.1})
+            "data": str(fit_set), "mean_alphas": [0.3, 0.4, 0.5, 0.6, 0.7], "batch_size": 16, "lr": 0.1})
         spec = spec.model_validate({**data, "search": {"budget": 12, "seed": seed}})
         rows = run_sweep(spec, progress=False).rows
-        ma = {round(r["mean_alpha"], 2): r for r in rows if r["kind"] == "MA"}
-        hma = {round(r["mean_alpha"], 2): r for r in rows if r["kind"] == "HMA"}
-        search = [r for r in rows if r["kind"] == "search"]
+        ma = {round(r.mean_alpha, 2): r for r in rows if r.kind == "MA"}
+        hma = {round(r.mean_alpha, 2): r for r in rows if r.kind == "HMA"}
+        search = [r for r in rows if r.kind == "search"]
         print(f"seed {seed}:")
         for a, row in sorted(hma.items()):
             m = ma[a]
-            print(f"  a={a:.1f}  MA reward {m['reward']:+.3f} tax {100 * m['tax']:5.1f} | HMA reward "
-                  f"{row['reward']:+.3f} tax {100 * row['tax']:5.1f}")
+            print(f"  a={a:.1f}  MA reward {m.reward:+.3f} tax {100 * m.tax:5.1f} | HMA reward "
+                  f"{row.reward:+.3f} tax {100 * row.tax:5.1f}")
         hma_dominated = sum(dominated(r, list(ma.values())) for r in hma.values())
-        ma_dominated = sum(dominated(r, list(hma.values())) for r in ma.values() if 0 < r["mean_alpha"] < 1)
+        ma_dominated = sum(dominated(r, list(hma.values())) for r in ma.values() if 0 < r.mean_alpha < 1)
         search_front = [r for r in search if not dominated(r, list(ma.values()) + list(hma.values()))]
         print(f"  HMA points dominated by MA's: {hma_dominated}/{len(hma)}; interior MA points dominated by HMA's: "
               f"{ma_dominated}/{len(ma) - 2}; search points not dominated by MA or HMA: "
-              f"{len(search_front)}/{len(search)} ({', '.join(r['label'] for r in search_front)})")
+              f"{len(search_front)}/{len(search)} ({', '.join(r.label for r in search_front)})")
 
 
 if __name__ == "__main__":

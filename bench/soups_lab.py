@@ -53,7 +53,7 @@ def main() -> None:
                                for n in lab.capability_tasks for l in open(lab.data / f"{n}.jsonl")))
 
     def report(label: str, folder: Path, extra: str = "") -> None:
-        primary = evaluate_folder(folder, evaluation, device="cpu")["primary"]
+        primary = evaluate_folder(folder, evaluation, device="cpu").primary
         mean = sum(primary.values()) / len(primary)
         print(f"{label:<28} " + "  ".join(f"{k} {100 * v:5.1f}" for k, v in primary.items())
               + f"  mean {100 * mean:5.1f}{extra}")

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from taxcut.evaluation.generation import GenerationSettings, generate
-from taxcut.sweep.candidates import Candidate, ma_candidate
+from taxcut.spec.candidates import Candidate, ma_candidate
 from taxcut.sweep.resident import ResidentModel
 
 CACHE = Path(__file__).parent / ".cache"
