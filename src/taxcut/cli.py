@@ -306,8 +306,8 @@ def _run_fit(args: argparse.Namespace) -> int:
 def _add_settings_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
     """One flag per field of a settings model: ``batch_size`` is ``--batch-size``, the field's description its
     help, its annotation the type (a ``Literal`` gives choices; a list of numbers is written ``X1,X2,...``). Flags
-    left out take the model's defaults (see :func:`_settings_from_args`)."""
-    for name, field in model.model_fields.items():
+    left out take the model's defaults (see :func:`_settings_from_args`). Required flags come first."""
+    for name, field in sorted(model.model_fields.items(), key=lambda item: not item[1].is_required()):
         annotation, options = field.annotation, {}
         if get_origin(annotation) is Literal:
             options["choices"] = list(get_args(annotation))
