@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from taxcut.errors import TaxcutError
 from taxcut.evaluation.generation import GenerationSettings
-from taxcut.io.provenance import weights_identity
 from taxcut.evaluation.protocol import TaxTask
 from taxcut.evaluation.result import EvaluationResult, RewardScore
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
 from taxcut.evaluation.tasks import TASK_TYPES
+from taxcut.io.provenance import weights_identity
 from taxcut.spec.evaluation import EvaluationSpec, RewardSpec, TaskSpec
 
 
@@ -34,6 +36,8 @@ class EvaluationSuite:
         started = time.perf_counter()
         reward = RewardScore.from_scores(self.reward.evaluate(model, tokenizer)) if self.reward is not None else None
         scores = {task.name: task.evaluate(model, tokenizer) for task in self.tasks}
+        for task in self.tasks:
+            _check_scores(task, scores[task.name])
         return EvaluationResult(
             tasks=scores,
             primary={task.name: scores[task.name][task.primary_metric] for task in self.tasks},
@@ -105,7 +109,17 @@ def _task(spec: TaskSpec) -> TaxTask:
         options["max_new_tokens"] = spec.max_new_tokens
     if spec.stop is not None:
         options["stop"] = spec.stop
+    if spec.metric is not None:  # the tax follows the chosen metric
+        options["primary_metric"] = spec.metric
     return TASK_TYPES[spec.type](spec.name, spec.path, **options)
+
+
+def _check_scores(task: TaxTask, scores: dict[str, float]) -> None:
+    """A NaN score, or an infinite primary score, would silently empty the front: an error naming the task."""
+    for metric, value in scores.items():
+        if math.isnan(value) or (metric == task.primary_metric and math.isinf(value)):
+            raise TaxcutError(f"task '{task.name}': its {metric} is {value}, not a finite number; check the task's "
+                              "data (empty answers, texts longer than the model's context) or the model")
 
 
 def evaluate_folder(model_dir: Path, spec: EvaluationSpec, device: str = "auto") -> EvaluationResult:

@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from taxcut.hma.fit import FitResult
+from taxcut.io.destination import staged_file
 from taxcut.spec.fit import FitRecord, FitSettings
 from taxcut.spec.merge import MergeSpec
 
-METHOD = "HMA (Lin et al., EMNLP 2024): a_k = a*K*(sigmoid(s_k)+eps)/sum_j(sigmoid(s_j)+eps)"
+METHOD = ("HMA (Lin et al., EMNLP 2024): x_k = x*K*(sigmoid(s_k)+eps)/sum_j(sigmoid(s_j)+eps), x = 1 - a and "
+          "a_k = 1 - x_k (normalize sft) or x = a and a_k = x_k (normalize aligned)")
 CONVENTION = ("a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned (the paper's code weighs the SFT "
               "model: its alpha=0.2 is a=0.8)")
 
@@ -21,12 +23,15 @@ def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Pa
         method=METHOD, convention=CONVENTION, settings=settings, data=str(data.resolve()), steps=len(result.losses),
         loss_first=result.losses[0] if result.losses else None,
         loss_last=result.losses[-1] if result.losses else None,
-        loss_curve=result.losses[::step],
+        loss_curve=result.losses[::step], adjustments=result.adjustments,
     )
     return MergeSpec(sft=sft.resolve(), aligned=aligned.resolve(), alphas=result.alphas,
                      block_bounds=result.block_bounds, rules=result.rules, fit=record)
 
 
-def write_ratios(path: Path, spec: MergeSpec) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(spec.to_yaml())
+def write_ratios(path: Path, spec: MergeSpec, *, overwrite: bool = False, inputs=()) -> None:
+    """Write the ratios file under the destination policy: never over an input (the models, the fit set), never
+    over a file taxcut did not write, atomically."""
+    protected = [("sft", spec.sft), ("aligned", spec.aligned), *inputs]
+    with staged_file(path, overwrite=overwrite, inputs=protected, kind="ratios file") as partial:
+        partial.write_text(spec.to_yaml())

@@ -13,16 +13,22 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.generation import GenerationSettings
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
+from taxcut.io.destination import check_destination, staged_file
 
 
 def sample_fit_set(model: Path, prompts: Path, out: Path, *, n: int, keep: int, reward_model: Path | None = None,
                    reward_function: str | None = None, settings: GenerationSettings | None = None,
-                   device: str = "auto") -> list[dict]:
-    """Write the ``keep`` best of ``n`` sampled responses per prompt as JSONL (prompt, response, reward)."""
+                   device: str = "auto", overwrite: bool = False) -> list[dict]:
+    """Write the ``keep`` best of ``n`` sampled responses per prompt as JSONL (prompt, response, reward), under the
+    destination policy (checked before any sampling; never over the prompts, the model or a foreign file)."""
     if (reward_model is None) == (reward_function is None):
         raise TaxcutError("give exactly one of --reward-model DIR or --reward-function module:function")
     if n < 1 or keep < 1:
         raise TaxcutError("--n and --keep must be at least 1")
+    module = (reward_function or "").rpartition(":")[0]
+    inputs = [("model", model), ("prompts", prompts), ("reward model", reward_model),
+              ("reward function", Path(module) if module.endswith(".py") else None)]
+    check_destination(out, overwrite=overwrite, inputs=inputs, kind="fit set", folder=False)
     resolved = pick_device(device)
     scorer = (function_scorer(load_reward_function(reward_function)) if reward_function
               else RewardModelScorer(reward_model, device=resolved))
@@ -39,6 +45,6 @@ def sample_fit_set(model: Path, prompts: Path, out: Path, *, n: int, keep: int, 
             for record, response, reward in zip(records, responses, rewards) if response.strip()]
     rows.sort(key=lambda row: -row["reward"])
     kept = rows[:keep]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(row) + "\n" for row in kept))
+    with staged_file(out, overwrite=overwrite, inputs=inputs, kind="fit set") as partial:
+        partial.write_text("".join(json.dumps(row) + "\n" for row in kept))
     return kept
