@@ -139,3 +139,19 @@ def test_a_sweep_keeps_a_user_file_in_its_folder(llama_pair, tmp_path, capsys):
     assert main(["sweep", str(spec_path), "--no-progress"]) == 2
     assert "did not write" in capsys.readouterr().err and (out / "notes.md").read_text() == "mine"
     assert yaml.safe_load(spec_path.read_text())["out"] == "sweep-out"
+
+
+@pytest.mark.parametrize("kind", ["merge", "sweep"])
+def test_an_empty_out_in_a_merge_or_sweep_spec_is_refused(llama_pair, tmp_path, capsys, kind):
+    if kind == "merge":
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump({"sft": str(llama_pair[0]), "aligned": str(llama_pair[1]), "alpha": 0.5,
+                                        "out": ""}))
+        args = ["merge", str(spec), "--overwrite"]
+    else:
+        spec = write_sweep(tmp_path, llama_pair, alphas=(0.0,), patterns=())
+        spec.write_text(spec.read_text().replace("out: sweep-out", "out: ''"))
+        args = ["sweep", str(spec), "--no-progress"]
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    assert main(args) == 2
+    assert "'out' in" in capsys.readouterr().err and sorted(p.name for p in tmp_path.iterdir()) == listing
