@@ -2,7 +2,11 @@
 
 :meth:`EvaluationResult.to_dict` is the plain-data shape (``taxcut eval --json``, a sweep's results file):
 ``{"tasks": {name: {metric: value}}, "primary": {name: value}, "reward": {"reward", "reward_stderr",
-"samples"}, "directions": {name: higher_is_better}, "seconds": ...}`` (``reward`` only where one was measured).
+"samples"}, "directions": {name: higher_is_better}, "seconds": ..., "stderr": {name: {metric: error}},
+"primary_stderr": {name: error}, "cost": {"generated_tokens", "scored_tokens", "seconds"}}`` (``reward`` only where
+one was measured; ``stderr``, ``primary_stderr`` and ``cost`` only where recorded: results written before taxcut
+kept them have none). The standard errors follow :mod:`taxcut.evaluation.stats`; the cost
+:mod:`taxcut.evaluation.cost`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import TypeAdapter
+
+from taxcut.evaluation.cost import EvaluationCost
 
 
 @dataclass(frozen=True)
@@ -31,13 +37,17 @@ class RewardScore:
 @dataclass(frozen=True)
 class EvaluationResult:
     """Every task's scores by metric, each task's primary score (the one the tax uses) and its direction (True
-    where higher is better), the reward where one was measured, and the seconds it all took."""
+    where higher is better), the reward where one was measured, and the seconds it all took; the standard error of
+    every score and what the evaluation cost, where recorded."""
 
     tasks: dict[str, dict[str, float]]
     primary: dict[str, float]
     directions: dict[str, bool]
     seconds: float
     reward: RewardScore | None = None
+    stderr: dict[str, dict[str, float]] | None = None
+    primary_stderr: dict[str, float] | None = None
+    cost: EvaluationCost | None = None
 
     def higher_is_better(self, task: str) -> bool:
         """The direction of ``task``'s scores (every metric of a task is read in its primary metric's direction)."""
@@ -48,6 +58,10 @@ class EvaluationResult:
         if self.reward is not None:
             data["reward"] = asdict(self.reward)
         data.update(directions=self.directions, seconds=self.seconds)
+        if self.stderr is not None:
+            data.update(stderr=self.stderr, primary_stderr=self.primary_stderr)
+        if self.cost is not None:
+            data["cost"] = asdict(self.cost)
         return data
 
     @classmethod

@@ -1,0 +1,165 @@
+"""Successive halving on the evaluation data: spend the full evaluation only on candidates that may be on the front.
+
+Every candidate is first measured on a seeded share of the items (``start``, 1/8 by default: the first items of each
+evaluator's seeded order, :mod:`taxcut.evaluation.subset`). At each stage, a candidate that another candidate (or a
+fully evaluated one) dominates beyond the noise (:func:`taxcut.sweep.noise.dominates_beyond_noise`, one-sided on
+each axis at ``level``) is dropped; the survivors' share grows by ``factor`` -- by measuring only the items they
+have not seen yet and merging them in, so a survivor costs one full evaluation in all -- up to the whole data.
+The SFT model, the tax's baseline, is never dropped, and at each stage the tax is measured against it on the same
+items. Whatever survives the last stage is on the front within the noise and has been measured in full.
+
+Every stage of every candidate is a line of the results file, labelled with its ``share``, under a context of its
+own (:func:`stage_context`): a killed sweep resumes from the stages already there, and only full-data results
+count as a candidate's result in the report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from taxcut.evaluation.measurement import Measurement
+from taxcut.evaluation.result import EvaluationResult
+from taxcut.evaluation.subset import DataPart
+from taxcut.spec.candidates import Candidate
+from taxcut.sweep.noise import NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, tax_stderr
+from taxcut.sweep.pareto import tax
+
+EvaluateBatch = Callable[[Sequence[Candidate], DataPart], Iterable[tuple[Candidate, Measurement]]]
+"""The one function the strategies call: measure each candidate on a part of the evaluation data, yielding each as
+it finishes (in any order). Full data is ``DataPart()``."""
+
+
+class StageBook(Protocol):
+    """The results file as halving sees it."""
+
+    def full(self, candidate_id: str) -> EvaluationResult | None:
+        """The candidate's full-data result, if it has one."""
+
+    def stage(self, candidate_id: str, share: float) -> Measurement | None:
+        """The candidate's measurement on the first ``share`` of the data, if it has one."""
+
+    def shares(self, candidate_id: str) -> list[float]:
+        """The shares (< 1) the candidate has stage records for."""
+
+    def add(self, candidate: Candidate, measurement: Measurement, share: float) -> None:
+        """Record a candidate's measurement on the first ``share`` of the data (a full-data result at share 1)."""
+
+
+@dataclass(frozen=True)
+class HalvingSettings:
+    """Start at ``start`` of the data, grow by ``factor`` each stage, drop at one-sided ``level``; ``seed`` picks
+    the items."""
+
+    start: float = 0.125
+    factor: float = 2.0
+    level: float = NOISE_LEVEL
+    seed: int = 0
+
+    def shares(self) -> list[float]:
+        """The stages' shares, ending at the whole data: 1/8, 1/4, 1/2, 1 by default."""
+        shares, share = [], self.start
+        while share < 1.0 - 1e-9:
+            shares.append(round(share, 6))
+            share *= self.factor
+        return shares + [1.0]
+
+
+@dataclass
+class HalvingOutcome:
+    """Which candidates were measured in full, which were dropped (and at which share), and every candidate's last
+    estimate (full data, or the stage it was dropped at)."""
+
+    finished: list[Candidate] = field(default_factory=list)
+    dropped: dict[str, float] = field(default_factory=dict)
+    points: dict[str, NoisyPoint] = field(default_factory=dict)
+
+
+def stage_context(context: str, share: float, seed: int) -> str:
+    """The context of a stage's results: the sweep's, the share and the items' seed (share 1 is the sweep's own)."""
+    if share >= 1.0:
+        return context
+    return hashlib.sha256(f"{context}:share={share:g}:seed={seed}".encode()).hexdigest()[:16]
+
+
+def noisy_point(result: EvaluationResult, baseline: EvaluationResult) -> NoisyPoint:
+    """A result's reward and tax (against ``baseline``) with their standard errors (see :mod:`taxcut.sweep.noise`)."""
+    reward = result.reward
+    counted = [name for name in result.primary if name in baseline.primary]
+    return NoisyPoint(
+        reward=reward.reward if reward else float("nan"),
+        tax=tax(result.primary, baseline.primary, result.directions),
+        reward_stderr=reward.reward_stderr if reward else 0.0,
+        tax_stderr=tax_stderr(result.primary_stderr or {}, counted),
+    )
+
+
+def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, evaluate: EvaluateBatch,
+                       book: StageBook, settings: HalvingSettings = HalvingSettings(),
+                       incumbents: Sequence[NoisyPoint] = ()) -> HalvingOutcome:
+    """Measure ``candidates`` by successive halving (the module's rule) and return what happened.
+
+    ``baseline`` is the SFT model: measured at every stage, never dropped. Candidates already measured in full are
+    not measured again and, like ``incumbents`` (other fully measured points, taxed against the full baseline),
+    count as dominators. Stages already in ``book`` are not measured again.
+    """
+    unique = {c.id: c for c in [baseline, *candidates]}
+    outcome = HalvingOutcome()
+    full_baseline = book.full(baseline.id)
+    done = {cid: book.full(cid) for cid in unique}
+    champions = list(incumbents)
+    if full_baseline is not None:
+        for cid, result in done.items():
+            if result is not None:
+                outcome.points[cid] = noisy_point(result, full_baseline)
+                champions.append(outcome.points[cid])
+    survivors = [c for c in unique.values() if done[c.id] is None]
+    if not survivors:
+        outcome.finished = [c for c in unique.values()]
+        return outcome
+    for share in settings.shares()[:-1]:
+        staged = _measure_stage([*survivors, baseline], share, evaluate, book, settings.seed)
+        points = {c.id: noisy_point(staged[c.id].result(), staged[baseline.id].result()) for c in survivors}
+        outcome.points.update(points)
+        kept = []
+        for candidate in survivors:
+            rivals = [p for cid, p in points.items() if cid != candidate.id] + champions
+            if candidate.id != baseline.id and any(dominates_beyond_noise(r, points[candidate.id], settings.level)
+                                                   for r in rivals):
+                outcome.dropped[candidate.id] = share
+            else:
+                kept.append(candidate)
+        survivors = kept
+    _measure_stage(survivors, 1.0, evaluate, book, settings.seed)
+    full_baseline = book.full(baseline.id)
+    for candidate in unique.values():
+        if candidate.id not in outcome.dropped:
+            outcome.finished.append(candidate)
+            outcome.points[candidate.id] = noisy_point(book.full(candidate.id), full_baseline)
+    return outcome
+
+
+def _measure_stage(candidates: Sequence[Candidate], share: float, evaluate: EvaluateBatch, book: StageBook,
+                   seed: int) -> dict[str, Measurement]:
+    """Every candidate's measurement on the first ``share`` of the data: from the book, or grown from its largest
+    earlier stage by the items it has not seen, recorded as each finishes."""
+    found: dict[str, Measurement] = {}
+    todo: dict[float, list[Candidate]] = {}  # by the share each one starts from
+    for candidate in {c.id: c for c in candidates}.values():
+        if share >= 1.0 and book.full(candidate.id) is not None:
+            continue
+        measured = book.stage(candidate.id, share) if share < 1.0 else None
+        if measured is not None:
+            found[candidate.id] = measured
+            continue
+        earlier = [s for s in book.shares(candidate.id) if s < share]
+        todo.setdefault(max(earlier, default=0.0), []).append(candidate)
+    for start, group in sorted(todo.items()):
+        for candidate, measurement in evaluate(group, DataPart(start, share, seed)):
+            if start > 0.0:
+                measurement = book.stage(candidate.id, start).merge(measurement)
+            book.add(candidate, measurement, share)
+            found[candidate.id] = measurement
+    return found

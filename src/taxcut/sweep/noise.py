@@ -1,0 +1,96 @@
+"""The front with its error bars: the tax's standard error, dominance beyond the noise, hypervolume.
+
+Pure functions on measured points (reward up, tax down is better); nothing here reads a model or a file.
+
+**The tax's error.** The tax is the mean over the T tasks of each task's drop from the SFT model, so its standard
+error is ``sqrt(sum_t se_t^2) / T`` over the candidate's own primary scores. The SFT model's scores are common to
+every candidate of a sweep: their noise moves every tax together and changes no comparison between candidates, so
+it is left out. A score without a standard error (a result written before they were recorded, an lm-eval score)
+counts as exact.
+
+**Dominance beyond the noise.** Candidate ``j`` dominates ``i`` beyond the noise at level ``alpha`` when a
+one-sided z-test finds ``j`` better on *each* axis:
+
+    reward_j - reward_i >= z * sqrt(se_r(i)^2 + se_r(j)^2)   and   tax_i - tax_j >= z * sqrt(se_t(i)^2 + se_t(j)^2)
+
+with ``z`` the standard normal's ``1 - alpha`` quantile (1.645 at the default ``alpha = 0.05``), and the two points
+not equal. Both tests must reject, so by the intersection-union principle the combined test has level ``alpha``.
+A candidate is **on the front within the noise** when no candidate dominates it beyond the noise: these are the
+candidates the data cannot rule out, a superset of the strict front. Errors are taken as independent: candidates
+measured on the same items are positively correlated, which only makes the test conservative.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+NOISE_LEVEL = 0.05  # the one-sided level of the noise-aware front and of halving's drops
+
+
+@dataclass(frozen=True)
+class NoisyPoint:
+    """A measured candidate: reward (higher is better) and tax (lower is better), each with its standard error."""
+
+    reward: float
+    tax: float
+    reward_stderr: float = 0.0
+    tax_stderr: float = 0.0
+
+
+def z_value(level: float = NOISE_LEVEL) -> float:
+    """The standard normal's ``1 - level`` quantile: how many standard errors a one-sided test asks for."""
+    return NormalDist().inv_cdf(1.0 - level)
+
+
+def tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str]) -> float:
+    """The standard error of the tax (the mean drop over ``tasks``) from each task's primary score's error."""
+    names = list(tasks)
+    if not names:
+        return 0.0
+    return math.sqrt(sum(_known(stderrs.get(name)) ** 2 for name in names)) / len(names)
+
+
+def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LEVEL) -> bool:
+    """Whether ``j`` dominates ``i`` beyond the noise (the module's rule: a one-sided test on each axis)."""
+    if not all(math.isfinite(v) for v in (j.reward, j.tax, i.reward, i.tax)):
+        return False
+    if (j.reward, j.tax) == (i.reward, i.tax):
+        return False
+    z = z_value(level)
+    reward_noise = z * math.hypot(_known(i.reward_stderr), _known(j.reward_stderr))
+    tax_noise = z * math.hypot(_known(i.tax_stderr), _known(j.tax_stderr))
+    return j.reward - i.reward >= reward_noise and i.tax - j.tax >= tax_noise
+
+
+def noise_aware_front(points: Sequence[NoisyPoint], level: float = NOISE_LEVEL) -> list[bool]:
+    """For each point, whether no other point dominates it beyond the noise. Points with a non-finite reward or
+    tax are never on it."""
+    flags = []
+    for index, point in enumerate(points):
+        finite = math.isfinite(point.reward) and math.isfinite(point.tax)
+        flags.append(finite and not any(dominates_beyond_noise(other, point, level)
+                                        for k, other in enumerate(points) if k != index))
+    return flags
+
+
+def hypervolume(points: Iterable[tuple[float, float]], reference: tuple[float, float]) -> float:
+    """The area dominated by (reward, tax) ``points`` and bounded by ``reference`` = (reward, tax): the region of
+    rewards above the reference's and taxes below its. Points not better than the reference on both axes add
+    nothing."""
+    floor, ceiling = reference
+    inside = sorted((t, r) for r, t in points
+                    if math.isfinite(r) and math.isfinite(t) and r > floor and t < ceiling)
+    area, best = 0.0, floor
+    for index, (cost, reward) in enumerate(inside):  # sweep from the lowest tax: each point raises the best reward
+        if reward > best:
+            best = reward
+        right = inside[index + 1][0] if index + 1 < len(inside) else ceiling
+        area += (right - cost) * (best - floor)
+    return area
+
+
+def _known(value: float | None) -> float:
+    return value if value is not None and math.isfinite(value) else 0.0
