@@ -67,7 +67,7 @@ def test_folder_without_config(capsys, tmp_path, pair):
 def test_adapter_folder(capsys, tmp_path, pair):
     (pair[1] / "model.safetensors").unlink()
     (pair[1] / "adapter_config.json").write_text("{}")
-    assert "the aligned adapter's base model None is not a local folder" in run_failing(
+    assert "the aligned adapter's base model None is neither a local folder nor a Hub repo ID" in run_failing(
         capsys, tmp_path, *args_for(pair))
 
 
@@ -141,8 +141,8 @@ def test_invalid_spec_field(capsys, tmp_path, pair):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"sft: {pair[0]}\naligned: {pair[1]}\nalphas: [0.2, 1.4]\n")
     message = run_failing(capsys, tmp_path, str(spec))
-    assert message == (f"taxcut: error: {spec}: 'alphas[1]' = 1.4 is outside [0, 1]; set 'extrapolate: true' to "
-                       "extrapolate past a model (ExPO)")
+    assert message == (f"taxcut: error: {spec}: 'alphas[1]' = 1.4 is outside [0, 1]; set 'extrapolate: true' (on "
+                       "the command line: --extrapolate) to extrapolate past a model (ExPO)")
 
 
 def test_unknown_spec_field(capsys, tmp_path, pair):

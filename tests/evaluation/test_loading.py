@@ -146,3 +146,15 @@ def test_a_broken_config_is_one_line(tmp_path, llama_pair):
 def test_plain_folders_still_load(llama_pair):
     model = load_causal_lm(llama_pair[0])
     assert not model.training and load_tokenizer(llama_pair[0]).pad_token == "<pad>"
+
+
+def test_loading_shows_no_progress_bar_of_transformers(llama_pair, capsys):
+    """transformers draws a "Loading weights" bar on stderr by default; taxcut reports its own progress (and none
+    with --no-progress)."""
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(llama_pair[0])
+    assert "Loading weights" in capsys.readouterr().err  # the bar this test would catch
+    load_causal_lm(llama_pair[0])
+    load_tokenizer(llama_pair[0])
+    assert capsys.readouterr().err == ""

@@ -4,7 +4,9 @@ Every ``from_pretrained`` of the package (causal LMs, tokenizers, reward models,
 this module. Before transformers is called, the JSON files it reads are checked for custom-code hooks
 (``auto_map`` and the like): such a folder is refused with one line naming the file, so transformers never gets
 to ask "run the custom code? [y/N]". The calls themselves pass ``trust_remote_code=False``, run with an empty
-stdin and with transformers' remote-code prompt switched off, as a second and third line of defence.
+stdin and with transformers' remote-code prompt switched off, as a second and third line of defence. A Hub ID
+(``org/name[@revision]``) is resolved to its snapshot in the Hugging Face cache first (:mod:`taxcut.io.hub`), so
+transformers only ever reads local files.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from taxcut.errors import TaxcutError, first_line
+from taxcut.io.hub import model_path
 
 # The JSON files transformers (and peft, through transformers) reads from a model folder when loading a model,
 # a tokenizer, a processor or a generation config.
@@ -112,7 +115,7 @@ def _no_prompt() -> Iterator[None]:
 
 
 def _checked_folder(folder: Path, what: str) -> Path:
-    folder = Path(folder)
+    folder = model_path(folder)
     if not (folder / "config.json").is_file():
         raise TaxcutError(f"{folder}: {what} folder not found or has no config.json")
     refuse_custom_code(folder)
@@ -120,7 +123,8 @@ def _checked_folder(folder: Path, what: str) -> Path:
 
 
 def load_causal_lm(folder: Path, *, device: torch.device | str = "cpu", dtype: str | None = None):
-    """A causal LM from a local folder (never remote code), in eval mode, with a one-line error if it won't load."""
+    """A causal LM from a local folder or a Hub ID (never remote code), in eval mode, with a one-line error if it
+    won't load."""
     from transformers import AutoModelForCausalLM
 
     folder = _checked_folder(folder, "model")
@@ -134,10 +138,10 @@ def load_causal_lm(folder: Path, *, device: torch.device | str = "cpu", dtype: s
 
 
 def load_tokenizer(folder: Path):
-    """The tokenizer of a local folder (never remote code), with a one-line error if it won't load."""
+    """The tokenizer of a local folder or a Hub ID (never remote code), with a one-line error if it won't load."""
     from transformers import AutoTokenizer
 
-    folder = Path(folder)
+    folder = model_path(folder)
     refuse_custom_code(folder)
     try:
         with _no_prompt():
@@ -147,7 +151,8 @@ def load_tokenizer(folder: Path):
 
 
 def load_reward_model(folder: Path, *, device: torch.device | str = "cpu"):
-    """``(model, tokenizer)`` of a local ``AutoModelForSequenceClassification`` folder, the model in eval mode."""
+    """``(model, tokenizer)`` of an ``AutoModelForSequenceClassification`` folder or Hub ID, the model in eval
+    mode."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     folder = _checked_folder(folder, "reward model")
@@ -171,7 +176,7 @@ def load_generation_config(folder: Path):
     """
     from transformers import GenerationConfig
 
-    folder = Path(folder)
+    folder = model_path(folder)
     refuse_custom_code(folder)
     try:
         with _no_prompt():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from taxcut.errors import TaxcutError
+from taxcut.evaluation.cost import count_scored
 
 
 @dataclass(frozen=True)
@@ -17,14 +18,16 @@ class Scored:
     greedy: bool  # whether every scored token was the model's top choice
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
+def encode_pair(tokenizer, context: str, continuation: str, *, chat_rendered: bool = False) -> tuple[list[int], int]:
     """Token ids of ``context + continuation`` and the index of the first continuation token.
 
     As in lm-evaluation-harness: the whole string is encoded and the context's own encoding length marks the
-    split, so that tokens merging across the boundary belong to the continuation.
+    split, so that tokens merging across the boundary belong to the continuation. A context rendered through a chat
+    template (``chat_rendered``) already carries its special tokens: none are added.
     """
-    whole = tokenizer(context + continuation)["input_ids"]
-    start = len(tokenizer(context)["input_ids"]) if context else 0
+    special = not chat_rendered
+    whole = tokenizer(context + continuation, add_special_tokens=special)["input_ids"]
+    start = len(tokenizer(context, add_special_tokens=special)["input_ids"]) if context else 0
     if start == 0:  # nothing to condition the first token on: prefix BOS (or EOS), as lm-evaluation-harness does
         prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         if prefix is None:
@@ -57,6 +60,7 @@ def score_continuations(model, tokenizer, sequences: Sequence[tuple[list[int], i
                 ids = sequences[i][0][:-1]
                 inputs[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 mask[row, : len(ids)] = 1
+            count_scored(int(mask.sum()))
             logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1).cpu()  # (B, T, V)
             for row, i in enumerate(batch):

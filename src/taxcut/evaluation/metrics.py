@@ -1,4 +1,5 @@
-"""Pure scoring functions: answer normalisation, exact match, token F1 (SQuAD/DROP style), BLEU, mean and error."""
+"""Pure scoring functions: answer normalisation, exact match, token F1 (SQuAD/DROP style), containment, BLEU, mean
+and error."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
 def token_f1(prediction: str, answers: Sequence[str]) -> float:
     """The best token-overlap F1 of ``prediction`` against any of ``answers``, after normalisation."""
     return max(_f1(normalize_answer(prediction).split(), normalize_answer(answer).split()) for answer in answers)
+
+
+def contains_answer(prediction: str, answers: Sequence[str]) -> float:
+    """1 if any answer appears in the prediction as whole words, both normalised (so "Paris" is found in "It is
+    Paris." but "4" is not found in "14"), else 0. An answer that normalises to nothing matches only an empty
+    prediction."""
+    predicted = f" {normalize_answer(prediction)} "
+    for answer in answers:
+        gold = normalize_answer(answer)
+        if (f" {gold} " in predicted) if gold else not predicted.strip():
+            return 1.0
+    return 0.0
 
 
 def _f1(predicted: list[str], gold: list[str]) -> float:

@@ -5,9 +5,16 @@
   context (set ``choice_prefix``); ``acc`` takes the most likely choice, ``acc_norm`` divides by the choice's length
   in bytes first (as lm-evaluation-harness does).
 - ``generation``: ``{"prompt": ..., "answer": ... or "answers": [...]}``; greedy generation cut at the first stop
-  string, scored by ``exact_match`` and token ``f1`` after SQuAD normalisation, best over the answers.
+  string, scored by ``exact_match``, token ``f1`` and ``contains`` (the answer appears in the output, as whole
+  words) after SQuAD normalisation, best over the answers.
 - ``bleu``: ``{"prompt": ..., "reference": ... or "references": [...]}``; greedy generation, corpus BLEU (0-1).
 - ``perplexity``: ``{"text": ...}``; ``perplexity`` and the mean negative log-likelihood per token ``nll``.
+
+Generation, BLEU and multiple-choice records may give a chat instead of text: ``"messages": [{"role": "user",
+"content": ...}, ...]``, rendered with the evaluated model's chat template and its generation prompt, exactly as
+reward prompts are (:func:`taxcut.evaluation.generation.render_prompt`); a choice then follows the rendered chat
+directly (no ``choice_prefix``), as in lm-evaluation-harness with a chat template. ``primary_metric`` (a task's
+``metric:``) is the score the tax follows: one of :data:`taxcut.spec.evaluation.TASK_METRICS` for the task type.
 """
 
 from __future__ import annotations
@@ -17,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxcut.errors import TaxcutError
-from taxcut.evaluation.data import read_jsonl
-from taxcut.evaluation.generation import GenerationSettings, generate
+from taxcut.evaluation.data import prompt_problem, read_jsonl
+from taxcut.evaluation.generation import GenerationSettings, generate, render_prompt
 from taxcut.evaluation.loglik import encode_pair, score_continuations
-from taxcut.evaluation.metrics import corpus_bleu, exact_match, stop_at, token_f1
+from taxcut.evaluation.metrics import contains_answer, corpus_bleu, exact_match, stop_at, token_f1
+from taxcut.spec.evaluation import metric_problem
+
+_CONTEXT_FIELDS = ("context", "question", "prompt")
 
 
 @dataclass
@@ -32,10 +42,12 @@ class MultipleChoiceTask:
     choice_prefix: str = " "
     primary_metric: str = "acc"
     higher_is_better: bool = True
+    kind = "multiple_choice"
 
     def __post_init__(self) -> None:
-        self.records = read_jsonl(self.path, needs=[("context", "question", "prompt"), ("choices",), ("answer",)],
-                                  what="multiple-choice task", limit=self.limit)
+        _check_metric(self)
+        self.records = read_jsonl(self.path, needs=[_CONTEXT_FIELDS + ("messages",), ("choices",), ("answer",)],
+                                  what="multiple-choice task", limit=self.limit, check=_chat_problem(_CONTEXT_FIELDS))
         self.answers = [self._answer_index(number, r) for number, r in enumerate(self.records, start=1)]
 
     def _answer_index(self, number: int, record: dict) -> int:
@@ -49,20 +61,19 @@ class MultipleChoiceTask:
         raise TaxcutError(f"{self.path}, record {number}: 'answer' must be a choice index or one of the choices")
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        pairs, owners = [], []
-        for index, record in enumerate(self.records):
-            context = str(next(record[k] for k in ("context", "question", "prompt") if record.get(k) is not None))
-            for choice in record["choices"]:
-                pairs.append(encode_pair(tokenizer, context, self.choice_prefix + str(choice)))
-                owners.append(index)
+        contexts, chats = _render(self.path, self.records, tokenizer, _CONTEXT_FIELDS)
+        prefixes = ["" if chat else self.choice_prefix for chat in chats]  # a chat's answer follows its template
+        pairs = [encode_pair(tokenizer, context, prefix + str(choice), chat_rendered=chat)
+                 for context, chat, prefix, record in zip(contexts, chats, prefixes, self.records)
+                 for choice in record["choices"]]
         scored = score_continuations(model, tokenizer, pairs, self.batch_size, what=f"{self.name} choice")
         correct = correct_norm = 0
         cursor = 0
-        for index, record in enumerate(self.records):
+        for index, (record, prefix) in enumerate(zip(self.records, prefixes)):
             count = len(record["choices"])
             mine = scored[cursor:cursor + count]
             cursor += count
-            lengths = [max(1, len((self.choice_prefix + str(c)).encode())) for c in record["choices"]]
+            lengths = [max(1, len((prefix + str(c)).encode())) for c in record["choices"]]
             correct += _argmax([s.logprob for s in mine]) == self.answers[index]
             correct_norm += _argmax([s.logprob / n for s, n in zip(mine, lengths)]) == self.answers[index]
         total = len(self.records)
@@ -79,19 +90,23 @@ class GenerationTask:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     primary_metric: str = "exact_match"
     higher_is_better: bool = True
+    kind = "generation"
 
     def __post_init__(self) -> None:
-        self.records = read_jsonl(self.path, needs=[("prompt",), ("answer", "answers")], what="generation task",
-                                  limit=self.limit)
+        _check_metric(self)
+        self.records = read_jsonl(self.path, needs=[("prompt", "messages"), ("answer", "answers")],
+                                  what="generation task", limit=self.limit, check=_chat_problem(("prompt",)))
         _require_some(self.path, self.records, ("answers", "answer"))
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        predictions = _greedy(model, tokenizer, self.records, self.max_new_tokens, self.batch_size, self.stop)
+        predictions = _greedy(model, tokenizer, self.path, self.records, self.max_new_tokens, self.batch_size,
+                              self.stop)
         golds = [_as_list(r.get("answers", r.get("answer"))) for r in self.records]
         total = len(self.records)
         return {
             "exact_match": sum(exact_match(p, g) for p, g in zip(predictions, golds)) / total,
             "f1": sum(token_f1(p, g) for p, g in zip(predictions, golds)) / total,
+            "contains": sum(contains_answer(p, g) for p, g in zip(predictions, golds)) / total,
         }
 
 
@@ -105,14 +120,17 @@ class BleuTask:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     primary_metric: str = "bleu"
     higher_is_better: bool = True
+    kind = "bleu"
 
     def __post_init__(self) -> None:
-        self.records = read_jsonl(self.path, needs=[("prompt",), ("reference", "references")], what="BLEU task",
-                                  limit=self.limit)
+        _check_metric(self)
+        self.records = read_jsonl(self.path, needs=[("prompt", "messages"), ("reference", "references")],
+                                  what="BLEU task", limit=self.limit, check=_chat_problem(("prompt",)))
         _require_some(self.path, self.records, ("references", "reference"))
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        predictions = _greedy(model, tokenizer, self.records, self.max_new_tokens, self.batch_size, self.stop)
+        predictions = _greedy(model, tokenizer, self.path, self.records, self.max_new_tokens, self.batch_size,
+                              self.stop)
         references = [_as_list(r.get("references", r.get("reference"))) for r in self.records]
         return {"bleu": corpus_bleu([p.strip() for p in predictions], references)}
 
@@ -125,8 +143,10 @@ class PerplexityTask:
     batch_size: int = 16
     primary_metric: str = "nll"
     higher_is_better: bool = False
+    kind = "perplexity"
 
     def __post_init__(self) -> None:
+        _check_metric(self)
         self.records = read_jsonl(self.path, needs=[("text",)], what="perplexity task", limit=self.limit)
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
@@ -145,10 +165,45 @@ TASK_TYPES = {
 }
 
 
-def _greedy(model, tokenizer, records, max_new_tokens: int, batch_size: int, stops: list[str]) -> list[str]:
+def _greedy(model, tokenizer, path: Path, records, max_new_tokens: int, batch_size: int,
+            stops: list[str]) -> list[str]:
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    outputs = generate(model, tokenizer, [str(r["prompt"]) for r in records], settings)
+    prompts, chats = _render(path, records, tokenizer, ("prompt",))
+    outputs = generate(model, tokenizer, prompts, settings, chat_rendered=chats)
     return [stop_at(text, stops) for text in outputs]
+
+
+def _render(path: Path, records: list[dict], tokenizer, fields: tuple[str, ...]) -> tuple[list[str], list[bool]]:
+    """Each record's prompt text (the first of ``fields`` it has) or its ``messages`` rendered through the chat
+    template (as reward prompts are), and whether it was a chat (its text then carries its special tokens)."""
+    texts, chats = [], []
+    for number, record in enumerate(records, start=1):
+        text = next((record[k] for k in fields if record.get(k) is not None), None)
+        chats.append(text is None)
+        if text is not None:
+            texts.append(str(text))
+            continue
+        try:
+            texts.append(render_prompt({"messages": record["messages"]}, tokenizer))
+        except TaxcutError as exc:
+            raise TaxcutError(f"{path}, record {number}: {exc}") from None
+    return texts, chats
+
+
+def _chat_problem(fields: tuple[str, ...]):
+    """A record check: what is wrong with its ``messages`` when it has none of the text ``fields``."""
+    def check(record: dict) -> str | None:
+        if any(record.get(k) is not None for k in fields):
+            return None
+        return prompt_problem({"messages": record.get("messages")})
+
+    return check
+
+
+def _check_metric(task) -> None:
+    problem = metric_problem(task.kind, task.primary_metric)
+    if problem is not None:
+        raise TaxcutError(f"task '{task.name}': {problem}")
 
 
 def _require_some(path: Path, records: list[dict], fields: tuple[str, str]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from taxcut.hma.fit import FitResult
 from taxcut.io.destination import staged_file
+from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.spec.fit import FitRecord, FitSettings
 from taxcut.spec.merge import MergeSpec
 
@@ -25,7 +26,7 @@ def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Pa
         loss_last=result.losses[-1] if result.losses else None,
         loss_curve=result.losses[::step], adjustments=result.adjustments,
     )
-    return MergeSpec(sft=sft.resolve(), aligned=aligned.resolve(), alphas=result.alphas,
+    return MergeSpec(sft=as_recorded(sft), aligned=as_recorded(aligned), alphas=result.alphas,
                      block_bounds=result.block_bounds, rules=result.rules, fit=record)
 
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from taxcut.errors import TaxcutError
+from taxcut.io.hub import resolve_model
 
 ADAPTER_CONFIG = "adapter_config.json"
 _PREFIX = "base_model.model."
@@ -41,15 +42,19 @@ class LoraAdapter:
         if config.get("rank_pattern") or config.get("alpha_pattern"):
             raise TaxcutError(f"{folder}: per-module ranks or alphas are not supported; merge it with peft first")
         base = config.get("base_model_name_or_path")
-        base_folder = Path(base) if base else None
+        base_folder = Path(base) if isinstance(base, str) and base else None
         if base_folder is not None and not base_folder.is_absolute() and (folder / base_folder).is_dir():
             base_folder = folder / base_folder
-        if base_folder is None or not base_folder.is_dir():
+        try:
+            self.base_source = resolve_model(base_folder) if base_folder is not None else None  # a Hub ID too
+        except TaxcutError as exc:
+            raise TaxcutError(f"{folder}: the {role} adapter's base model: {exc}") from None
+        if self.base_source is None or not self.base_source.path.is_dir():
             raise TaxcutError(
-                f"{folder}: the {role} adapter's base model {base!r} is not a local folder; set "
-                "'base_model_name_or_path' in its adapter_config.json to the base model's folder"
+                f"{folder}: the {role} adapter's base model {base!r} is neither a local folder nor a Hub repo ID; "
+                "set 'base_model_name_or_path' in its adapter_config.json to the base model's folder or org/name"
             )
-        self.base_folder = base_folder
+        self.base_folder = self.base_source.path
         rank, alpha = config.get("r", 8), config.get("lora_alpha", 8)
         self.scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         self.fan_in_fan_out = bool(config.get("fan_in_fan_out"))

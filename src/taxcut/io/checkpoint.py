@@ -64,8 +64,10 @@ class Checkpoint:
 
     def __init__(self, folder: str | Path, role: str = "model"):
         from taxcut.io.adapter import LoraAdapter, is_adapter_folder
+        from taxcut.io.hub import resolve_model
 
-        self.folder = Path(folder)
+        self.source = resolve_model(folder)  # a Hub ID (org/name[@revision]) becomes its snapshot in the cache
+        self.folder = self.source.path
         self.role = role
         self.adapter = LoraAdapter(self.folder, role) if is_adapter_folder(self.folder) else None
         weights_folder = self.adapter.base_folder if self.adapter else self.folder  # an adapter reads through its base
@@ -141,6 +143,15 @@ class Checkpoint:
         """A whole tensor (for small tensors and tests; the engine reads in chunks)."""
         buffer = torch.empty(info.nbytes, dtype=torch.uint8)
         return self.read_into(info, 0, info.numel, buffer).reshape(info.shape)
+
+    def stored_bytes(self, info: TensorInfo, start: int, count: int) -> bytes:
+        """``count`` bytes of a tensor's data as stored, from byte ``start`` (no adapter applied)."""
+        if info.file.suffix == ".safetensors":
+            raw = torch.empty(count, dtype=torch.uint8)
+            _pread_exactly(self._descriptor(info.file), raw, info.data_offset + start, info)
+            return raw.numpy().tobytes()
+        flat = self._bin_state[info.file][info.name].contiguous().reshape(-1).view(torch.uint8)
+        return flat[start:start + count].numpy().tobytes()
 
     def _descriptor(self, path: Path) -> int:
         if path not in self._descriptors:

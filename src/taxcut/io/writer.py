@@ -62,9 +62,8 @@ def plan_shards(tensors: list[OutputTensor], max_shard_bytes: int) -> list[Shard
 
 
 def write_index(folder: Path, shards: list[Shard]) -> None:
-    """The ``model.safetensors.index.json`` of a sharded model (nothing for a single file)."""
-    if len(shards) < 2:
-        return
+    """The ``model.safetensors.index.json`` of the written weights, a single file's too (transformers and vLLM
+    read an index naming one file; tools that list a model's tensors from its index then work on every output)."""
     weight_map = {t.name: shard.file_name for shard in shards for t in shard.tensors}
     index = {
         "metadata": {"total_size": sum(s.nbytes for s in shards)},

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from taxcut.errors import TaxcutError
 from taxcut.io.destination import check_destination, staged_folder
+from taxcut.io.hub import display_name
 from taxcut.io.model_folder import copy_side_files, set_config_dtype
 from taxcut.io.provenance import fingerprint, write_model_card, write_provenance
 from taxcut.io.writer import ShardWriter, WriteBehind, write_index
@@ -197,7 +198,7 @@ def _write_side_files(plan: MergePlan, staging: Path) -> None:
         "plan": plan.summary(),
     })
     write_model_card(staging, method=request.method.describe(request.parameters),
-                     inputs=[(m.label, m.path.name, m.weight) for m in request.inputs],
+                     inputs=[(m.label, display_name(m.path), m.weight) for m in request.inputs],
                      summary_lines=_card_lines(plan), spec_yaml=_card_yaml(request))
 
 
@@ -206,8 +207,13 @@ def _card_lines(plan: MergePlan) -> list[str]:
     if resolver is None:
         return [f"Parameters: {plan.request.parameters.dump() or 'defaults'}"]
     blocks = ", ".join(f"{b.label}: {b.value:g}" for b in resolver.blocks)
-    return [f"Mean {resolver.noun} of the decoder layers ({resolver.field}): {resolver.mean:g}",
-            f"Per layer: {blocks or 'n/a'}"]
+    if resolver.unequal_means:  # blocks of unequal size: the block mean and the layer-weighted mean differ
+        mean = (f"Mean {resolver.noun} of the {len(resolver.blocks)} blocks ({resolver.field}; the tensors after the "
+                f"layers get it): {resolver.mean:g}; over the {len(resolver.layer_values)} decoder layers: "
+                f"{resolver.layer_mean:g}")
+    else:
+        mean = f"Mean {resolver.noun} of the decoder layers ({resolver.field}): {resolver.mean:g}"
+    return [mean, f"Per layer: {blocks or 'n/a'}"]
 
 
 def _card_yaml(request) -> str:
@@ -215,8 +221,8 @@ def _card_yaml(request) -> str:
     record = spec_record(request)
     for key in ("sft", "aligned", "base"):
         if record.get(key):
-            record[key] = Path(record[key]).name
+            record[key] = display_name(record[key])
     for model in record.get("models") or []:
-        model["path"] = Path(model["path"]).name
+        model["path"] = display_name(model["path"])
     record.pop("out", None)
     return yaml.safe_dump({k: v for k, v in record.items() if v not in (None, [], {})}, sort_keys=False)

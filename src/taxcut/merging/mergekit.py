@@ -35,10 +35,11 @@ def _with_models(plan, config: dict) -> dict:
         raise TaxcutError(f"per-block parameters ({', '.join(lists)}) have no exact mergekit twin; give single values")
     request = plan.request
     per_model = config.pop("model_parameters", {})
+    names = [checkpoint.source.reference for checkpoint in plan.checkpoints]  # Hub IDs with their commit
     if request.base is not None and "base_model" not in config:
-        config["base_model"] = str(request.base.path.resolve())
-    config["models"] = [{"model": str(m.path.resolve()), "parameters": {"weight": m.weight, **per_model}}
-                        for m in request.models]
+        config["base_model"] = names[0]
+    config["models"] = [{"model": name, "parameters": {"weight": m.weight, **per_model}}
+                        for m, name in zip(request.models, names[len(names) - len(request.models):])]
     if request.dtype:
         config["dtype"] = request.dtype
     return {key: config[key] for key in ("merge_method", "base_model", "parameters", "models", "dtype") if key in config}

@@ -121,7 +121,8 @@ class MergePlan:
             "layer_family": self.layout.family,
             "blocks": [{"first": b.first, "last": b.last, "alpha": b.value} for b in resolver.blocks]
             if resolver else [],
-            "mean_alpha": resolver.mean if resolver else None,
+            "mean_alpha": resolver.mean if resolver else None,  # of the blocks: what the tensors after the layers get
+            "layer_mean_alpha": resolver.layer_mean if resolver else None,  # over the layers (block sizes weighed)
             "out_dtype": self.out_dtype,
             "groups": [
                 {"group": group, "alpha": members[0].decision.value if members[0].decision else None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.io.dtypes import dtype_label
+from taxcut.io.layers import config_ties_embeddings
 
 
 def render_plan(plan) -> str:
@@ -23,6 +24,10 @@ def render_plan(plan) -> str:
     lines += method.plan_lines(plan) or _parameter_lines(plan)
     for head, embedding in plan.dropped_tied.items():
         lines.append(f"not written: {head} (tied to {embedding}, which carries its value)")
+    embedding = plan.layout.token_embedding
+    if not plan.dropped_tied and embedding and config_ties_embeddings(plan.checkpoints[0].config):
+        lines.append(f"tied     {embedding} is tied to lm_head (config.json ties the embeddings; no head is "
+                     "stored): one tensor, one value")
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)
 

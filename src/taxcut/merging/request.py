@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from taxcut.errors import TaxcutError
+from taxcut.io.hub import as_recorded
 from taxcut.methods.registry import method_for_spec
 from taxcut.methods.request import MergeRequest, ModelInput
 from taxcut.spec.toolkit import ToolkitSpec
@@ -44,12 +45,12 @@ def spec_record(request: MergeRequest) -> dict[str, Any]:
     (ingredients, learned coefficients) included."""
     spec = request.spec
     if isinstance(spec, ToolkitSpec):
-        models = [{"path": str(m.path.expanduser().resolve()), "weight": m.weight} for m in request.models]
+        models = [{"path": str(as_recorded(m.path)), "weight": m.weight} for m in request.models]
         record = spec.model_dump(mode="json")
         record.update(models=models, parameters=request.parameters.dump())
         if request.base is not None:
-            record["base"] = str(request.base.path.expanduser().resolve())
+            record["base"] = str(as_recorded(request.base.path))
         return record
-    paths = {key: getattr(spec, key).expanduser().resolve() for key in ("sft", "aligned", "out")
-             if getattr(spec, key, None) is not None}
+    paths = {key: getattr(spec, key).expanduser().resolve() if key == "out" else as_recorded(getattr(spec, key))
+             for key in ("sft", "aligned", "out") if getattr(spec, key, None) is not None}
     return spec.model_copy(update=paths).model_dump(mode="json")

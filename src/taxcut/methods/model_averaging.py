@@ -61,9 +61,10 @@ class ModelAveraging(MergeMethod):
                                    layers=p.layer_alphas, rules=p.rules, tied_head_of=tied_head_of, noun="ratio")}
 
     def plan_lines(self, plan) -> list[str]:
-        """The ratio convention, then each group of tensors with its ratio a."""
-        lines = ["ratio    a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned;"
-                 f" mean a of the layers = {plan.resolver.mean:.4g}",
+        """The ratio convention and the mean a (with blocks of unequal size, both the block mean and the mean over
+        the layers), then each group of tensors with its ratio a."""
+        resolver = plan.resolver
+        lines = ["ratio    a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned", *mean_lines(resolver),
                  "", f"{'group':<58} {'a':>8} {'tensors':>8} {'params':>12}"]
         for group, members in plan.groups().items():
             params = sum(m.info.numel for m in members)
@@ -105,7 +106,7 @@ class ModelAveraging(MergeMethod):
             entries += [{"filter": name, "value": take(a)} for name, a in sorted(outside.items())]
             return entries + [{"value": [take(a) for a in per_layer] if per_layer else take(plan.resolver.mean)}]
 
-        sft, aligned = plan.request.inputs
+        sft, aligned = (checkpoint.source.reference for checkpoint in plan.checkpoints)  # Hub IDs with their commit
         return {
             "comment": "theta = (1 - a) * sft + a * aligned, one weight per layer;\n# tensors whose ratio "
                        "differs (outside the layers, name rules) are listed by name first",
@@ -113,7 +114,19 @@ class ModelAveraging(MergeMethod):
             "dtype": plan.request.dtype or plan.out_dtype,
             "parameters": {"normalize": False},
             "models": [
-                {"model": str(sft.path.resolve()), "parameters": {"weight": weights(lambda a: round(1 - a, 10))}},
-                {"model": str(aligned.path.resolve()), "parameters": {"weight": weights(lambda a: a)}},
+                {"model": sft, "parameters": {"weight": weights(lambda a: round(1 - a, 10))}},
+                {"model": aligned, "parameters": {"weight": weights(lambda a: round(a, 10))}},
             ],
         }
+
+
+def mean_lines(resolver) -> list[str]:
+    """How ``taxcut plan`` states the mean a: one number when every block has as many layers, else the mean of the
+    block ratios (what HMA holds at a, and what the tensors after the layers get) and the mean over the layers."""
+    if not resolver.unequal_means:
+        return [f"mean a   {resolver.mean:.4g} (of the decoder layers; the tensors after the layers get it)"]
+    blocks = (f"mean a   {resolver.mean:.4g} over the {len(resolver.blocks)} blocks (what HMA holds at a; the tensors "
+              "after the layers get it)")
+    layers = (f"         {resolver.layer_mean:.4g} over the {len(resolver.layer_values)} layers (each block weighted "
+              "by its number of layers)")
+    return [blocks, layers]

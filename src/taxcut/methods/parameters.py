@@ -9,7 +9,8 @@ Ratios (``alpha``, ``alphas``, ``layer_alphas``), and any list-valued method par
 - one value: every tensor gets it;
 - ``[v1, ..., vK]``: one value per block of contiguous decoder layers, split by :func:`split_blocks` unless
   explicit ``block_bounds`` are given; embeddings (token and position) take the first block's value and everything
-  after the layers (final norm, lm_head) the mean of the K values;
+  after the layers (final norm, lm_head) the mean of the K values (the block mean, what HMA holds at a; not the
+  mean over the layers, which weighs each block by its size: :attr:`BlockValues.layer_mean`);
 - one value per decoder layer: the same, with one-layer blocks;
 - name rules (``match`` glob or ``regex``, first match wins) override all of that. A tied embedding is matched by
   the name of the head it also serves as.
@@ -127,8 +128,12 @@ class BlockValues:
         self.per_layer = layers is not None
         self.blocks = self._blocks(value, blocks, block_bounds, layers)
         values = [value] if value is not None else list(blocks if blocks is not None else layers)
-        self.mean = sum(values) / len(values)  # the mean of the values given: what HMA holds at a
+        # Two means. ``mean``: of the values as given, one per block (or layer); what HMA holds at a, and what the
+        # tensors after the layers (final norm, lm_head) get. ``layer_mean``: weighted by the layers each block
+        # covers, the mean over the decoder layers; the two differ only when the blocks are of unequal size.
+        self.mean = sum(values) / len(values)
         self.layer_values = [b.value for b in self.blocks for _ in range(b.first, b.last + 1)]
+        self.layer_mean = sum(self.layer_values) / len(self.layer_values) if self.layer_values else self.mean
         self.used_rules: set[int] = set()
 
     @classmethod
@@ -163,6 +168,11 @@ class BlockValues:
             )
         return [Block(first, last, v) for (first, last), v in zip(bounds, blocks)]
 
+    @property
+    def unequal_means(self) -> bool:
+        """Whether the block mean and the layer-weighted mean differ (blocks of unequal size)."""
+        return not math.isclose(self.mean, self.layer_mean, rel_tol=1e-9, abs_tol=1e-12)
+
     def block_of_layer(self, layer: int) -> int:
         return next(i for i, b in enumerate(self.blocks) if b.first <= layer <= b.last)
 
@@ -187,7 +197,8 @@ class BlockValues:
         if self.layout.is_embedding(tensor_name):
             tied = f", tied to {self.tied_head_of[tensor_name]}" if tensor_name in self.tied_head_of else ""
             return Decision(self.blocks[0].value, f"embeddings (first block's {self.noun}{tied})", -1, 0)
-        return Decision(self.mean, f"outside the layers, after them (mean {self.noun})", 1e6)
+        of_blocks = " of the blocks" if self.unequal_means else ""
+        return Decision(self.mean, f"outside the layers, after them (mean {self.noun}{of_blocks})", 1e6)
 
     def unused_rules(self) -> list[int]:
         """The (0-based) rules that matched no tensor asked about so far."""

@@ -41,5 +41,5 @@ class Slerp(MergeMethod):
         return (scale_a * a + scale_b * b).to(first.dtype).reshape(first.shape)
 
     def mergekit(self, plan) -> dict:
-        return {"merge_method": "slerp", "base_model": str(plan.request.models[0].path.resolve()),
+        return {"merge_method": "slerp", "base_model": plan.checkpoints[0].source.reference,
                 "parameters": {"t": plan.request.parameters.t}}

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
+from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.spec.fit import HMA_RANGE, FitOptions, FitSettings
 from taxcut.spec.merge import MergeSpec, NameRule, RatioFields
 
@@ -145,7 +146,7 @@ def expand_grid(grid: CandidateGrid) -> list[Candidate]:
     ]
     candidates += [Candidate(label=f"layers {_short(p)}", kind="layers", layer_alphas=p, rules=rules)
                    for p in grid.layer_patterns]
-    candidates += [Candidate(label=Path(m).name, kind="model", model=str(Path(m).resolve())) for m in grid.models]
+    candidates += [Candidate(label=Path(m).name, kind="model", model=str(as_recorded(m))) for m in grid.models]
     candidates += [from_ratios_file(Path(path)) for path in grid.ratio_files]
     unique: dict[str, Candidate] = {}
     for candidate in candidates:

@@ -7,9 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from taxcut.io.hub import is_hub_id
+
 
 class RewardSpec(BaseModel):
-    """Responses to ``prompts`` (JSONL: ``prompt`` or ``messages``), scored by a reward ``model`` folder
+    """Responses to ``prompts`` (JSONL: ``prompt`` or ``messages``), scored by a reward ``model`` folder or Hub ID
     (``AutoModelForSequenceClassification``) or a ``function`` ``module:function(prompt, response) -> float``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -33,8 +35,29 @@ class RewardSpec(BaseModel):
         return self
 
 
+# The metrics each built-in task type reports; the first is its primary metric (the one its tax follows) unless the
+# task's ``metric`` chooses another. Lower is better for the perplexity task's metrics, higher for the others.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "generation": ("exact_match", "f1", "contains"),
+    "multiple_choice": ("acc", "acc_norm"),
+    "bleu": ("bleu",),
+    "perplexity": ("nll", "perplexity"),
+}
+
+
+def metric_problem(task_type: str, metric: str) -> str | None:
+    """Why ``metric`` cannot be the primary metric of a built-in ``task_type`` task, or None if it can."""
+    valid = TASK_METRICS.get(task_type)
+    if valid is None or metric in valid:
+        return None
+    return f"metric {metric!r} does not apply to a {task_type} task; choose one of {', '.join(valid)}"
+
+
 class TaskSpec(BaseModel):
-    """One benchmark: a built-in JSONL task (``path``) or an lm-evaluation-harness task (``task``: name or YAML)."""
+    """One benchmark: a built-in JSONL task (``path``) or an lm-evaluation-harness task (``task``: name or YAML).
+
+    ``metric`` chooses the primary metric, the one the tax follows: for built-in tasks one of
+    :data:`TASK_METRICS` (default: the first), for lm_eval tasks one the task reports."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,8 +81,11 @@ class TaskSpec(BaseModel):
             raise ValueError(f"task '{self.name}': a {self.type} task takes 'path' (a JSONL file), not 'task'")
         if self.type not in ("generation", "bleu") and (self.max_new_tokens is not None or self.stop is not None):
             raise ValueError(f"task '{self.name}': 'max_new_tokens' and 'stop' apply to generation and bleu tasks")
-        if self.type != "lm_eval" and (self.num_fewshot is not None or self.metric is not None):
-            raise ValueError(f"task '{self.name}': 'num_fewshot' and 'metric' apply to lm_eval tasks")
+        if self.type != "lm_eval" and self.num_fewshot is not None:
+            raise ValueError(f"task '{self.name}': 'num_fewshot' applies to lm_eval tasks")
+        problem = metric_problem(self.type, self.metric) if self.metric is not None else None
+        if problem is not None:
+            raise ValueError(f"task '{self.name}': {problem}")
         return self
 
 
@@ -96,13 +122,16 @@ class EvaluationSpec(BaseModel):
         return found
 
     def relative_to(self, folder: Path) -> EvaluationSpec:
-        """The same spec with relative file paths made relative to ``folder`` (the spec file's)."""
+        """The same spec with relative file paths made relative to ``folder`` (the spec file's); a reward model
+        given as a Hub repo ID stays as written."""
         def fix(path):
             return path if path is None or path.is_absolute() else folder / path
 
         reward = None
         if self.reward is not None:
-            update = {"prompts": fix(self.reward.prompts), "model": fix(self.reward.model)}
+            model = self.reward.model
+            update = {"prompts": fix(self.reward.prompts),
+                      "model": model if model is not None and is_hub_id(model, folder) else fix(model)}
             module, sep, function = (self.reward.function or "").rpartition(":")
             if sep and module.endswith(".py") and not Path(module).is_absolute():
                 update["function"] = f"{folder / module}:{function}"

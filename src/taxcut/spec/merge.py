@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
+from taxcut.io.hub import is_hub_id
 from taxcut.spec.fit import FitRecord
 
 _SIZE_UNITS = {
@@ -177,7 +178,8 @@ class MergeSpec(RatioFields):
                 raise ValueError(f"{where} = {value} is not a finite number")
             if not self.extrapolate and not 0.0 <= value <= 1.0:
                 raise ValueError(
-                    f"{where} = {value} is outside [0, 1]; set 'extrapolate: true' to extrapolate past a model (ExPO)"
+                    f"{where} = {value} is outside [0, 1]; set 'extrapolate: true' (on the command line: "
+                    "--extrapolate) to extrapolate past a model (ExPO)"
                 )
         return self
 
@@ -257,12 +259,23 @@ def file_relative(value: Any, folder: Path) -> Any:
     return value
 
 
+def model_relative(value: Any, folder: Path) -> Any:
+    """A model written in a spec file: a Hub repo ID (``org/name[@revision]`` with no such path beside the file)
+    as written, else a path, as :func:`file_relative` makes it."""
+    if isinstance(value, str) and is_hub_id(value, folder):
+        return value
+    return file_relative(value, folder)
+
+
 def read_spec_file(path: Path) -> dict[str, Any]:
-    """The fields of a YAML spec file, its relative model paths made relative to the file's folder."""
+    """The fields of a YAML spec file, its relative model paths made relative to the file's folder (a Hub repo ID
+    stays as written)."""
     data = _read_yaml_mapping(path)
-    for key in ("sft", "aligned", "out"):
+    for key in ("sft", "aligned"):
         if key in data:
-            data[key] = file_relative(data[key], path.parent)
+            data[key] = model_relative(data[key], path.parent)
+    if "out" in data:
+        data["out"] = file_relative(data["out"], path.parent)
     return data
 
 

@@ -13,7 +13,7 @@ from taxcut.errors import TaxcutError
 from taxcut.spec.candidates import CandidateGrid, expand_grid
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.merge import (
-    _read_yaml_mapping, describe_validation_error, file_relative, read_spec_file, spec_from_dict,
+    _read_yaml_mapping, describe_validation_error, file_relative, model_relative, read_spec_file, spec_from_dict,
 )
 
 
@@ -69,7 +69,8 @@ class SweepSpec(BaseModel):
         if isinstance(grid, dict):
             for key in ("models", "ratio_files"):
                 if isinstance(grid.get(key), list):
-                    grid[key] = [file_relative(m, path.parent) for m in grid[key]]
+                    relative = model_relative if key == "models" else file_relative  # a Hub ID stays as written
+                    grid[key] = [relative(m, path.parent) for m in grid[key]]
             if isinstance(grid.get("hma"), dict) and "data" in grid["hma"]:
                 grid["hma"]["data"] = file_relative(grid["hma"]["data"], path.parent)
         data.update(overrides or {})

@@ -4,7 +4,7 @@
 method: ...                        # a method registered in taxcut.methods (see `taxcut plan SPEC`)
 base: models/base                  # the methods on task vectors need it (theta_i - theta_base)
 models:
-  - models/ft-math                 # a folder, or {path: ..., weight: ...}
+  - models/ft-math                 # a folder or a Hub ID (org/name[@revision]), or {path: ..., weight: ...}
   - {path: models/ft-code, weight: 0.5}
 parameters: {density: 0.2, lambda: 1.0}
 out: merged/
@@ -25,6 +25,7 @@ from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.merge import (
     _read_yaml_mapping,
     file_relative,
+    model_relative,
     parse_size,
     spec_from_dict,
 )
@@ -127,10 +128,13 @@ class ToolkitSpec(BaseModel):
 
         if "out" in data:  # an empty 'out:' must not become the spec's own folder
             destination_path(data["out"], f"'out' in {path}")
-        for key in ("base", "out"):
-            data[key] = fix(data.get(key))
+
+        def model(value):  # a Hub repo ID stays as written
+            return model_relative(value, path.parent)
+
+        data["base"], data["out"] = model(data.get("base")), fix(data.get("out"))
         if isinstance(data.get("models"), list):
-            data["models"] = [fix(m) if not isinstance(m, dict) else {**m, "path": fix(m.get("path"))}
+            data["models"] = [model(m) if not isinstance(m, dict) else {**m, "path": model(m.get("path"))}
                               for m in data["models"]]
         if isinstance(data.get("parameters"), dict) and isinstance(data["parameters"].get("data"), str):
             data["parameters"]["data"] = fix(data["parameters"]["data"])

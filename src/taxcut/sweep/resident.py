@@ -14,6 +14,7 @@ import torch
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer
+from taxcut.io.hub import model_path  # a Hub ID's snapshot in the cache
 from taxcut.io.parameters import checkpoint_names, read_parameters
 from taxcut.methods.interpolation import BLOCK_ELEMENTS, interpolate
 from taxcut.io.layers import detect_layers
@@ -26,7 +27,7 @@ class ResidentModel:
 
     def __init__(self, sft: Path, aligned: Path, *, device: torch.device | str = "cpu", dtype: str | None = None,
                  extrapolate: bool = False):
-        self.sft_folder, self.aligned_folder, self.extrapolate = Path(sft), Path(aligned), extrapolate
+        self.sft_folder, self.aligned_folder, self.extrapolate = model_path(sft), model_path(aligned), extrapolate
         self.device = device
         self.model = load_causal_lm(sft, device=device, dtype=dtype)  # the live parameters, in the sweep's dtype
         self.tokenizer = load_tokenizer(aligned)  # the aligned model's tokenizer and chat template, as merges copy

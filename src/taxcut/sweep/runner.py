@@ -16,6 +16,7 @@ from taxcut.evaluation.loading import pick_device
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.hma.candidates import hma_candidates
+from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.io.provenance import weights_identity
 from taxcut.merging.plan import build_plan
 from taxcut.spec.candidates import Candidate, expand_grid
@@ -135,7 +136,7 @@ def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | Non
 def _record(spec: SweepSpec, candidate: Candidate, result: EvaluationResult, context: str) -> ResultRecord:
     return ResultRecord(
         candidate_id=candidate.id, candidate=candidate, result=result, mean_alpha=candidate.mean_alpha,
-        sft=str(spec.sft.resolve()), aligned=str(spec.aligned.resolve()), context=context,
+        sft=str(as_recorded(spec.sft)), aligned=str(as_recorded(spec.aligned)), context=context,
         extrapolate=spec.extrapolate, dtype=spec.dtype,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), taxcut_version=__version__,
     )

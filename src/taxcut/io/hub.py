@@ -1,0 +1,222 @@
+"""Models named by Hugging Face Hub repo ID (``org/name`` or ``org/name@revision``) wherever a folder is accepted.
+
+:func:`resolve_model` turns a reference into a local folder: a path that exists is that folder (a local folder wins
+over a Hub repo of the same name); an ``org/name[@revision]`` that does not exist locally is fetched with
+``huggingface_hub.snapshot_download`` into the standard cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``), with the
+token from the environment (``HF_TOKEN``) or the stored login. Only what taxcut reads is fetched: the weights
+(from the index when there is one, ``.bin`` files only when no safetensors exist), config, tokenizer files, chat
+template, generation config and an adapter's files. With ``HF_HUB_OFFLINE=1`` only the cache is read. The
+environment is read at each call, not at import; online, each reference is resolved once per process (so every
+load of a run sees the same commit). Which one was used is said once on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from taxcut.errors import TaxcutError, first_line
+from taxcut.io.model_folder import SIDE_FILE_GLOBS, SIDE_FOLDERS
+
+# The weight files, in the order taxcut's checkpoint reader prefers them: (index, single file).
+WEIGHT_LAYOUTS = (("model.safetensors.index.json", "model.safetensors"),
+                  ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model reference was found: a local ``path``, and for a Hub model its repo, revision and commit."""
+
+    path: Path
+    repo_id: str | None = None
+    revision: str | None = None  # as asked for (None: the default branch)
+    commit: str | None = None  # the commit hash the cache's snapshot belongs to
+
+    @property
+    def from_hub(self) -> bool:
+        return self.repo_id is not None
+
+    @property
+    def reference(self) -> str:
+        """How another tool should name this exact model: ``org/name@commit``, or the folder's absolute path."""
+        return f"{self.repo_id}@{self.commit}" if self.from_hub else str(self.path.resolve())
+
+    def record(self) -> dict:
+        """What provenance records of a Hub model."""
+        return {"repo_id": self.repo_id, "revision": self.revision or "main", "commit": self.commit}
+
+
+def parse_hub_id(ref: str | os.PathLike[str]) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` if ``ref`` has the form ``org/name`` or ``org/name@revision``, else None."""
+    found = _HUB_ID.fullmatch(os.fspath(ref))
+    if found is None:
+        return None
+    repo = found.group("repo")
+    if "--" in repo or ".." in repo or repo.endswith(".git") or len(repo) > 96:
+        return None
+    return repo, found.group("revision")
+
+
+def is_hub_id(ref: str | os.PathLike[str], folder: Path | None = None) -> bool:
+    """Whether ``ref`` names a Hub repo: it has the form ``org/name[@revision]`` and no such path exists (relative
+    to ``folder`` when given, else to the working directory)."""
+    if parse_hub_id(ref) is None:
+        return False
+    return not ((folder or Path()) / Path(ref).expanduser()).exists()
+
+
+def as_recorded(ref: str | os.PathLike[str]) -> Path:
+    """A model reference as a spec or results file should record it: a Hub ID as written, a path made absolute."""
+    return Path(ref) if is_hub_id(ref) else Path(ref).expanduser().resolve()
+
+
+def display_name(ref: str | os.PathLike[str]) -> str:
+    """A model's name for a model card: a Hub ID as written, a folder by its last component."""
+    return os.fspath(ref) if is_hub_id(ref) else Path(ref).name
+
+
+def model_path(ref: str | os.PathLike[str]) -> Path:
+    """The local folder of a model reference (see :func:`resolve_model`)."""
+    return resolve_model(ref).path
+
+
+def resolve_model(ref: str | os.PathLike[str]) -> ResolvedModel:
+    """The local folder of a model reference: the path itself when it exists or is not a Hub ID (a missing folder is
+    reported by whoever reads it), else the Hub repo's snapshot in the cache, fetched first unless offline."""
+    path = Path(ref).expanduser()
+    parsed = parse_hub_id(ref)
+    if parsed is None:
+        return ResolvedModel(path)
+    if path.exists():
+        _say_once(f"using the local folder {os.fspath(ref)}, not the Hugging Face Hub repo of that name")
+        return ResolvedModel(path)
+    repo, revision = parsed
+    if hub_offline():  # the cache alone: reading a ref file, cheap enough to do at every call
+        folder = _snapshot(os.fspath(ref), repo, revision)
+        resolved = ResolvedModel(folder, repo, revision, folder.name)
+    else:  # once per process: one network round trip, and every load of a run sees the same commit
+        key = (repo, revision, hub_cache_dir())
+        if key not in _DOWNLOADED:
+            folder = _snapshot(os.fspath(ref), repo, revision)
+            _DOWNLOADED[key] = ResolvedModel(folder, repo, revision, folder.name)
+        resolved = _DOWNLOADED[key]
+    _say_once(f"using {os.fspath(ref)} from the Hugging Face Hub (commit {resolved.commit})")
+    return resolved
+
+
+_DOWNLOADED: dict[tuple, ResolvedModel] = {}
+_SAID: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    if message not in _SAID:
+        _SAID.add(message)
+        print(f"taxcut: {message}", file=sys.stderr)
+
+
+def hub_cache_dir() -> str:
+    """The Hugging Face Hub cache folder, from the environment as it is now (``HF_HUB_CACHE``, the older
+    ``HUGGINGFACE_HUB_CACHE``, ``HF_HOME/hub``, else huggingface_hub's default)."""
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(name):
+            return os.path.expanduser(os.environ[name])
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set now, or was when huggingface_hub loaded."""
+    from huggingface_hub import constants
+
+    values = (os.environ.get("HF_HUB_OFFLINE"), os.environ.get("TRANSFORMERS_OFFLINE"))
+    return any((value or "").upper() in _TRUE for value in values) or bool(constants.HF_HUB_OFFLINE)
+
+
+def files_to_fetch(names: Iterable[str]) -> tuple[list[str], str | None]:
+    """Of a repo's file names, what taxcut reads: ``(files, index)``, where ``index`` is a weight index whose shards
+    must be fetched too once it is read (None when the weights are one file or absent). Safetensors win over
+    ``.bin`` as in the checkpoint reader; files in subfolders (other formats, originals) are left out."""
+    names = list(names)
+    top = [name for name in names if "/" not in name]
+    wanted = [name for name in top if any(fnmatchcase(name, glob) for glob in SIDE_FILE_GLOBS + ADAPTER_FILES)]
+    wanted += [name for name in names if "/" in name and name.split("/", 1)[0] in SIDE_FOLDERS]
+    for index, single in WEIGHT_LAYOUTS:
+        if index in top:
+            return sorted(wanted + [index]), index
+        if single in top:
+            return sorted(wanted + [single]), None
+    return sorted(wanted), None
+
+
+def _snapshot(ref: str, repo: str, revision: str | None) -> Path:
+    """The repo's snapshot folder in the cache, downloading what taxcut reads unless offline."""
+    from huggingface_hub import errors
+
+    try:
+        if hub_offline():
+            return _cached(ref, repo, revision)
+        try:
+            from huggingface_hub import HfApi
+
+            names = HfApi().list_repo_files(repo, revision=revision)
+        except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - no connection, Hub down: the cache may still have it
+            return _cached(ref, repo, revision, unreachable=exc)
+        return _download(repo, revision, names)
+    except errors.GatedRepoError:
+        raise TaxcutError(f"{ref}: a gated Hugging Face Hub repo; accept its terms on the Hub and set HF_TOKEN "
+                          "(or log in with `hf auth login`)") from None
+    except errors.RevisionNotFoundError:
+        raise TaxcutError(f"{ref}: the Hugging Face Hub repo {repo} has no revision {revision!r}; give an existing "
+                          "branch, tag or commit") from None
+    except errors.RepositoryNotFoundError:
+        raise TaxcutError(f"{ref}: neither a local folder nor a model on the Hugging Face Hub (a private repo needs "
+                          "HF_TOKEN); check the path or the repo ID") from None
+    except errors.HfHubHTTPError as exc:
+        raise TaxcutError(f"{ref}: the Hugging Face Hub refused the download ({first_line(exc)})") from None
+
+
+def _cached(ref: str, repo: str, revision: str | None, unreachable: Exception | None = None) -> Path:
+    from huggingface_hub import errors, snapshot_download
+
+    try:
+        return Path(snapshot_download(repo, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True))
+    except errors.IncompleteSnapshotError:
+        raise TaxcutError(f"{ref}: its download in the Hugging Face cache is incomplete; download it again with "
+                          "network access") from None
+    except errors.LocalEntryNotFoundError:
+        if unreachable is None:
+            raise TaxcutError(f"{ref}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
+                              "or unset HF_HUB_OFFLINE") from None
+        raise TaxcutError(f"{ref}: cannot reach the Hugging Face Hub ({first_line(unreachable)}) and it is not in "
+                          "the local cache; check the connection") from None
+
+
+def _download(repo: str, revision: str | None, names: list[str]) -> Path:
+    """Fetch what taxcut reads; an index first, then the shards it lists (the same commit)."""
+    from huggingface_hub import snapshot_download
+
+    wanted, index = files_to_fetch(names)
+    folder = Path(snapshot_download(repo, revision=revision, cache_dir=hub_cache_dir(), allow_patterns=wanted))
+    if index is not None:
+        try:
+            shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return folder  # the checkpoint reader names what is wrong with the index
+        shards = [name for name in shards if isinstance(name, str) and name in names]
+        folder = Path(snapshot_download(repo, revision=folder.name, cache_dir=hub_cache_dir(),
+                                        allow_patterns=wanted + shards))
+    return folder
