@@ -33,9 +33,21 @@ def test_ids_do_not_change_so_old_results_files_resume():
 
 
 def test_kinds_are_a_closed_set():
-    assert set(typing.get_args(CandidateKind)) == {"MA", "blocks", "layers", "model", "HMA", "search"}
+    assert set(typing.get_args(CandidateKind)) == {"MA", "scoped-MA", "blocks", "layers", "model", "HMA", "search"}
     with pytest.raises(ValueError, match="kind"):
         Candidate(label="x", kind="ma", alpha=0.5)
+
+
+def test_rules_show_in_the_labels():
+    # the SFT model and the grid's a = 0 with rules are two candidates: they must not read "MA a=0" twice
+    grid = expand_grid(CandidateGrid(grid=[0.0, 0.5], block_patterns=[[0.2, 0.8]],
+                                     rules=[{"match": "lm_head.*", "alpha": 0.5}, {"regex": "x", "alpha": 0.1},
+                                            {"regex": "y", "alpha": 0.0}]))
+    labels = [c.label for c in grid]
+    assert labels == ["MA a=0", "MA a=0 + lm_head.*=0.5, x=0.1, +1 more", "MA a=0.5 + lm_head.*=0.5, x=0.1, +1 more",
+                      "blocks [0.2, 0.8] + lm_head.*=0.5, x=0.1, +1 more"]
+    assert len(set(labels)) == len(labels)
+    assert [c.label for c in expand_grid(CandidateGrid(grid=[0.0, 0.5]))] == ["MA a=0", "MA a=0.5"]
 
 
 def test_a_ratios_file_with_a_fit_record_is_an_hma_candidate(tmp_path):

@@ -15,8 +15,9 @@ from taxcut.spec.fit import FitOptions, FitRecord, FitSettings, SettingError
 
 def test_defaults_and_one_weight_per_block():
     settings = FitSettings(alpha=0.5)
-    assert (settings.blocks, settings.eps, settings.scope, settings.epochs, settings.batch_size, settings.lr,
-            settings.warmup, settings.seed, settings.device) == (3, 0.05, "all", 1, 8, 0.05, 0.1, 0, "auto")
+    assert (settings.preset, settings.blocks, settings.normalize, settings.eps, settings.scope, settings.loss,
+            settings.draw, settings.epochs, settings.batch_size, settings.lr, settings.warmup, settings.seed,
+            settings.device) == ("taxcut", 3, "sft", 0.05, "all", "response", 1.0, 1, 8, 0.05, 0.1, 0, "auto")
     assert settings.reg == [0.0, 0.0, 0.0]
     assert FitSettings(alpha=0.5, blocks=2, reg=0.3).reg == [0.3, 0.3]
     assert FitSettings(alpha=0.5, reg=[0.1]).reg == [0.1, 0.1, 0.1]
@@ -29,7 +30,11 @@ def test_defaults_and_one_weight_per_block():
     ({"alpha": math.nan}, "alpha", "HMA needs 0 < a < 1"),
     ({"lr": math.nan}, "lr", "must be a positive finite number"),
     ({"lr": math.inf}, "lr", "must be a positive finite number"),
-    ({"eps": 0.0}, "eps", "must be a positive finite number"),
+    ({"eps": -0.1}, "eps", "must be non-negative finite numbers"),
+    ({"eps": [0.1, math.nan]}, "eps", "must be non-negative finite numbers"),
+    ({"draw": 0.0}, "draw", "0 < draw <= 1"),
+    ({"normalize": "both"}, "normalize", "'sft' or 'aligned'"),
+    ({"preset": "lmflow"}, "preset", "'taxcut' or 'paper'"),
     ({"blocks": 0}, "blocks", "must be at least 1"),
     ({"warmup": 1.0}, "warmup", "0 <= warmup < 1"),
     ({"reg": -0.1}, "reg", "weights must be non-negative finite numbers"),
@@ -55,9 +60,26 @@ def test_every_setting_has_its_flag_with_the_model_default():
         assert action.required == field.is_required() and action.default is None  # defaults: the model's
         assert field.description and action.help.startswith(field.description)
     assert flags["scope"].choices == ["all", "paper"] and flags["device"].choices == ["auto", "cpu", "cuda"]
+    assert flags["preset"].choices == ["taxcut", "paper"] and flags["normalize"].choices == ["sft", "aligned"]
     args = fit.parse_args(["--sft", "s", "--aligned", "a", "--data", "d", "--out", "o", "--alpha", "0.4",
-                           "--reg", "0,1,0", "--batch-size", "4"])
-    assert (args.alpha, args.reg, args.batch_size, args.lr) == (0.4, [0.0, 1.0, 0.0], 4, None)
+                           "--reg", "0,1,0", "--batch-size", "4", "--eps", "0,0.1,0.2"])
+    assert (args.alpha, args.reg, args.batch_size, args.lr, args.eps) == (0.4, [0.0, 1.0, 0.0], 4, None,
+                                                                           [0.0, 0.1, 0.2])
+    assert fit.parse_args(["--sft", "s", "--aligned", "a", "--data", "d", "--out", "o", "--alpha", "0.4",
+                           "--reg", "paper"]).reg == "paper"
+    for name in ("normalize", "eps", "reg", "scope", "loss", "draw", "batch_size", "lr", "warmup"):
+        assert "taxcut" in flags[name].help and "paper" in flags[name].help, name  # says which default is whose
+
+
+def test_the_paper_preset_and_its_overrides():
+    paper = FitSettings(alpha=0.8, preset="paper")
+    assert (paper.normalize, paper.eps, paper.scope, paper.loss, paper.draw, paper.reg, paper.lr, paper.warmup,
+            paper.epochs, paper.batch_size) == ("sft", 0.2, "paper", "prompt+response", 0.4, "paper", 2e-5, 0.03, 1, 1)
+    mine = FitSettings(alpha=0.8, preset="paper", lr=0.1, eps=[0.0, 0.5])  # a setting given wins over the preset
+    assert (mine.lr, mine.eps_values(), mine.scope) == (0.1, [0.0, 0.5], "paper")
+    again = FitSettings(**paper.model_dump())  # the recorded settings read back as they were
+    assert again == paper
+    assert FitSettings(alpha=0.5, eps=[0.3]).eps == 0.3 and FitSettings(alpha=0.5).eps_values() == [0.05]
 
 
 def test_the_sweeps_hma_section_shares_the_options():
@@ -95,7 +117,11 @@ def test_a_ratios_file_written_before_reads_and_round_trips(tmp_path):
     spec = MergeSpec.from_yaml(path)
     assert isinstance(spec.fit, FitRecord) and spec.fit.settings.lr == 0.2 and spec.fit.loss_curve[-1] == 2.25
     again = yaml.safe_load(spec.to_yaml())
-    assert again["fit"] == yaml.safe_load(RATIOS_FILE_OF_TODAY)["fit"]  # default-valued settings written too
+    before = yaml.safe_load(RATIOS_FILE_OF_TODAY)["fit"]
+    settings = again["fit"].pop("settings")
+    assert settings == {**before.pop("settings"), "preset": "taxcut", "normalize": "aligned", "loss": "response",
+                        "draw": 1.0}  # fitted before 'normalize' existed: the aligned share; new settings' defaults
+    assert again["fit"] == {**before, "adjustments": []}
     assert list(again)[:2] == ["sft", "aligned"]
 
 

@@ -43,7 +43,7 @@ def test_a_record_survives_the_round_trip(tmp_path):
 @pytest.mark.parametrize(("line", "problem"), [
     ({"candidate_id": "x"}, "field 'candidate' "),
     ({**OLD_LINE, "primary": {"mc": "high"}}, "field 'primary.mc' Input should be a valid number"),
-    ({**OLD_LINE, "kind": "grid"}, "field 'kind' Input should be 'MA', 'blocks'"),
+    ({**OLD_LINE, "kind": "grid"}, "field 'kind' Input should be 'MA', 'scoped-MA', 'blocks'"),
     ({key: value for key, value in OLD_LINE.items() if key != "tasks"}, "field 'tasks' is missing"),
     ([1, 2], "not a result record (expected a JSON object)"),
 ])

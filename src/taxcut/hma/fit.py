@@ -1,9 +1,14 @@
 """``taxcut fit``: learn the HMA block ratios, reading top to bottom like one training script.
 
-Only the K block logits ``s_k`` train; every weight is ``(1 - a_k) * theta_sft + a_k * theta_aligned`` for its
-block, with ``a_k`` from :func:`taxcut.hma.ratios.block_ratios` (mean held at ``a``). The objective is the
-log-likelihood of high-reward responses given their prompts (loss on response tokens only), optionally plus a
-weighted L1 pull ``sum_k w_k |a_k - a|``. Adam, linear warm-up then cosine decay, one epoch by default.
+Lin et al., "Mitigating the Alignment Tax of RLHF" (EMNLP 2024, arXiv 2309.06256), Sec. 6 and App. B.1. Only the K
+block logits ``s_k`` train; every weight that follows the blocks is ``(1 - a_k) * theta_sft + a_k * theta_aligned``
+for its block, with ``a_k`` from :func:`taxcut.hma.ratios.block_ratios` (mean exactly ``a``, every ``a_k`` within
+[0, 1]: an eps too small for that is raised, printed and recorded). The objective is the log-likelihood of
+high-reward samples of the aligned policy -- a likelihood proxy for reward, with no tax term -- on the response
+tokens (taxcut) or on prompt and response (the paper), optionally plus a weighted L1 pull ``sum_k w_k |a_k - a|``.
+Adam, linear warm-up then cosine decay, one epoch by default. ``FitSettings(preset="paper")`` takes the paper's
+settings; one difference remains: the paper's code lets lm_head's ratio follow the normalisation of the block
+logits, taxcut keeps it at exactly ``a``.
 
 Which tensor follows which block comes from the merge plan of the ratios file this writes, so the fitted
 in-memory model is exactly what ``taxcut merge`` of that file produces. Memory: the SFT model's own parameters
@@ -29,7 +34,7 @@ import torch
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.data import read_jsonl
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
-from taxcut.hma.ratios import block_ratios, initial_logits
+from taxcut.hma.ratios import block_ratios, bounded_eps, initial_logits, paper_reg_weights
 from taxcut.io.layers import TIED_HEAD_NAMES, detect_layers
 from taxcut.io.parameters import checkpoint_names
 from taxcut.merging.plan import build_plan
@@ -47,15 +52,28 @@ class FitResult:
     alphas: list[float]
     block_bounds: list[tuple[int, int]]
     rules: list[dict]
+    settings: FitSettings  # as fitted: eps raised where the bound needed it
     losses: list[float] = field(default_factory=list)
-    ratio_history: list[list[float]] = field(default_factory=list)
+    ratio_history: list[list[float]] = field(default_factory=list)  # the ratios after each step
+    adjustments: list[str] = field(default_factory=list)  # what the fit decided beyond its settings
     weights: dict[str, torch.Tensor] | None = None
     is_main_process: bool = True  # under `accelerate launch`, only the main process writes the ratios file
 
 
 def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log=print,
                keep_weights: bool = False) -> FitResult:
-    """Learn the block ratios; ``keep_weights`` also returns the fitted weights by stored name (for checks)."""
+    """Learn the block ratios at one eps; ``keep_weights`` also returns the fitted weights by stored name (for
+    checks)."""
+    if isinstance(settings.eps, list):
+        raise TaxcutError(f"eps {settings.eps}: a fit takes one eps; fit each of settings.eps_values() "
+                          "(as taxcut fit --eps E1,E2,... does)")
+    adjustments = []
+    eps = bounded_eps(settings.alpha, settings.blocks, settings.eps, settings.normalize)
+    if eps != settings.eps:
+        adjustments.append(f"eps raised from {settings.eps:g} to {eps:.6g}, the smallest that keeps every block ratio "
+                     f"within [0, 1] (normalize {settings.normalize}, a = {settings.alpha:g}, K = {settings.blocks})")
+        log(f"fit: {adjustments[-1]}")
+        settings = settings.model_copy(update={"eps": eps})
     torch.manual_seed(settings.seed)
     from accelerate import Accelerator
 
@@ -101,12 +119,20 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
                                 for name, block in trainable.items()})
     recompute_layers(model)
 
-    # 3. the fit set: prompt + response, loss on the response tokens only
-    examples = _encode(tokenizer, data, getattr(model.config, "max_position_embeddings", None))
+    # 3. the fit set: prompt + response, the loss on the response tokens or on all of them; a random draw of it
+    examples = _encode(tokenizer, data, getattr(model.config, "max_position_embeddings", None), settings.loss)
     rng = random.Random(settings.seed)
+    if settings.draw < 1:
+        examples = rng.sample(examples, max(1, round(settings.draw * len(examples))))
 
-    # 4. the only trainable tensor: K block logits, starting at MA
-    logits = initial_logits(settings.alpha, settings.blocks).to(device).requires_grad_()
+    # 4. the only trainable tensor: K block logits, starting at MA; the L1 pull's weights
+    logits = initial_logits(settings.alpha, settings.blocks, settings.normalize).to(device).requires_grad_()
+    reg_weights = settings.reg
+    if settings.reg == "paper":  # per Linear weight, by its layer's distance from the middle
+        layer_of = detect_layers(stored.values()).layer_of
+        linears = [(layer_of[stored[name]], block) for name, block in trainable.items() if params[name].ndim == 2]
+        reg_weights = paper_reg_weights(linears, num_layers, settings.blocks)
+        adjustments.append("reg paper: w_k = " + ", ".join(f"{w:.4g}" for w in reg_weights))
     optimizer = torch.optim.Adam([logits], lr=settings.lr)
     shard = examples[accelerator.process_index::accelerator.num_processes]
     per_process = math.ceil(len(examples) / accelerator.num_processes)
@@ -114,17 +140,18 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     steps_per_epoch = math.ceil(len(shard) / settings.batch_size)
     total_steps = max(1, steps_per_epoch * settings.epochs)
     scheduler = warmup_cosine(optimizer, total_steps, settings.warmup)
-    reg = torch.tensor(settings.reg, device=device)
-    result = FitResult([], bounds, rules, is_main_process=accelerator.is_main_process)
-    log(f"fit: {len(examples)} examples, {settings.blocks} blocks {bounds}, a = {settings.alpha}, eps = "
-        f"{settings.eps}, scope {settings.scope}, {total_steps} steps")
+    reg = torch.tensor(reg_weights, device=device)
+    result = FitResult([], bounds, rules, settings, adjustments=adjustments, is_main_process=accelerator.is_main_process)
+    log(f"fit: {len(examples)} examples, {settings.blocks} blocks {bounds}, a = {settings.alpha}, normalize "
+        f"{settings.normalize}, eps = {settings.eps:g}, scope {settings.scope}, loss on {settings.loss}, "
+        f"{total_steps} steps")
     model.eval()  # no dropout: the weights are the only thing that changes
     for epoch in range(settings.epochs):
         order = list(range(len(shard)))
         rng.shuffle(order)
         for start in range(0, len(order), settings.batch_size):
             batch = collate([shard[i] for i in order[start:start + settings.batch_size]], tokenizer.pad_token_id or 0)
-            ratios = block_ratios(logits, settings.alpha, settings.eps)  # (K,), mean == alpha
+            ratios = block_ratios(logits, settings.alpha, settings.eps, settings.normalize)  # (K,), mean alpha
             holder.values = ratios  # every parametrised weight reads its block's ratio from here
             output = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
             loss = output.loss + (reg * (ratios - settings.alpha).abs()).sum()
@@ -135,10 +162,11 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             result.losses.append(output.loss.item())
-            result.ratio_history.append(block_ratios(logits.detach(), settings.alpha, settings.eps).tolist())
+            result.ratio_history.append(block_ratios(logits.detach(), settings.alpha, settings.eps,
+                                                   settings.normalize).tolist())
         log(f"fit: epoch {epoch + 1}: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}, ratios "
             + ", ".join(f"{r:.4f}" for r in result.ratio_history[-1]))
-    final = block_ratios(logits.detach(), settings.alpha, settings.eps)
+    final = block_ratios(logits.detach(), settings.alpha, settings.eps, settings.normalize)
     result.alphas = final.float().cpu().tolist()
     if keep_weights:
         holder.values = final
@@ -181,7 +209,9 @@ def paper_scope_rules(params: dict, stored: dict[str, str], alpha: float) -> lis
     return rules + [{"regex": pattern, "alpha": alpha} for pattern in sorted(at_alpha)]
 
 
-def _encode(tokenizer, path: Path, context: int | None) -> list[tuple[list[int], int]]:
+def _encode(tokenizer, path: Path, context: int | None, loss: str) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + response + end of sequence, and where the loss starts: at the response, or at the
+    first token (prompt + response, as the paper trains on its fit set stored as text)."""
     records = read_jsonl(path, needs=[("prompt",), ("response",)], what="fit set")
     encoded = []
     for number, record in enumerate(records, start=1):
@@ -195,7 +225,7 @@ def _encode(tokenizer, path: Path, context: int | None) -> list[tuple[list[int],
                               f"the model's context of {context}; shorten or drop it")
         if len(ids) <= len(prompt):
             raise TaxcutError(f"{path}, record {number}: the response is empty")
-        encoded.append((ids, len(prompt)))
+        encoded.append((ids, len(prompt) if loss == "response" else 0))
     return encoded
 
 

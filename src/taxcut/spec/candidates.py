@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
 from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
@@ -23,10 +23,11 @@ from taxcut.spec.merge import MergeSpec, NameRule, RatioFields
 
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
 
-CandidateKind = Literal["MA", "blocks", "layers", "model", "HMA", "search"]
-"""MA: one ratio ``a``; blocks / layers: hand-set per-block / per-layer ratios (or a ratios file without a fit
-record); model: a checkpoint evaluated as it is; HMA: learned block ratios; search: proposed by the black-box
-search."""
+CandidateKind = Literal["MA", "scoped-MA", "blocks", "layers", "model", "HMA", "search"]
+"""MA: one ratio ``a``; scoped-MA: one ratio ``a`` with an HMA fit's scope (e.g. the paper's: embeddings and norms
+from SFT), no learning -- what HMA is compared with at equal ``a``; blocks / layers: hand-set per-block / per-layer
+ratios (or a ratios file without a fit record); model: a checkpoint evaluated as it is; HMA: learned block ratios;
+search: proposed by the black-box search."""
 
 _log = logging.getLogger("taxcut")
 _announced: set[str] = set()
@@ -78,7 +79,13 @@ class CandidateGrid(BaseModel):
     ``models``: other checkpoints of the same architecture evaluated as they are (e.g. early-stopping
     checkpoints of the RLHF run, to compare with averaging); ``ratio_files``: ratios files of ``taxcut fit`` (or
     any merge spec); ``hma``: fit HMA at each of its ``mean_alphas``. The SFT model (a = 0) is always evaluated:
-    the tax is measured from it."""
+    the tax is measured from it.
+
+    ``strategy: adaptive`` evaluates, instead of the whole grid, ``budget`` candidates in all where the front is
+    still uncertain (:mod:`taxcut.sweep.adaptive`): MA from ``grid`` if given (else 0, 0.5, 1), each pattern as a
+    path through it, HMA from its ``mean_alphas`` if given (else 0.5); it stops early when no interval of ``a``
+    wider than ``resolution`` is left or none can add ``tolerance`` of the front's hypervolume, and evaluates
+    ``batch`` candidates per round."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -90,11 +97,23 @@ class CandidateGrid(BaseModel):
     models: list[Path] = []
     ratio_files: list[Path] = []
     hma: HmaGrid | None = None
+    strategy: Literal["grid", "adaptive"] = "grid"
+    budget: int = Field(8, ge=3)
+    resolution: float = Field(1 / 64, gt=0, le=0.5)
+    tolerance: float = Field(0.0, ge=0, lt=1)
+    batch: int = Field(1, ge=1)
 
     @model_validator(mode="before")
     @classmethod
     def _old_name(cls, data: Any) -> Any:
         return renamed_key(data, "alphas", "grid", "candidates")
+
+    @model_validator(mode="after")
+    def _adaptive_settings(self) -> CandidateGrid:
+        given = sorted({"budget", "resolution", "tolerance", "batch"} & self.model_fields_set)
+        if self.strategy != "adaptive" and given:
+            raise ValueError(f"'{given[0]}' applies to 'strategy: adaptive'")
+        return self
 
 
 class Candidate(RatioFields):
@@ -141,11 +160,12 @@ def expand_grid(grid: CandidateGrid) -> list[Candidate]:
     candidates = [ma_candidate(0.0)]  # the SFT model itself, the baseline of the tax (the grid's rules not applied)
     candidates += [ma_candidate(a, rules) for a in grid.grid]
     candidates += [
-        Candidate(label=f"blocks {_short(p)}", kind="blocks", alphas=p, block_bounds=grid.block_bounds, rules=rules)
+        Candidate(label=with_rules(f"blocks {_short(p)}", rules), kind="blocks", alphas=p,
+                  block_bounds=grid.block_bounds, rules=rules)
         for p in grid.block_patterns
     ]
-    candidates += [Candidate(label=f"layers {_short(p)}", kind="layers", layer_alphas=p, rules=rules)
-                   for p in grid.layer_patterns]
+    candidates += [Candidate(label=with_rules(f"layers {_short(p)}", rules), kind="layers", layer_alphas=p,
+                             rules=rules) for p in grid.layer_patterns]
     candidates += [Candidate(label=Path(m).name, kind="model", model=str(as_recorded(m))) for m in grid.models]
     candidates += [from_ratios_file(Path(path)) for path in grid.ratio_files]
     unique: dict[str, Candidate] = {}
@@ -155,7 +175,21 @@ def expand_grid(grid: CandidateGrid) -> list[Candidate]:
 
 
 def ma_candidate(alpha: float, rules: list | None = None) -> Candidate:
-    return Candidate(label=f"MA a={alpha:g}", kind="MA", alpha=alpha, rules=rules or [])
+    return Candidate(label=with_rules(f"MA a={alpha:g}", rules), kind="MA", alpha=alpha, rules=rules or [])
+
+
+def with_rules(label: str, rules: list | None) -> str:
+    """``label`` with the name rules it applies shown, so that "MA a=0" and "MA a=0 + lm_head.*=0.5" differ in a
+    table: the first two rules, then how many more."""
+    if not rules:
+        return label
+    shown = [f"{_get(r, 'match') or _get(r, 'regex')}={_get(r, 'alpha'):g}" for r in rules[:2]]
+    more = f", +{len(rules) - 2} more" if len(rules) > 2 else ""
+    return f"{label} + {', '.join(shown)}{more}"
+
+
+def _get(rule: Any, key: str) -> Any:
+    return rule.get(key) if isinstance(rule, dict) else getattr(rule, key)
 
 
 def _short(values: list[float]) -> str:

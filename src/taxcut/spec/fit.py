@@ -12,33 +12,70 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
 
 HMA_RANGE = "HMA needs 0 < a < 1 (its block logits start at logit(a))"
 
 
+# The paper's settings (Lin et al., EMNLP 2024, Sec. 6, App. B.1 and D.5, and its released script), as
+# ``--preset paper``; a setting given explicitly wins over its preset. ``preset: taxcut`` is the fields' defaults.
+PRESETS: dict[str, dict[str, Any]] = {
+    "taxcut": {},
+    "paper": {"normalize": "sft", "eps": 0.2, "scope": "paper", "loss": "prompt+response", "draw": 0.4,
+              "reg": "paper", "lr": 2e-5, "warmup": 0.03, "epochs": 1, "batch_size": 1},
+}
+
+
 class FitOptions(BaseModel):
-    """How the block ratios are learned, at whatever mean ratio ``a`` and on whatever device."""
+    """How the block ratios are learned, at whatever mean ratio ``a`` and on whatever device.
+
+    Each description says which value is taxcut's default and which the paper's (``preset: paper`` takes all of
+    the paper's at once).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    blocks: int = Field(3, description="K, the number of blocks of contiguous decoder layers")
-    eps: float = Field(0.05, description="bounds how far the block ratios can spread from a (smaller: further)")
-    reg: list[float] | float = Field(
-        0.0, description="weights w_k of the L1 pull sum_k w_k |a_k - a|: one for every block, or one per block",
-        json_schema_extra={"metavar": "W | W1,...,WK"}, validate_default=True)  # the default too: one per block
+    preset: Literal["taxcut", "paper"] = Field(
+        "taxcut", description="defaults for the settings not given: taxcut's, or the paper's (normalize sft, eps "
+        "0.2, scope paper, loss prompt+response, draw 0.4, reg paper, lr 2e-5, warmup 0.03, 1 epoch, batch 1)")
+    blocks: int = Field(3, description="K, the number of blocks of contiguous decoder layers (taxcut and paper: 3)")
+    normalize: Literal["sft", "aligned"] = Field(
+        "sft", description="which share the block logits normalise: sft (the paper's code, 1 - a_k; taxcut's "
+        "default) or aligned (a_k; taxcut's earlier default). Either way every a_k stays in [0, 1], mean a")
+    eps: list[float] | float = Field(
+        0.05, description="bounds the spread of the block ratios (smaller: wider), raised where needed to keep every "
+        "ratio in [0, 1]; several values fit one candidate each (the paper searches 0,0.1,...,0.9 and its script "
+        "uses 0.2; taxcut: 0.05)", json_schema_extra={"metavar": "EPS | E1,...,EN"})
+    reg: list[float] | float | Literal["paper"] = Field(
+        0.0, description="weights w_k of the L1 pull sum_k w_k |a_k - a|: one for every block, one per block, or "
+        "paper (the released code's weights, the middle block pinned hardest; taxcut: 0)",
+        json_schema_extra={"metavar": "W | W1,...,WK | paper"}, validate_default=True)  # the default: one per block
     scope: Literal["all", "paper"] = Field(
-        "all", description="all: every tensor follows the blocks; paper: only Linear weights (embeddings and norms "
-        "from SFT, lm_head at a)")
-    epochs: int = Field(1, description="passes over the fit set")
-    batch_size: int = Field(8, description="examples per step")
-    lr: float = Field(0.05, description="Adam's learning rate on the K block logits")
-    warmup: float = Field(0.1, description="share of the steps that warm the learning rate up (then cosine decay)")
-    seed: int = Field(0, description="seeds the model's randomness and the order of the examples")
+        "all", description="all (taxcut): every tensor follows the blocks; paper: only Linear weights (embeddings "
+        "and norms from SFT, lm_head at a)")
+    loss: Literal["response", "prompt+response"] = Field(
+        "response", description="which tokens of each example the likelihood covers: response (taxcut) or "
+        "prompt+response (the paper, whose fit set is stored as text)")
+    draw: float = Field(
+        1.0, description="share of the fit set used, drawn at random (seeded): taxcut 1.0 (taxcut sample already "
+        "kept the top); the paper 0.4, 2,000 random picks of its top 5,000 (so sample with --keep 2.5x the size)")
+    epochs: int = Field(1, description="passes over the fit set (taxcut and paper: 1)")
+    batch_size: int = Field(8, description="examples per step (taxcut: 8; paper: 1)")
+    lr: float = Field(0.05, description="Adam's learning rate on the K block logits (taxcut: 0.05; paper: 2e-5)")
+    warmup: float = Field(0.1, description="share of the steps that warm the learning rate up, then cosine decay "
+                                           "(taxcut: 0.1; paper: 0.03)")
+    seed: int = Field(0, description="seeds the model's randomness, the draw and the order of the examples")
 
-    @field_validator("blocks", "eps", "reg", "epochs", "batch_size", "lr", "warmup", "seed", mode="before")
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_fills_the_rest(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("preset"), str):
+            return {**PRESETS.get(data["preset"], {}), **data}
+        return data
+
+    @field_validator("blocks", "eps", "reg", "draw", "epochs", "batch_size", "lr", "warmup", "seed", mode="before")
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
@@ -52,11 +89,28 @@ class FitOptions(BaseModel):
             raise ValueError("must be at least 1")
         return value
 
-    @field_validator("eps", "lr")
+    @field_validator("lr")
     @classmethod
     def _positive(cls, value: float) -> float:
         if not (math.isfinite(value) and value > 0):
             raise ValueError("must be a positive finite number")
+        return value
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_values(cls, value: list[float] | float) -> list[float] | float:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("give at least one value")
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError("must be non-negative finite numbers")
+        return values[0] if len(values) == 1 else values  # one eps is a number, a search a list
+
+    @field_validator("draw")
+    @classmethod
+    def _draw_share(cls, value: float) -> float:
+        if not 0.0 < value <= 1.0:
+            raise ValueError("must be a share of the fit set: 0 < draw <= 1")
         return value
 
     @field_validator("warmup")
@@ -68,7 +122,10 @@ class FitOptions(BaseModel):
 
     @field_validator("reg")
     @classmethod
-    def _one_weight_per_block(cls, value: list[float] | float, info: ValidationInfo) -> list[float] | float:
+    def _one_weight_per_block(cls, value: list[float] | float | str,
+                              info: ValidationInfo) -> list[float] | float | str:
+        if value == "paper":
+            return value  # weighed per layer by the fit, which knows the layers
         weights = value if isinstance(value, list) else [value]
         if not all(math.isfinite(w) and w >= 0 for w in weights):
             raise ValueError("weights must be non-negative finite numbers")
@@ -80,6 +137,10 @@ class FitOptions(BaseModel):
         if len(weights) != blocks:
             raise ValueError(f"gives {len(weights)} weights for {blocks} blocks: give one weight, or one per block")
         return weights  # always one weight per block from here on
+
+    def eps_values(self) -> list[float]:
+        """The eps values to fit at: one, or the values of an eps search."""
+        return self.eps if isinstance(self.eps, list) else [self.eps]
 
     def options(self) -> dict[str, Any]:
         """The fields of :class:`FitOptions` only (what a sweep's ``hma:`` section shares with ``taxcut fit``)."""
@@ -153,3 +214,12 @@ class FitRecord(BaseModel):
     loss_first: float | None = None
     loss_last: float | None = None
     loss_curve: list[float] = []
+    adjustments: list[str] = []  # what the fit decided beyond its settings, e.g. an eps raised to keep [0, 1]
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _written_before_normalize(cls, value: Any) -> Any:
+        """Ratios files written before ``normalize`` existed normalised the aligned share."""
+        if isinstance(value, dict) and "normalize" not in value:
+            return {**value, "normalize": "aligned"}
+        return value
