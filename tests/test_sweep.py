@@ -94,7 +94,8 @@ def test_sweep_end_to_end(llama_pair, tmp_path, capsys):
 
     assert matplotlib.image.imread(out / "front.png").shape[2] in (3, 4)
     csv_lines = (out / "candidates.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("id,label,mean_alpha,reward,reward_stderr,tax,pareto,mc.acc")
+    assert csv_lines[0].startswith("id,label,mean_alpha,reward,reward_stderr,tax,tax_stderr,pareto,"
+                                   "pareto_within_noise,mc.acc")
     assert len(csv_lines) == 5
     assert "| MA a=0.5 |" in (out / "candidates.md").read_text()
 

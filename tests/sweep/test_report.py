@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import typing
+from dataclasses import replace
 
 from taxcut.spec.candidates import CandidateKind
 from taxcut.sweep.pareto import select
-from taxcut.sweep.report import KIND_STYLES, SweepRow, markdown_table, write_csv
+from taxcut.sweep.report import KIND_STYLES, SweepRow, markdown_table, plot_front, write_csv
 
 
 def rows() -> list[SweepRow]:
@@ -23,10 +24,18 @@ def test_every_kind_has_a_style():
 def test_tables_of_typed_rows(tmp_path):
     write_csv(rows(), tmp_path / "c.csv")
     assert (tmp_path / "c.csv").read_text().splitlines() == [
-        "id,label,mean_alpha,reward,reward_stderr,tax,pareto,mc.acc",
-        f"{'a' * 12},MA a=0,0.0,0.0,0.1,0.0,True,0.8",
-        f"{'b' * 12},raft-1,,1.0,0.1,0.3,True,0.5",
+        "id,label,mean_alpha,reward,reward_stderr,tax,tax_stderr,pareto,pareto_within_noise,mc.acc,mc.stderr",
+        f"{'a' * 12},MA a=0,0.0,0.0,0.1,0.0,nan,True,False,0.8,",
+        f"{'b' * 12},raft-1,,1.0,0.1,0.3,nan,True,False,0.5,",
     ]
     table = markdown_table(rows())
-    assert f"| {'b' * 12} | raft-1 | — | 1.0000 ± 0.1000 | 0.3000 | ★ | 0.5000 |" in table
+    assert f"| {'b' * 12} | raft-1 | — | 1.0000 ± 0.1000 | 0.3000 | ★ | 0.5000 |" in table  # no error recorded
+    noisy = [replace(rows()[0], tax_stderr=0.02, primary_stderr={"mc": 0.04}),
+             replace(rows()[1], pareto=False, pareto_within_noise=True)]
+    table = markdown_table(noisy)
+    assert f"| {'a' * 12} | MA a=0 | 0 | 0.0000 ± 0.1000 | 0.0000 ± 0.0200 | ★ | 0.8000 ± 0.0400 |" in table
+    assert f"| {'b' * 12} | raft-1 | — | 1.0000 ± 0.1000 | 0.3000 | ☆ | 0.5000 |" in table
+    assert table.rstrip().endswith("beyond their error bars)")
+    plot_front(noisy, tmp_path / "front.png")  # error bars and the ring of a front within the noise
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
     assert select(rows(), "tax<=0.5").label == "raft-1"

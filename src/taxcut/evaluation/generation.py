@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from taxcut.errors import TaxcutError, first_line
+from taxcut.evaluation.cost import count_generated, count_scored
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSetti
     Prompts are sorted by length so that each batch pads little, left-padded so that every row ends at the same
     position, and generated with the KV cache. Sampling is seeded once per call, so that every candidate of a
     sweep sees the same random stream. Prompts rendered through a chat template (``chat_rendered``) already
-    carry their special tokens.
+    carry their special tokens. The prompts' tokens count as scored, the responses' (padding aside) as generated
+    (:mod:`taxcut.evaluation.cost`).
     """
     pad_id = ensure_pad_token(tokenizer)
     rendered = list(chat_rendered) if chat_rendered is not None else [False] * len(prompts)
@@ -91,6 +93,8 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSetti
                     pad_token_id=pad_id, **sampling,
                 )
                 new_tokens = produced[:, encoded["input_ids"].shape[1]:]
+                count_scored(int(encoded["attention_mask"].sum()))
+                count_generated(int((new_tokens != pad_id).sum()))
                 for row, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                     outputs[row] = text
     return outputs

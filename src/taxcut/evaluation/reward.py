@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from taxcut.errors import TaxcutError, first_line
+from taxcut.evaluation.cost import count_scored
 from taxcut.evaluation.data import prompt_problem, read_jsonl
 from taxcut.evaluation.generation import GenerationSettings, generate, prompt_text, render_prompt
-from taxcut.evaluation.metrics import mean_and_stderr
+from taxcut.evaluation.stats import Mean
 
 
 class RewardFunction:
@@ -94,6 +95,7 @@ class RewardModelScorer:
                 batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
                                        truncation=limit is not None, max_length=limit,
                                        add_special_tokens=not templated).to(self.device)
+                count_scored(int(batch["attention_mask"].sum()))
                 scores.extend(self.model(**batch).logits[:, 0].float().tolist())
         return checked_rewards(scores, len(texts), f"the reward model {self.folder}")
 
@@ -123,10 +125,12 @@ class RewardEvaluator:
         self.records = read_jsonl(self.prompts_path, needs=[("prompt", "messages")], what="prompts", limit=self.limit,
                                   check=prompt_problem)
 
-    def responses(self, model, tokenizer) -> tuple[list[str], list[str]]:
-        """(plain prompts, responses), each prompt repeated ``samples_per_prompt`` times."""
-        records = [r for r in self.records for _ in range(self.samples_per_prompt)]
-        once = [self._render(number, r, tokenizer) for number, r in enumerate(self.records, start=1)]
+    def responses(self, model, tokenizer, items: Sequence[int] | None = None) -> tuple[list[str], list[str]]:
+        """(plain prompts, responses), each prompt repeated ``samples_per_prompt`` times; ``items``: the indices of
+        the prompts to answer (default: all of them)."""
+        chosen = [(i + 1, self.records[i]) for i in (range(len(self.records)) if items is None else items)]
+        records = [r for _, r in chosen for _ in range(self.samples_per_prompt)]
+        once = [self._render(number, r, tokenizer) for number, r in chosen]
         rendered = [text for text in once for _ in range(self.samples_per_prompt)]
         chat = [r.get("prompt") is None for r in records]
         return [prompt_text(r) for r in records], generate(model, tokenizer, rendered, self.settings, chat_rendered=chat)
@@ -137,11 +141,14 @@ class RewardEvaluator:
         except TaxcutError as exc:
             raise TaxcutError(f"{self.prompts_path}, record {number}: {exc}") from None
 
+    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> Mean:
+        """The rewards of the responses to the prompts ``items`` (default: all), over prompts x samples."""
+        prompts, responses = self.responses(model, tokenizer, items)
+        return Mean.of(checked_rewards(self.scorer(prompts, responses), len(responses), _scorer_name(self.scorer)))
+
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        prompts, responses = self.responses(model, tokenizer)
-        rewards = checked_rewards(self.scorer(prompts, responses), len(responses), _scorer_name(self.scorer))
-        mean, stderr = mean_and_stderr(rewards)
-        return {"reward": mean, "reward_stderr": stderr, "samples": float(len(rewards))}
+        rewards = self.measure(model, tokenizer)
+        return {"reward": rewards.value, "reward_stderr": rewards.stderr, "samples": float(rewards.count)}
 
 
 def function_scorer(function: Callable[[str, str], float]) -> Callable[[Sequence[str], Sequence[str]], list[float]]:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxcut.errors import TaxcutError
+from taxcut.evaluation.cost import metered
 from taxcut.evaluation.generation import GenerationSettings
+from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.protocol import TaxTask
-from taxcut.evaluation.result import EvaluationResult, RewardScore
+from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
+from taxcut.evaluation.stats import Reported, Statistic
+from taxcut.evaluation.subset import FULL, DataPart
 from taxcut.evaluation.tasks import TASK_TYPES
 from taxcut.io.provenance import weights_identity
 from taxcut.spec.evaluation import EvaluationSpec, RewardSpec, TaskSpec
@@ -32,24 +35,36 @@ class EvaluationSuite:
         return cls(spec, reward, [_task(task) for task in spec.tasks])
 
     def evaluate(self, model, tokenizer) -> EvaluationResult:
-        """The reward (if the spec has one) and every task's scores of ``model``."""
-        started = time.perf_counter()
-        reward = RewardScore.from_scores(self.reward.evaluate(model, tokenizer)) if self.reward is not None else None
-        scores = {task.name: task.evaluate(model, tokenizer) for task in self.tasks}
-        for task in self.tasks:
-            _check_scores(task, scores[task.name])
-        return EvaluationResult(
-            tasks=scores,
-            primary={task.name: scores[task.name][task.primary_metric] for task in self.tasks},
-            directions={task.name: task.higher_is_better for task in self.tasks},
-            seconds=time.perf_counter() - started,
-            reward=reward,
-        )
+        """The reward (if the spec has one) and every task's scores of ``model``, with their standard errors and
+        the evaluation's cost."""
+        return self.measure(model, tokenizer).result()
+
+    def measure(self, model, tokenizer, part: DataPart = FULL) -> Measurement:
+        """Every evaluator's statistics on ``part`` of its items (all of them by default; see
+        :mod:`taxcut.evaluation.subset`) and what it cost. A task that reports no items (lm-eval) is measured in
+        full, on the whole data only."""
+        with metered() as meter:
+            reward = None
+            if self.reward is not None:
+                reward = self.reward.measure(model, tokenizer, part.items("reward", len(self.reward.records)))
+            tasks: dict[str, dict[str, Statistic]] = {}
+            for task in self.tasks:
+                if hasattr(task, "measure"):
+                    tasks[task.name] = task.measure(model, tokenizer, part.items(f"task:{task.name}",
+                                                                                 len(task.records)))
+                elif part.full:
+                    tasks[task.name] = {m: Reported(v) for m, v in task.evaluate(model, tokenizer).items()}
+                else:
+                    raise TaxcutError(f"task '{task.name}' reports no items, so it cannot be measured on part of the "
+                                      "data; use 'fidelity: full'")
+                _check_scores(task, {metric: stat.value for metric, stat in tasks[task.name].items()})
+        return Measurement(reward, tasks, {task.name: task.primary_metric for task in self.tasks},
+                           {task.name: task.higher_is_better for task in self.tasks}, meter.cost())
 
     def fingerprint(self) -> str:
         """What results depend on in the evaluation: its settings, the *contents* of its data files, the reward
         function's source and the reward model's weight files (paths themselves do not count)."""
-        data = self.spec.model_dump(mode="json")
+        data = self.spec.model_dump(mode="json", exclude={"fidelity", "halving"})  # how much data, not what
         files = []
         if self.spec.reward:
             files.append(self.spec.reward.prompts)

@@ -15,11 +15,14 @@ Generation, BLEU and multiple-choice records may give a chat instead of text: ``
 reward prompts are (:func:`taxcut.evaluation.generation.render_prompt`); a choice then follows the rendered chat
 directly (no ``choice_prefix``), as in lm-evaluation-harness with a chat template. ``primary_metric`` (a task's
 ``metric:``) is the score the tax follows: one of :data:`taxcut.spec.evaluation.TASK_METRICS` for the task type.
+
+Each task's ``measure`` gives its metrics as statistics over any subset of its records, with their standard errors
+(:mod:`taxcut.evaluation.stats`); ``evaluate`` is their values on all of them.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +30,8 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.data import prompt_problem, read_jsonl
 from taxcut.evaluation.generation import GenerationSettings, generate, render_prompt
 from taxcut.evaluation.loglik import encode_pair, score_continuations
-from taxcut.evaluation.metrics import contains_answer, corpus_bleu, exact_match, stop_at, token_f1
+from taxcut.evaluation.metrics import contains_answer, exact_match, stop_at, token_f1
+from taxcut.evaluation.stats import Mean, Ratio, Statistic, bleu_statistics
 from taxcut.spec.evaluation import metric_problem
 
 _CONTEXT_FIELDS = ("context", "question", "prompt")
@@ -61,23 +65,28 @@ class MultipleChoiceTask:
         raise TaxcutError(f"{self.path}, record {number}: 'answer' must be a choice index or one of the choices")
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        contexts, chats = _render(self.path, self.records, tokenizer, _CONTEXT_FIELDS)
+        return _values(self.measure(model, tokenizer))
+
+    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
+        """``acc`` and ``acc_norm`` over the records ``items`` (default: all), as shares of right answers."""
+        numbers, records = _chosen(self.records, items)
+        answers = [self.answers[n - 1] for n in numbers]
+        contexts, chats = _render(self.path, records, tokenizer, _CONTEXT_FIELDS, numbers)
         prefixes = ["" if chat else self.choice_prefix for chat in chats]  # a chat's answer follows its template
         pairs = [encode_pair(tokenizer, context, prefix + str(choice), chat_rendered=chat)
-                 for context, chat, prefix, record in zip(contexts, chats, prefixes, self.records)
+                 for context, chat, prefix, record in zip(contexts, chats, prefixes, records)
                  for choice in record["choices"]]
         scored = score_continuations(model, tokenizer, pairs, self.batch_size, what=f"{self.name} choice")
-        correct = correct_norm = 0
+        correct, correct_norm = [], []
         cursor = 0
-        for index, (record, prefix) in enumerate(zip(self.records, prefixes)):
+        for index, (record, prefix) in enumerate(zip(records, prefixes)):
             count = len(record["choices"])
             mine = scored[cursor:cursor + count]
             cursor += count
             lengths = [max(1, len((prefix + str(c)).encode())) for c in record["choices"]]
-            correct += _argmax([s.logprob for s in mine]) == self.answers[index]
-            correct_norm += _argmax([s.logprob / n for s, n in zip(mine, lengths)]) == self.answers[index]
-        total = len(self.records)
-        return {"acc": correct / total, "acc_norm": correct_norm / total}
+            correct.append(float(_argmax([s.logprob for s in mine]) == answers[index]))
+            correct_norm.append(float(_argmax([s.logprob / n for s, n in zip(mine, lengths)]) == answers[index]))
+        return {"acc": Mean.of(correct, binary=True), "acc_norm": Mean.of(correct_norm, binary=True)}
 
 
 @dataclass
@@ -99,14 +108,19 @@ class GenerationTask:
         _require_some(self.path, self.records, ("answers", "answer"))
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        predictions = _greedy(model, tokenizer, self.path, self.records, self.max_new_tokens, self.batch_size,
-                              self.stop)
-        golds = [_as_list(r.get("answers", r.get("answer"))) for r in self.records]
-        total = len(self.records)
+        return _values(self.measure(model, tokenizer))
+
+    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
+        """``exact_match``, ``f1`` and ``contains`` over the records ``items`` (default: all)."""
+        numbers, records = _chosen(self.records, items)
+        predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
+                              self.stop, numbers)
+        golds = [_as_list(r.get("answers", r.get("answer"))) for r in records]
+        pairs = list(zip(predictions, golds))
         return {
-            "exact_match": sum(exact_match(p, g) for p, g in zip(predictions, golds)) / total,
-            "f1": sum(token_f1(p, g) for p, g in zip(predictions, golds)) / total,
-            "contains": sum(contains_answer(p, g) for p, g in zip(predictions, golds)) / total,
+            "exact_match": Mean.of([exact_match(p, g) for p, g in pairs], binary=True),
+            "f1": Mean.of([token_f1(p, g) for p, g in pairs]),
+            "contains": Mean.of([contains_answer(p, g) for p, g in pairs], binary=True),
         }
 
 
@@ -129,10 +143,15 @@ class BleuTask:
         _require_some(self.path, self.records, ("references", "reference"))
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        predictions = _greedy(model, tokenizer, self.path, self.records, self.max_new_tokens, self.batch_size,
-                              self.stop)
-        references = [_as_list(r.get("references", r.get("reference"))) for r in self.records]
-        return {"bleu": corpus_bleu([p.strip() for p in predictions], references)}
+        return _values(self.measure(model, tokenizer))
+
+    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
+        """Corpus ``bleu`` over the records ``items`` (default: all), from each record's n-gram statistics."""
+        numbers, records = _chosen(self.records, items)
+        predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
+                              self.stop, numbers)
+        references = [_as_list(r.get("references", r.get("reference"))) for r in records]
+        return {"bleu": bleu_statistics([p.strip() for p in predictions], references)}
 
 
 @dataclass
@@ -150,11 +169,25 @@ class PerplexityTask:
         self.records = read_jsonl(self.path, needs=[("text",)], what="perplexity task", limit=self.limit)
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
-        sequences = [encode_pair(tokenizer, "", str(r["text"])) for r in self.records]
+        return _values(self.measure(model, tokenizer))
+
+    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
+        """``nll`` per token and ``perplexity`` over the records ``items`` (default: all)."""
+        _, records = _chosen(self.records, items)
+        sequences = [encode_pair(tokenizer, "", str(r["text"])) for r in records]
         scored = score_continuations(model, tokenizer, sequences, self.batch_size, what=f"{self.name} text")
-        tokens = sum(s.tokens for s in scored)
-        nll = -sum(s.logprob for s in scored) / max(tokens, 1)
-        return {"nll": nll, "perplexity": math.exp(nll)}
+        pairs = [(-s.logprob, float(s.tokens)) for s in scored]  # (an item's NLL, its tokens)
+        return {"nll": Ratio.of(pairs), "perplexity": Ratio.of(pairs, exp=True)}
+
+
+def _chosen(records: list[dict], items: Sequence[int] | None) -> tuple[list[int], list[dict]]:
+    """The records ``items`` (indices; default: all) and their numbers (1-based)."""
+    indices = range(len(records)) if items is None else items
+    return [i + 1 for i in indices], [records[i] for i in indices]
+
+
+def _values(stats: dict[str, Statistic]) -> dict[str, float]:
+    return {metric: stat.value for metric, stat in stats.items()}
 
 
 TASK_TYPES = {
@@ -166,18 +199,20 @@ TASK_TYPES = {
 
 
 def _greedy(model, tokenizer, path: Path, records, max_new_tokens: int, batch_size: int,
-            stops: list[str]) -> list[str]:
+            stops: list[str], numbers: Sequence[int] | None = None) -> list[str]:
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
-    prompts, chats = _render(path, records, tokenizer, ("prompt",))
+    prompts, chats = _render(path, records, tokenizer, ("prompt",), numbers)
     outputs = generate(model, tokenizer, prompts, settings, chat_rendered=chats)
     return [stop_at(text, stops) for text in outputs]
 
 
-def _render(path: Path, records: list[dict], tokenizer, fields: tuple[str, ...]) -> tuple[list[str], list[bool]]:
+def _render(path: Path, records: list[dict], tokenizer, fields: tuple[str, ...],
+            numbers: Sequence[int] | None = None) -> tuple[list[str], list[bool]]:
     """Each record's prompt text (the first of ``fields`` it has) or its ``messages`` rendered through the chat
-    template (as reward prompts are), and whether it was a chat (its text then carries its special tokens)."""
+    template (as reward prompts are), and whether it was a chat (its text then carries its special tokens).
+    ``numbers``: the records' line numbers in the file, for errors (default: 1, 2, ...)."""
     texts, chats = [], []
-    for number, record in enumerate(records, start=1):
+    for number, record in zip(numbers or range(1, len(records) + 1), records):
         text = next((record[k] for k in fields if record.get(k) is not None), None)
         chats.append(text is None)
         if text is not None:

@@ -89,11 +89,29 @@ class TaskSpec(BaseModel):
         return self
 
 
+class HalvingSpec(BaseModel):
+    """Successive halving (:mod:`taxcut.sweep.halving`): first ``start`` of the items, times ``factor`` per stage up
+    to all of them; a candidate dominated beyond the noise at one-sided ``level`` is dropped; ``seed`` picks the
+    items."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    start: float = Field(0.125, gt=0, lt=1)
+    factor: float = Field(2.0, gt=1)
+    level: float = Field(0.05, gt=0, lt=0.5)
+    seed: int = 0
+
+
 class EvaluationSpec(BaseModel):
+    """The reward and the tax's tasks; ``fidelity: halving`` makes a sweep measure its candidates by successive
+    halving on the items (``halving`` sets it up), ``full`` (the default) on all the data."""
+
     model_config = ConfigDict(extra="forbid")
 
     reward: RewardSpec | None = None
     tasks: list[TaskSpec] = []
+    fidelity: Literal["full", "halving"] = "full"
+    halving: HalvingSpec = HalvingSpec()
 
     @model_validator(mode="after")
     def _something(self) -> EvaluationSpec:
@@ -102,6 +120,18 @@ class EvaluationSpec(BaseModel):
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError("task names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _halving(self) -> EvaluationSpec:
+        if self.fidelity != "halving":
+            if "halving" in self.model_fields_set:
+                raise ValueError("'halving' applies to 'fidelity: halving'")
+            return self
+        for task in self.tasks:
+            if task.type == "lm_eval":
+                raise ValueError(f"task '{task.name}': 'fidelity: halving' grows an evaluation item by item, and an "
+                                 "lm_eval task reports no items; use 'fidelity: full'")
         return self
 
     def input_files(self) -> list[tuple[str, Path]]:

@@ -6,8 +6,11 @@ that is not a record (hand-edited, say) is an error naming the file and line.
 
 A line holds the candidate (``candidate_id``, ``label``, ``kind`` and its ratio fields under ``candidate``), what
 it was measured against (``context``, ``sft``, ``aligned``, ``extrapolate``, ``dtype``), the evaluation's fields
-at top level (``reward``, ``tasks``, ``primary``, ``directions``, ``seconds``; see
-:class:`taxcut.evaluation.result.EvaluationResult`) and ``finished``, ``taxcut_version``.
+at top level (``reward``, ``tasks``, ``primary``, ``directions``, ``seconds``, ``stderr``, ``primary_stderr``,
+``cost``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and ``share``:
+the share of the evaluation data it saw. A stage of successive halving (``share`` < 1) has a context of its own
+(:func:`taxcut.sweep.halving.stage_context`), so that only full-data results count as a candidate's result, and
+keeps its item statistics under ``stats`` for the next stage to add items to.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.spec.candidates import Candidate
 
-_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds")
+_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds", "stderr", "primary_stderr", "cost")
 _CANDIDATE_KEYS = ("label", "kind")
 
 
@@ -43,6 +46,9 @@ class ResultRecord:
     dtype: str | None = None
     finished: str = ""
     taxcut_version: str = ""
+    inputs: dict[str, Any] | None = None  # the models' weights_identity when measured (export checks it)
+    share: float = 1.0  # the share of the evaluation data it saw (successive halving's stages; 1: all of it)
+    stats: dict[str, Any] | None = None  # a stage's item statistics (Measurement.to_json), grown by the next stage
 
     @property
     def label(self) -> str:
@@ -61,6 +67,8 @@ class ResultRecord:
             "candidate": self.candidate.ratio_fields(), "mean_alpha": self.mean_alpha, "context": self.context,
             "sft": self.sft, "aligned": self.aligned, "extrapolate": self.extrapolate, "dtype": self.dtype,
             **evaluation, "finished": self.finished, "taxcut_version": self.taxcut_version,
+            **({"inputs": self.inputs} if self.inputs is not None else {}), "share": self.share,
+            **({"stats": self.stats} if self.stats is not None else {}),
         }
 
     @classmethod
@@ -121,7 +129,8 @@ class ResultsStore:
             os.fsync(handle.fileno())
 
     def find(self, candidate: str) -> ResultRecord:
-        """The newest record whose candidate id starts with ``candidate`` (an id or an unambiguous prefix)."""
+        """The newest record whose candidate id starts with ``candidate`` (an id or an unambiguous prefix): its
+        newest full-data record, or for a candidate dropped by successive halving, its newest stage."""
         if not self.path.is_file():
             raise TaxcutError(f"{self.path}: results file not found")
         matches = [r for r in self.records() if r.candidate_id.startswith(candidate)]
@@ -130,7 +139,7 @@ class ResultsStore:
             raise TaxcutError(f"{self.path}: no candidate with id {candidate!r}; see candidates.csv for the ids")
         if len(ids) > 1:
             raise TaxcutError(f"{self.path}: {candidate!r} matches {len(ids)} candidates; give more of the id")
-        return matches[-1]
+        return ([r for r in matches if r.share >= 1.0] or matches)[-1]
 
 
 def _describe(exc: ValidationError) -> str:
