@@ -26,8 +26,9 @@ def interpolate(
 
     ``sft``, ``aligned`` and ``out`` have the same number of elements (any float dtypes, any shapes); the inputs are
     not modified. ``out`` must be contiguous. ``scratch``, a float32 tensor of ``2 * BLOCK_ELEMENTS`` elements on
-    the same device, saves the allocation when called in a loop. Without ``check_finite`` (no host sync per
-    block, for GPUs) the result is reported finite.
+    ``out``'s device, saves the allocation when called in a loop. The inputs may live on another device (host
+    memory for a GPU ``out``): each block is copied over, then computed where ``out`` is. Without ``check_finite``
+    (no host sync per block, for GPUs) the result is reported finite.
     """
     sft_flat, aligned_flat, out_flat = sft.reshape(-1), aligned.reshape(-1), out.view(-1)
     total = out_flat.numel()
@@ -57,11 +58,11 @@ def interpolate(
 
 
 def _scaled(values: torch.Tensor, factor: float, out: torch.Tensor) -> None:
-    """``out = float32(values) * factor``, one pass when ``values`` is already float32."""
-    if values.dtype == torch.float32:
+    """``out = float32(values) * factor``, one pass when ``values`` is already float32 and on ``out``'s device."""
+    if values.dtype == torch.float32 and values.device == out.device:
         torch.mul(values, factor, out=out)
     else:
-        out.copy_(values)
+        out.copy_(values, non_blocking=True)  # from pinned host memory: asynchronous, ordered before the multiply
         out.mul_(factor)
 
 

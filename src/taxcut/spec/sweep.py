@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from taxcut.errors import TaxcutError
 from taxcut.spec.candidates import CandidateGrid, expand_grid
 from taxcut.spec.evaluation import EvaluationSpec
+from taxcut.spec.executor import ExecutorSpec
 from taxcut.spec.merge import (
     _read_yaml_mapping, describe_validation_error, file_relative, model_relative, read_spec_file, spec_from_dict,
 )
@@ -19,7 +20,9 @@ from taxcut.spec.merge import (
 
 class SearchSpec(BaseModel):
     """A black-box multi-objective search over the K block ratios (optuna, extra ``taxcut[search]``) that measures
-    reward and tax directly, ``budget`` candidates in all (resumable through the results file)."""
+    reward and tax directly, ``budget`` candidates in all (resumable through the results file). Each round asks
+    ``batch`` proposals, evaluates them in parallel and tells their results (default: one per worker of the
+    sweep's executor; set it to make the proposals independent of the cluster's size)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,6 +32,7 @@ class SearchSpec(BaseModel):
     seed: int = 0
     low: float = 0.0
     high: float = 1.0
+    batch: int | None = Field(None, ge=1)
 
 
 class SweepSpec(BaseModel):
@@ -46,6 +50,12 @@ class SweepSpec(BaseModel):
     select: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    executor: ExecutorSpec = ExecutorSpec()  # in-process, or Ray workers (taxcut.execution); results do not depend on it
+    _source: Path | None = PrivateAttr(None)  # the spec file it was read from: never a destination
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
 
     @model_validator(mode="after")
     def _candidates_are_valid_merges(self) -> SweepSpec:
@@ -75,7 +85,9 @@ class SweepSpec(BaseModel):
                 grid["hma"]["data"] = file_relative(grid["hma"]["data"], path.parent)
         data.update(overrides or {})
         spec = spec_from_dict(data, source=str(path), model=cls)
-        return spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})
+        spec = spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})
+        spec._source = path
+        return spec
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_defaults=True), sort_keys=False)

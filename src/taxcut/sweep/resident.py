@@ -4,6 +4,10 @@ The SFT and aligned weights are kept beside the live parameters (three copies of
 candidate is applied with the same plan (:func:`taxcut.merging.plan.build_plan`) and the same arithmetic
 (:func:`taxcut.methods.interpolation.interpolate`) as ``taxcut merge``, so a candidate's weights are bit for bit
 those of the merged folder of the same spec.
+
+``sources="host"`` keeps the two source copies in (pinned) host memory instead of on the model's device: a
+candidate then streams both over the host link, block by block, into the live parameters -- for a model whose three
+copies do not fit the GPU (see README, "Scaling out").
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ class ResidentModel:
     """The SFT model loaded once; :meth:`apply` turns it into any candidate in about one pass over the weights."""
 
     def __init__(self, sft: Path, aligned: Path, *, device: torch.device | str = "cpu", dtype: str | None = None,
-                 extrapolate: bool = False):
+                 extrapolate: bool = False, sources: str = "device"):
         self.sft_folder, self.aligned_folder, self.extrapolate = model_path(sft), model_path(aligned), extrapolate
         self.device = device
         self.model = load_causal_lm(sft, device=device, dtype=dtype)  # the live parameters, in the sweep's dtype
+        self.sources = torch.device("cpu") if sources == "host" else self.model.device  # where theta_sft/_aligned live
         self.tokenizer = load_tokenizer(aligned)  # the aligned model's tokenizer and chat template, as merges copy
         if (self.aligned_folder / "generation_config.json").is_file():  # and its generation config (eos ids ...)
             from taxcut.evaluation.loading import load_generation_config
@@ -51,15 +56,21 @@ class ResidentModel:
             if tensor is None:
                 fused.append(name)
             else:
-                tensors[name] = tensor.to(self.model.device)
+                tensors[name] = self._placed(tensor)
         if fused:
-            loaded = dict(load_causal_lm(folder, device=self.model.device).named_parameters())
+            loaded = dict(load_causal_lm(folder, device=self.sources).named_parameters())
             for name in fused:
                 if name not in loaded or loaded[name].shape != self.parameters[name].shape:
                     raise TaxcutError(f"{folder}: has no parameter '{name}' of shape {list(self.parameters[name].shape)};"
                                       " a candidate must have the sft model's architecture")
-                tensors[name] = loaded[name].detach()
+                tensors[name] = self._placed(loaded[name].detach())
         return tensors
+
+    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A source tensor where the sources live: on the model's device, or in host memory (pinned for a GPU model,
+        so that a candidate's copies to the device run at the link's speed)."""
+        tensor = tensor.to(self.sources)
+        return tensor.pin_memory() if self.sources.type == "cpu" and self.model.device.type == "cuda" else tensor
 
     def ratios(self, candidate: Candidate) -> dict[str, float]:
         """The ratio of every parameter, resolved by the merge plan on the checkpoints' tensor names."""
