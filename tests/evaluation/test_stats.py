@@ -118,3 +118,12 @@ def test_subsets_are_seeded_nested_and_cover_the_items():
     assert sorted(i for chunk in items for i in chunk) == list(range(20))
     assert set(items[0]) == set(order[:3]) and DataPart().items("reward", 20) is None
     assert share_count(0.125, 4) == 1 and share_count(1.0, 7) == 7
+
+
+def test_cautious_errors_for_decisions_on_few_items():
+    from taxcut.evaluation.stats import cautious_stderr
+
+    assert Mean.of([1, 1, 1], binary=True).stderr == 0.0  # the closed form: 3 of 3 looks exact
+    assert cautious_stderr(Mean.of([1, 1, 1], binary=True)) == pytest.approx(math.sqrt(0.8 * 0.2 / 3))  # 4/5
+    assert cautious_stderr(Mean.of([2.0])) == math.inf and cautious_stderr(Ratio.of([(1.0, 2.0)])) == math.inf
+    assert cautious_stderr(Mean.of([1.0, 3.0])) == Mean.of([1.0, 3.0]).stderr

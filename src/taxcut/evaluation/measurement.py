@@ -13,7 +13,7 @@ from typing import Any
 
 from taxcut.evaluation.cost import EvaluationCost
 from taxcut.evaluation.result import EvaluationResult, RewardScore
-from taxcut.evaluation.stats import Statistic, statistic_from_json
+from taxcut.evaluation.stats import Statistic, cautious_stderr, statistic_from_json
 
 
 @dataclass(frozen=True)
@@ -34,11 +34,13 @@ class Measurement:
                  for name, metrics in self.tasks.items()}
         return Measurement(reward, tasks, self.primary_metrics, self.directions, self.cost + other.cost)
 
-    def result(self) -> EvaluationResult:
-        """The values and standard errors of every score, and the cost."""
+    def result(self, *, cautious: bool = False) -> EvaluationResult:
+        """The values and standard errors of every score, and the cost; ``cautious``: the errors a decision on few
+        items uses (:func:`taxcut.evaluation.stats.cautious_stderr`) instead of the standard errors."""
+        error = cautious_stderr if cautious else (lambda stat: stat.stderr)
         scores = {name: {metric: stat.value for metric, stat in metrics.items()} for name, metrics in self.tasks.items()}
-        errors = {name: {metric: stat.stderr for metric, stat in metrics.items()} for name, metrics in self.tasks.items()}
-        reward = (RewardScore(self.reward.value, self.reward.stderr, int(getattr(self.reward, "count", 0)))
+        errors = {name: {metric: error(stat) for metric, stat in metrics.items()} for name, metrics in self.tasks.items()}
+        reward = (RewardScore(self.reward.value, error(self.reward), int(getattr(self.reward, "count", 0)))
                   if self.reward is not None else None)
         return EvaluationResult(
             tasks=scores,

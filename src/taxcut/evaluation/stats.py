@@ -51,6 +51,18 @@ def binomial_stderr(share: float, count: int) -> float:
     return math.sqrt(share * (1.0 - share) / count) if count > 0 else math.nan
 
 
+def cautious_stderr(stat: Statistic) -> float:
+    """The error a decision on few items uses (successive halving's early stages): a share of yes/no items is taken
+    as ``(right + 1) / (n + 2)`` (Laplace's rule of succession), so that 0 of 3 or 3 of 3 is not read as exact; a
+    mean or ratio over fewer than two items has an unknown, infinite error; anything else, its standard error."""
+    count = getattr(stat, "count", None)
+    if isinstance(stat, Mean) and stat.binary and stat.count:
+        return binomial_stderr((stat.total + 1) / (stat.count + 2), stat.count)
+    if count is not None and count < 2:
+        return math.inf
+    return stat.stderr
+
+
 def bootstrap_stderr(items: Sequence[Any], statistic: Callable[[Sequence[Any]], float], *,
                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
     """The standard deviation of ``statistic`` over ``resamples`` resamples of ``items`` drawn with replacement

@@ -3,7 +3,8 @@
 Every candidate is first measured on a seeded share of the items (``start``, 1/8 by default: the first items of each
 evaluator's seeded order, :mod:`taxcut.evaluation.subset`). At each stage, a candidate that another candidate (or a
 fully evaluated one) dominates beyond the noise (:func:`taxcut.sweep.noise.dominates_beyond_noise`, one-sided on
-each axis at ``level``) is dropped; the survivors' share grows by ``factor`` -- by measuring only the items they
+each axis at ``level``, with the cautious errors of few items: :func:`taxcut.evaluation.stats.cautious_stderr`) is
+dropped; the survivors' share grows by ``factor`` -- by measuring only the items they
 have not seen yet and merging them in, so a survivor costs one full evaluation in all -- up to the whole data.
 The SFT model, the tax's baseline, is never dropped, and at each stage the tax is measured against it on the same
 items. Whatever survives the last stage is on the front within the noise and has been measured in full.
@@ -121,7 +122,8 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
         return outcome
     for share in settings.shares()[:-1]:
         staged = _measure_stage([*survivors, baseline], share, evaluate, book, settings.seed)
-        points = {c.id: noisy_point(staged[c.id].result(), staged[baseline.id].result()) for c in survivors}
+        base = staged[baseline.id].result(cautious=True)
+        points = {c.id: noisy_point(staged[c.id].result(cautious=True), base) for c in survivors}
         outcome.points.update(points)
         kept = []
         for candidate in survivors:

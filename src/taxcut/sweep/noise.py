@@ -6,7 +6,7 @@ Pure functions on measured points (reward up, tax down is better); nothing here 
 error is ``sqrt(sum_t se_t^2) / T`` over the candidate's own primary scores. The SFT model's scores are common to
 every candidate of a sweep: their noise moves every tax together and changes no comparison between candidates, so
 it is left out. A score without a standard error (a result written before they were recorded, an lm-eval score)
-counts as exact.
+counts as exact; one with an infinite error (a mean of one item) is never beaten beyond the noise.
 
 **Dominance beyond the noise.** Candidate ``j`` dominates ``i`` beyond the noise at level ``alpha`` when a
 one-sided z-test finds ``j`` better on *each* axis:
@@ -93,4 +93,5 @@ def hypervolume(points: Iterable[tuple[float, float]], reference: tuple[float, f
 
 
 def _known(value: float | None) -> float:
-    return value if value is not None and math.isfinite(value) else 0.0
+    """An error as the test uses it: not recorded (None, NaN) counts as exact; an infinite error stays infinite."""
+    return 0.0 if value is None or math.isnan(value) else value
