@@ -170,3 +170,28 @@ def build_trio(root: Path) -> tuple[Path, list[Path]]:
               third / "model.safetensors", metadata={"format": "pt"})
     (third / "config.json").write_text((first / "config.json").read_text())
     return base, [first, second, third]
+
+
+def make_adapter(base_folder: Path, folder: Path, *, targets=("q_proj", "v_proj"), rslora: bool = False,
+                 save=("lm_head",), seed: int = 0) -> dict[str, torch.Tensor]:
+    """A LoRA adapter of ``base_folder`` saved in ``folder`` (with non-zero B so it changes the model); returns
+    the merged model's state dict computed by peft."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_folder)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False,
+                        use_rslora=rslora, modules_to_save=list(save) or None)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "modules_to_save" in name:
+                parameter.add_(0.1)
+    peft_model.save_pretrained(folder)
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = str(base_folder)
+    (folder / "adapter_config.json").write_text(json.dumps(adapter_config))
+    merged = peft_model.merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}

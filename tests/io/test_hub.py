@@ -142,7 +142,7 @@ def test_models_tokenizers_and_reward_models_load_from_the_hub(hub, tmp_path, ll
 
 
 def test_an_adapters_base_on_the_hub(hub, tmp_path, llama_pair):
-    from test_adapters import make_adapter
+    from models import make_adapter
 
     reference = make_adapter(llama_pair[0], tmp_path / "adapter")
     config_path = tmp_path / "adapter" / "adapter_config.json"

@@ -18,7 +18,7 @@ from taxcut.evaluation.metrics import exact_match, mean_and_stderr, token_f1
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
 from taxcut.evaluation.tasks import BleuTask, GenerationTask, MultipleChoiceTask, PerplexityTask
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parent.parent
 SUCCESSOR_LOGPROB = 10.0 - math.log(math.exp(10.0) + VOCAB - 1)  # log p of the forced next token
 WRONG_LOGPROB = 0.0 - math.log(math.exp(10.0) + VOCAB - 1)
 

@@ -6,30 +6,12 @@ import json
 
 import pytest
 import torch
-from models import build_pair, load_weights
+from models import build_pair, load_weights, make_adapter
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from taxcut import MergeSpec, TaxcutError, merge
 from taxcut.io.checkpoint import Checkpoint
-
-
-def make_adapter(base_folder, folder, *, targets=("q_proj", "v_proj"), rslora=False, save=("lm_head",), seed=0):
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base_folder)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False,
-                        use_rslora=rslora, modules_to_save=list(save) or None)
-    peft_model = get_peft_model(model, config)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "modules_to_save" in name:
-                parameter.add_(0.1)
-    peft_model.save_pretrained(folder)
-    adapter_config = json.loads((folder / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = str(base_folder)
-    (folder / "adapter_config.json").write_text(json.dumps(adapter_config))
-    merged = peft_model.merge_and_unload()
-    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
 
 
 @pytest.mark.parametrize("rslora", [False, True])
