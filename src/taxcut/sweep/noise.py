@@ -85,8 +85,7 @@ def hypervolume(points: Iterable[tuple[float, float]], reference: tuple[float, f
                     if math.isfinite(r) and math.isfinite(t) and r > floor and t < ceiling)
     area, best = 0.0, floor
     for index, (cost, reward) in enumerate(inside):  # sweep from the lowest tax: each point raises the best reward
-        if reward > best:
-            best = reward
+        best = max(best, reward)
         right = inside[index + 1][0] if index + 1 < len(inside) else ceiling
         area += (right - cost) * (best - floor)
     return area

@@ -22,7 +22,7 @@ from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.subset import FULL, DataPart
 from taxcut.evaluation.suite import EvaluationSuite
-from taxcut.spec.candidates import Candidate, expand_grid, from_ratios_file, ma_candidate
+from taxcut.spec.candidates import Candidate, expand_grid, ma_candidate
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.adaptive import AdaptiveOutcome, Family, adaptive_search, profile_at
 from taxcut.sweep.cost import CostAccount, cost_account
