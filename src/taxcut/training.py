@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
 import torch
+from torch.nn.utils import parametrize
+from torch.utils.checkpoint import checkpoint
+
+from taxcut.io.layers import detect_layers
 
 
 def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -74,8 +79,6 @@ def task_vector_sum(base: torch.Tensor, others: Sequence[torch.Tensor], coeffici
 
 def parametrize_weights(model, parametrizations: dict[str, torch.nn.Module]) -> None:
     """Give each named parameter (and every module attribute sharing it, for tied weights) a parametrisation."""
-    from torch.nn.utils import parametrize
-
     by_tensor = {id(p): name for name, p in model.named_parameters() if name in parametrizations}
     targets = []
     for _, module in model.named_modules():
@@ -88,12 +91,6 @@ def parametrize_weights(model, parametrizations: dict[str, torch.nn.Module]) -> 
 
 def recompute_layers(model) -> None:
     """Recompute each decoder layer in the backward pass instead of keeping its weights and activations."""
-    import functools
-
-    from torch.utils.checkpoint import checkpoint
-
-    from taxcut.io.layers import detect_layers
-
     layout = detect_layers(name for name, _ in model.named_parameters())
     layers = {name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]
               for name, index in layout.layer_of.items()}

@@ -21,7 +21,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from taxcut.errors import TaxcutError, first_line
+from taxcut.io.adapter import LoraAdapter, is_adapter_folder
 from taxcut.io.dtypes import SAFETENSORS_DTYPES
+from taxcut.io.hub import resolve_model
+from taxcut.io.layers import config_ties_embeddings
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -63,9 +66,6 @@ class Checkpoint:
     """
 
     def __init__(self, folder: str | Path, role: str = "model"):
-        from taxcut.io.adapter import LoraAdapter, is_adapter_folder
-        from taxcut.io.hub import resolve_model
-
         self.source = resolve_model(folder)  # a Hub ID (org/name[@revision]) becomes its snapshot in the cache
         self.folder = self.source.path
         self.role = role
@@ -88,8 +88,6 @@ class Checkpoint:
         if not self.tensors:
             raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
         if self.adapter is not None:
-            from taxcut.io.layers import config_ties_embeddings
-
             self.adapter.check({name: info.shape for name, info in self.tensors.items()},
                                tied=config_ties_embeddings(self.config))
             adapter_file = self.adapter.weights_file  # the provenance fingerprint covers the adapter too

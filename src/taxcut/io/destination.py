@@ -59,6 +59,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from taxcut.errors import TaxcutError
+from taxcut.io.model_folder import SIDE_FILE_GLOBS, SIDE_FOLDERS
+from taxcut.version import __version__
 
 try:
     import fcntl
@@ -212,8 +214,6 @@ def _owned_in(folder: Path):
         entries = set(marker["entries"])
         return lambda relative: _listed(relative, entries)
     if _is_legacy_model_folder(folder):
-        from taxcut.io.model_folder import SIDE_FILE_GLOBS, SIDE_FOLDERS
-
         def legacy(relative: str) -> bool:
             top, _, rest = relative.partition("/")
             if rest:
@@ -412,8 +412,6 @@ def _umask() -> int:
 
 
 def _write_marker(folder: Path, kind: str, entries: list[str]) -> None:
-    from taxcut.version import __version__
-
     marker = {"written_by": "taxcut", "taxcut_version": __version__, "kind": kind, "entries": sorted(entries)}
     _write_atomically(folder / MARKER, json.dumps(marker, indent=1) + "\n")
 

@@ -37,7 +37,7 @@ def checkpoint_names(model) -> dict[str, str]:
     """
     names = {name: name for name, _ in model.named_parameters()}
     try:
-        from transformers.core_model_loading import revert_weight_conversion
+        from transformers.core_model_loading import revert_weight_conversion  # given a model: transformers is loaded
     except ImportError:
         return names
     placeholders = {name: torch.empty(p.shape, device="meta") for name, p in model.named_parameters()}

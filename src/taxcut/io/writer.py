@@ -10,6 +10,7 @@ are ordinary safetensors (``safe_open`` and ``transformers`` read them) with ``{
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 import math
 import os
 from dataclasses import dataclass
@@ -120,8 +121,6 @@ class WriteBehind:
     """
 
     def __init__(self, chunk_bytes: int, depth: int = 3):
-        from concurrent.futures import ThreadPoolExecutor
-
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="taxcut-writer")
         self._buffers = [torch.empty(chunk_bytes, dtype=torch.uint8) for _ in range(depth)]
         self._pending: list = [None] * depth

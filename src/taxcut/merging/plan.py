@@ -25,6 +25,7 @@ from taxcut.io.layers import (
     detect_layers,
 )
 from taxcut.io.writer import OutputTensor, Shard, plan_shards
+from taxcut.merging.report import render_plan
 from taxcut.merging.request import request_for
 from taxcut.methods.parameters import BlockValues, Decision, MethodParameters
 from taxcut.methods.registry import TensorSite
@@ -136,8 +137,6 @@ class MergePlan:
 
     def render(self) -> str:
         """A human-readable plan: inputs, layer blocks and the value each group of tensors gets."""
-        from taxcut.merging.report import render_plan
-
         return render_plan(self)
 
 

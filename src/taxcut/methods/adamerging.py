@@ -73,7 +73,7 @@ class AdaMerging(MergeMethod):
         parameters = request.parameters
         if parameters.coefficients is not None:
             return request
-        from taxcut.tuning.adamerging import fit_adamerging
+        from taxcut.tuning.adamerging import fit_adamerging  # loads transformers: only when the fit runs
 
         learned = fit_adamerging(request.base.path, [m.path for m in request.models], parameters.data,
                                  granularity=parameters.granularity, epochs=parameters.epochs,

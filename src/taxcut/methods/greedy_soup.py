@@ -7,15 +7,18 @@ from __future__ import annotations
 from typing import Any
 
 from taxcut.errors import TaxcutError
+from taxcut.execution import open_executor
 from taxcut.methods.averaging import weighted_average
 from taxcut.methods.parameters import MethodParameters
 from taxcut.methods.registry import MergeMethod, register
 from taxcut.methods.request import ModelInput
+from taxcut.spec.executor import ExecutorSpec
 
 
 class GreedySoupParameters(MethodParameters):
     score: str  # reward | tasks | TASK | TASK.METRIC of the spec's `evaluation` (higher is better, losses negated)
     device: str = "auto"
+    executor: ExecutorSpec | None = None  # where the ingredients are scored (in-process unless executor.ray)
     greedy: dict[str, Any] | None = None  # what the selection measured (written by the prepare step)
 
 
@@ -34,11 +37,12 @@ class GreedySoup(MergeMethod):
                               "ingredients, and parameters.score (reward, tasks, TASK or TASK.METRIC)")
 
     def prepare(self, request, log):
-        from taxcut.tuning.greedy_soup import greedy_soup
+        from taxcut.tuning.greedy_soup import greedy_soup  # loads transformers: only when the selection runs
 
         parameters = request.parameters
-        soup = greedy_soup([m.path for m in request.models], request.evaluation, parameters.score,
-                           device=parameters.device)
+        with open_executor(parameters.executor) as executor:
+            soup = greedy_soup([m.path for m in request.models], request.evaluation, parameters.score,
+                               device=parameters.device, executor=executor)
         record = {"individual": soup.individual, "trials": [list(t) for t in soup.trials]}
         chosen = [ModelInput(f"model {i + 1}", path) for i, path in enumerate(soup.chosen)]
         return request.with_models(chosen).replace(parameters=parameters.model_copy(update={"greedy": record}))

@@ -71,7 +71,7 @@ class TaskArithmetic(_TaskVectorMethod):
     elementwise = True
 
     def merge(self, models, base, weights, parameters, site):
-        from peft.utils.merge_utils import task_arithmetic
+        from peft.utils.merge_utils import task_arithmetic  # peft is slow to import: only when a tensor is merged
 
         return base + parameters.lambda_ * task_arithmetic(task_vectors(models, base), _weights(weights))
 
@@ -94,7 +94,7 @@ class Ties(_SignElection):
     Parameters = TiesParameters
 
     def merge(self, models, base, weights, parameters, site):
-        from peft.utils.merge_utils import ties
+        from peft.utils.merge_utils import ties  # as above
 
         merged = ties(task_vectors(models, base), _weights(weights), density=parameters.density,
                       majority_sign_method=parameters.majority_sign_method)
@@ -112,7 +112,7 @@ class DareLinear(_TaskVectorMethod):
     Parameters = DareParameters
 
     def merge(self, models, base, weights, parameters, site):
-        from peft.utils.merge_utils import dare_linear
+        from peft.utils.merge_utils import dare_linear  # as above
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tensor_seed(parameters.seed, site.name))
@@ -129,7 +129,7 @@ class DareTies(_SignElection):
     Parameters = DareTiesParameters
 
     def merge(self, models, base, weights, parameters, site):
-        from peft.utils.merge_utils import dare_ties
+        from peft.utils.merge_utils import dare_ties  # as above
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tensor_seed(parameters.seed, site.name))
