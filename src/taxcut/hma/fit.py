@@ -15,8 +15,11 @@ in-memory model is exactly what ``taxcut merge`` of that file produces. Memory: 
 (theta_sft) and one copy of theta_aligned; each weight is computed on access inside its layer (a
 parametrisation), and each decoder layer is recomputed in the backward pass, so no layer's interpolated weights
 outlive its use.
-Runs on one device, or under ``accelerate launch`` with the data split across processes (gradients of the K
-logits are averaged).
+Runs on one device, or under ``accelerate launch`` with N processes: every process draws the same shuffled order,
+a step's global batch is the next ``N * batch_size`` examples and each process takes every N-th of them; the K
+logits' gradients are combined weighted by each process's loss tokens, so N processes at ``batch_size`` learn what
+one process learns at ``N * batch_size`` (up to float rounding; the last batch of an epoch is topped up with
+repeats when it does not split evenly).
 
 Convention: ``a`` weighs the ALIGNED model. The paper's code weighs the SFT model (its ``alpha=0.2`` is ``a=0.8``).
 """
@@ -120,7 +123,7 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     recompute_layers(model)
 
     # 3. the fit set: prompt + response, the loss on the response tokens or on all of them; a random draw of it
-    examples = _encode(tokenizer, data, getattr(model.config, "max_position_embeddings", None), settings.loss)
+    examples = encode_fit_set(tokenizer, data, getattr(model.config, "max_position_embeddings", None), settings.loss)
     rng = random.Random(settings.seed)
     if settings.draw < 1:
         examples = rng.sample(examples, max(1, round(settings.draw * len(examples))))
@@ -134,10 +137,9 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
         reg_weights = paper_reg_weights(linears, num_layers, settings.blocks)
         adjustments.append("reg paper: w_k = " + ", ".join(f"{w:.4g}" for w in reg_weights))
     optimizer = torch.optim.Adam([logits], lr=settings.lr)
-    shard = examples[accelerator.process_index::accelerator.num_processes]
-    per_process = math.ceil(len(examples) / accelerator.num_processes)
-    shard += shard[: per_process - len(shard)]  # every process takes the same number of steps (gradient averaging)
-    steps_per_epoch = math.ceil(len(shard) / settings.batch_size)
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = settings.batch_size * processes  # one step's examples over all processes
+    steps_per_epoch = math.ceil(len(examples) / global_batch)
     total_steps = max(1, steps_per_epoch * settings.epochs)
     scheduler = warmup_cosine(optimizer, total_steps, settings.warmup)
     reg = torch.tensor(reg_weights, device=device)
@@ -147,17 +149,21 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
         f"{total_steps} steps")
     model.eval()  # no dropout: the weights are the only thing that changes
     for epoch in range(settings.epochs):
-        order = list(range(len(shard)))
-        rng.shuffle(order)
-        for start in range(0, len(order), settings.batch_size):
-            batch = collate([shard[i] for i in order[start:start + settings.batch_size]], tokenizer.pad_token_id or 0)
+        order = list(range(len(examples)))
+        rng.shuffle(order)  # the same on every process: same seed, same draws
+        for start in range(0, len(order), global_batch):
+            step = order[start:start + global_batch]
+            step += order[: -len(step) % processes]  # every process takes the same number of examples
+            batch = collate([examples[i] for i in step[rank::processes]], tokenizer.pad_token_id or 0)
             ratios = block_ratios(logits, settings.alpha, settings.eps, settings.normalize)  # (K,), mean alpha
             holder.values = ratios  # every parametrised weight reads its block's ratio from here
             output = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
             loss = output.loss + (reg * (ratios - settings.alpha).abs()).sum()
             loss.backward()
-            if accelerator.num_processes > 1:
-                logits.grad = accelerator.reduce(logits.grad, reduction="mean")
+            if processes > 1:  # the gradient of the mean over all the step's loss tokens, as one process has it
+                tokens = (batch["labels"][:, 1:] != -100).sum().to(device=device, dtype=torch.float32)
+                logits.grad = (accelerator.reduce(logits.grad * tokens, reduction="sum")
+                               / accelerator.reduce(tokens, reduction="sum"))
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -209,7 +215,7 @@ def paper_scope_rules(params: dict, stored: dict[str, str], alpha: float) -> lis
     return rules + [{"regex": pattern, "alpha": alpha} for pattern in sorted(at_alpha)]
 
 
-def _encode(tokenizer, path: Path, context: int | None, loss: str) -> list[tuple[list[int], int]]:
+def encode_fit_set(tokenizer, path: Path, context: int | None, loss: str) -> list[tuple[list[int], int]]:
     """Token ids of prompt + response + end of sequence, and where the loss starts: at the response, or at the
     first token (prompt + response, as the paper trains on its fit set stored as text)."""
     records = read_jsonl(path, needs=[("prompt",), ("response",)], what="fit set")
