@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", type=Path, help="the folder for results.jsonl, front.png and the tables")
     sweep.add_argument("--select", metavar="EXPR", help="name the best candidate under a budget, e.g. 'tax<=0.02'")
     sweep.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    _add_ray_argument(sweep, "evaluate the candidates")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
     sweep.set_defaults(run=_run_sweep)
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sample.add_argument("--shard-size", type=int, default=32,
+                        help="prompts per shard: a worker's unit and its own seed stream (default: 32)")
+    _add_ray_argument(sample, "sample the shards")
     sample.add_argument("--debug", action="store_true", help="show tracebacks")
     sample.set_defaults(run=_run_sample)
 
@@ -235,6 +239,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("out", args.out and str(args.out)), ("select", args.select),
                                    ("device", args.device)) if v is not None}
     spec = SweepSpec.from_yaml(args.spec, overrides)
+    if args.ray is not None:  # --ray [ADDRESS] over the spec's executor section
+        spec = spec.model_copy(update={"executor": _ray_executor(spec.executor, args.ray)})
     report = run_sweep(spec, progress=False if args.no_progress else None)
     print(markdown_table(report.rows))
     print(f"Pareto front: {', '.join(row.label for row in report.rows if row.pareto)}")
@@ -281,9 +287,14 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
                                   seed=args.seed)
-    kept = sample_fit_set(args.model, args.prompts, args.out, n=args.n, keep=args.keep,
-                          reward_model=args.reward_model, reward_function=args.reward_function, settings=settings,
-                          device=args.device)
+    from taxcut.execution import open_executor
+    from taxcut.spec.executor import ExecutorSpec
+
+    spec = _ray_executor(ExecutorSpec(), args.ray) if args.ray is not None else ExecutorSpec()
+    with open_executor(spec) as executor:
+        kept = sample_fit_set(args.model, args.prompts, args.out, n=args.n, keep=args.keep,
+                              reward_model=args.reward_model, reward_function=args.reward_function,
+                              settings=settings, device=args.device, executor=executor, shard_size=args.shard_size)
     if kept:
         print(f"wrote {len(kept)} responses to {args.out} (reward {kept[-1]['reward']:.3f} to {kept[0]['reward']:.3f})")
     return 0
@@ -301,6 +312,22 @@ def _run_fit(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {settings.alpha}); "
           f"merge it with: taxcut merge {args.out} --out DIR")
     return 0
+
+
+def _add_ray_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                        help=f"{what} on Ray workers: a cluster's ADDRESS ('auto': the one 'ray start' began), or "
+                        "none: a running cluster if there is one, else a new one on this machine (pip install "
+                        "'taxcut[ray]')")
+
+
+def _ray_executor(spec, address: str):
+    """The executor spec with Ray at ``address`` (empty: the spec's address, or Ray's default), keeping its other
+    Ray settings."""
+    from taxcut.spec.executor import RaySettings
+
+    ray = spec.ray or RaySettings()
+    return spec.model_copy(update={"ray": ray.model_copy(update={"address": address}) if address else ray})
 
 
 def _add_settings_options(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:

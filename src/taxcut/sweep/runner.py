@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import pick_device
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
+from taxcut.execution import Executor, open_executor
 from taxcut.hma.candidates import hma_candidates
 from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.io.provenance import weights_identity
@@ -22,8 +24,8 @@ from taxcut.merging.plan import build_plan
 from taxcut.spec.candidates import Candidate, expand_grid
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.pareto import pareto_front, select, tax
+from taxcut.sweep.executor import CandidateBatches, CandidateEvaluation
 from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
-from taxcut.sweep.resident import ResidentModel
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.search import search_candidates
 from taxcut.version import __version__
@@ -42,43 +44,46 @@ class SweepReport:
         return self.out / "front.png"
 
 
-def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
+def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Executor | None = None) -> SweepReport:
     """Evaluate the candidates of ``spec`` not already in its results file, then report on all of them.
 
     Order: the grid (SFT first), the fitted HMA candidates, then the black-box search, which needs the SFT
-    baseline to measure tax.
+    baseline to measure tax. Candidates run on ``executor`` (default: the one ``spec.executor`` names); this
+    process alone writes the results file, each result as it arrives.
     """
-    device = pick_device(spec.device)
+    if executor is None:
+        with open_executor(spec.executor) as executor:
+            return run_sweep(spec, progress=progress, executor=executor)
+    device = pick_device(spec.device) if not executor.remote else "cpu"  # remote workers load their own models
     suite = EvaluationSuite.from_spec(spec.evaluation, device=device)
     context = sweep_context(spec, suite)
     store = ResultsStore(spec.out / RESULTS_FILE)
     latest = {r.candidate_id: r for r in store.records() if r.context == context}
-    resident: list[ResidentModel] = []
+    batches = CandidateBatches(executor, CandidateEvaluation(spec, suite=None if executor.remote else suite))
 
-    def evaluate(candidate: Candidate) -> ResultRecord:
-        if not resident:
-            resident.append(ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype,
-                                          extrapolate=spec.extrapolate))
-        resident[0].apply(candidate)
-        record = _record(spec, candidate, suite.evaluate(resident[0].model, resident[0].tokenizer), context)
-        store.append(record)
-        latest[candidate.id] = record
-        return record
+    def evaluate(candidates: list[Candidate]) -> Iterator[ResultRecord]:
+        """Evaluate on the executor's workers; record each result as it arrives."""
+        for candidate, result in batches(candidates):
+            record = _record(spec, candidate, result, context)
+            store.append(record)
+            latest[candidate.id] = record
+            yield record
 
     def evaluate_all(candidates: list[Candidate]) -> None:
         todo = [c for c in candidates if c.id not in latest]
         for candidate in todo:  # every plan from the headers first: a bad candidate fails before any work
             if candidate.model is None:
                 build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate)).close()
-        bar = tqdm(todo, desc="sweep", unit="candidate", disable=None if progress is None else not progress)
-        for candidate in bar:
-            bar.set_postfix_str(candidate.label)
-            evaluate(candidate)
+        with tqdm(total=len(todo), desc="sweep", unit="candidate",
+                  disable=None if progress is None else not progress) as bar:
+            for record in evaluate(todo):
+                bar.set_postfix_str(record.label)
+                bar.update()
 
     candidates = expand_grid(spec.candidates)
     evaluate_all(candidates)
     if spec.candidates.hma is not None:
-        fitted = hma_candidates(spec, log=lambda *_: None)
+        fitted = hma_candidates(spec, log=lambda *_: None, executor=executor)
         evaluate_all(fitted)
         candidates += fitted
     if spec.search is not None:
@@ -86,7 +91,8 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None) -> SweepReport:
         done = [r for r in latest.values() if r.kind == "search"  # earlier proposals that fit this search
                 and len(r.candidate.alphas or []) == bounds.blocks
                 and all(bounds.low <= a <= bounds.high for a in r.candidate.alphas)]
-        candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate)
+        candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate,
+                                        batch=executor.workers)
     (spec.out / "sweep.yaml").write_text(spec.to_yaml())
     report = summarize(list(latest.values()), context, candidates, spec.out)
     if spec.select:

@@ -2,12 +2,13 @@
 
 optuna's NSGA-II (or TPE) proposes K block ratios; each proposal is evaluated like any sweep candidate and
 appended to the same results file, so a killed search resumes: earlier proposals are told to the new study
-before it asks for more. Extra ``taxcut[search]``.
+before it asks for more. Proposals come in batches (ask ``batch``, evaluate them in parallel on the sweep's
+executor, tell their results in the order they were asked). Extra ``taxcut[search]``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from taxcut.errors import TaxcutError
 from taxcut.spec.candidates import Candidate
@@ -17,8 +18,9 @@ from taxcut.sweep.results import ResultRecord
 
 
 def search_candidates(spec: SearchSpec, done: list[ResultRecord], baseline: ResultRecord,
-                      evaluate: Callable[[Candidate], ResultRecord]) -> list[Candidate]:
-    """Run the search to its budget. ``done``: this search's earlier records; ``evaluate``: candidate -> record."""
+                      evaluate: Callable[[list[Candidate]], Iterable[ResultRecord]], batch: int = 1) -> list[Candidate]:
+    """Run the search to its budget. ``done``: this search's earlier records; ``evaluate``: candidates -> their
+    records, in any order; ``batch``: proposals per round unless ``spec.batch`` says otherwise."""
     try:
         import optuna
     except ImportError:
@@ -34,12 +36,14 @@ def search_candidates(spec: SearchSpec, done: list[ResultRecord], baseline: Resu
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
                                                   values=_objectives(record, baseline)))
         candidates.append(_candidate([params[f"a{k}"] for k in range(spec.blocks)]))
+    batch = spec.batch or batch
     while len(study.trials) < spec.budget:
-        trial = study.ask(distributions)
-        candidate = _candidate([round(trial.params[f"a{k}"], 4) for k in range(spec.blocks)])
-        record = evaluate(candidate)
-        study.tell(trial, _objectives(record, baseline))
-        candidates.append(candidate)
+        trials = [study.ask(distributions) for _ in range(min(batch, spec.budget - len(study.trials)))]
+        proposed = [_candidate([round(t.params[f"a{k}"], 4) for k in range(spec.blocks)]) for t in trials]
+        records = {r.candidate_id: r for r in evaluate(list({c.id: c for c in proposed}.values()))}
+        for trial, candidate in zip(trials, proposed):
+            study.tell(trial, _objectives(records[candidate.id], baseline))
+        candidates += proposed
     return candidates
 
 
