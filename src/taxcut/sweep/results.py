@@ -7,10 +7,10 @@ that is not a record (hand-edited, say) is an error naming the file and line.
 A line holds the candidate (``candidate_id``, ``label``, ``kind`` and its ratio fields under ``candidate``), what
 it was measured against (``context``, ``sft``, ``aligned``, ``extrapolate``, ``dtype``), the evaluation's fields
 at top level (``reward``, ``tasks``, ``primary``, ``directions``, ``seconds``, ``stderr``, ``primary_stderr``,
-``cost``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and ``share``:
-the share of the evaluation data it saw. A stage of successive halving (``share`` < 1) has a context of its own
-(:func:`taxcut.sweep.halving.stage_context`), so that only full-data results count as a candidate's result, and
-keeps its item statistics under ``stats`` for the next stage to add items to.
+``cost``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and for a
+stage of successive halving ``share``: the share of the evaluation data it saw (no ``share``: all of it). A stage has
+a context of its own (:func:`taxcut.sweep.halving.stage_context`), so that only full-data results count as a
+candidate's result, and keeps its item statistics under ``stats`` for the next stage to add items to.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ class ResultRecord:
             "candidate": self.candidate.ratio_fields(), "mean_alpha": self.mean_alpha, "context": self.context,
             "sft": self.sft, "aligned": self.aligned, "extrapolate": self.extrapolate, "dtype": self.dtype,
             **evaluation, "finished": self.finished, "taxcut_version": self.taxcut_version,
-            **({"inputs": self.inputs} if self.inputs is not None else {}), "share": self.share,
-            **({"stats": self.stats} if self.stats is not None else {}),
+            **({"inputs": self.inputs} if self.inputs is not None else {}),
+            **({"share": self.share, "stats": self.stats} if self.share < 1.0 else {}),
         }
 
     @classmethod
