@@ -244,6 +244,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
     report = run_sweep(spec, progress=False if args.no_progress else None)
     print(markdown_table(report.rows))
     print(f"Pareto front: {', '.join(row.label for row in report.rows if row.pareto)}")
+    noisy = [row.label for row in report.rows if row.pareto_within_noise and not row.pareto]
+    if noisy:
+        print(f"also on the front within the noise: {', '.join(noisy)}")
+    if report.strategy is not None and report.strategy.dropped:
+        shares = sorted(set(report.strategy.dropped.values()))
+        print(f"successive halving dropped {len(report.strategy.dropped)} candidates early ("
+              + ", ".join(f"{sum(s == share for s in report.strategy.dropped.values())} at {share:g} of the data"
+                          for share in shares) + ")")
+    if report.cost is not None:
+        print(report.cost.render())
     print(f"plot: {report.plot}   tables: {report.out / 'candidates.csv'}, {report.out / 'candidates.md'}")
     if spec.select is None:
         return 0

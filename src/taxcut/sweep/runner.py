@@ -24,10 +24,15 @@ from taxcut.merging.plan import build_plan
 from taxcut.spec.candidates import Candidate, expand_grid
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.pareto import pareto_front, select, tax
+from taxcut.sweep.cost import CostAccount
 from taxcut.sweep.executor import CandidateBatches, CandidateEvaluation
+from taxcut.sweep.noise import NoisyPoint, noise_aware_front, tax_stderr
 from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.search import search_candidates
+from taxcut.sweep.strategy import (
+    ResultsBook, StrategyReport, SweepStrategy, measure_part, sweep_cost, uses_strategy,
+)
 from taxcut.version import __version__
 
 RESULTS_FILE = "results.jsonl"
@@ -38,6 +43,8 @@ class SweepReport:
     rows: list[SweepRow]  # one per candidate of the sweep, in the order evaluated
     out: Path
     selected: SweepRow | None = None
+    cost: CostAccount | None = None  # what the candidates' evaluations cost (taxcut.sweep.cost)
+    strategy: StrategyReport | None = None  # what the adaptive grid / successive halving did, if used
 
     @property
     def plot(self) -> Path:
@@ -69,20 +76,37 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
             latest[candidate.id] = record
             yield record
 
-    def evaluate_all(candidates: list[Candidate]) -> None:
-        todo = [c for c in candidates if c.id not in latest]
-        for candidate in todo:  # every plan from the headers first: a bad candidate fails before any work
+    def check_plans(candidates: list[Candidate]) -> None:
+        for candidate in candidates:  # every plan from the headers first: a bad candidate fails before any work
             if candidate.model is None:
                 build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate)).close()
+
+    book = strategy = None
+    if uses_strategy(spec):  # the adaptive grid and/or successive halving (taxcut.sweep.strategy)
+        book = ResultsBook(store, context, latest, lambda c, result, ctx: _record(spec, c, result, ctx),
+                           seed=spec.evaluation.halving.seed)
+        measured = CandidateBatches(executor, CandidateEvaluation(spec, measure=measure_part,
+                                                                  suite=None if executor.remote else suite))
+        strategy = SweepStrategy(spec, book, measured, check=check_plans, progress=progress)
+
+    def evaluate_all(candidates: list[Candidate]) -> None:
+        if strategy is not None:
+            strategy.measure(candidates)
+            return
+        todo = [c for c in candidates if c.id not in latest]
+        check_plans(todo)
         with tqdm(total=len(todo), desc="sweep", unit="candidate",
                   disable=None if progress is None else not progress) as bar:
             for record in evaluate(todo):
                 bar.set_postfix_str(record.label)
                 bar.update()
 
-    candidates = expand_grid(spec.candidates)
-    evaluate_all(candidates)
-    if spec.candidates.hma is not None:
+    if strategy is not None:
+        candidates = strategy.run()
+    else:
+        candidates = expand_grid(spec.candidates)
+        evaluate_all(candidates)
+    if spec.candidates.hma is not None and not (strategy is not None and strategy.adaptive):  # else a family
         fitted = hma_candidates(spec, log=lambda *_: None, executor=executor)
         evaluate_all(fitted)
         candidates += fitted
@@ -95,6 +119,8 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
                                         batch=executor.workers)
     (spec.out / "sweep.yaml").write_text(spec.to_yaml())
     report = summarize(list(latest.values()), context, candidates, spec.out)
+    report.cost = sweep_cost(candidates, latest, book)
+    report.strategy = strategy.report if strategy is not None else None
     if spec.select:
         report.selected = select(report.rows, spec.select)
     return report
@@ -122,6 +148,9 @@ def summarize(records: list[ResultRecord], context: str, candidates: list[Candid
             for candidate in candidates if candidate.id in latest]
     for row, on_front in zip(rows, pareto_front([(r.reward, r.tax) for r in rows])):
         row.pareto = on_front
+    points = [NoisyPoint(r.reward, r.tax, r.reward_stderr, r.tax_stderr) for r in rows]
+    for row, on_front in zip(rows, noise_aware_front(points)):  # the front with error bars (taxcut.sweep.noise)
+        row.pareto_within_noise = on_front
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "candidates.csv")
     (out / "candidates.md").write_text(markdown_table(rows))
@@ -136,6 +165,9 @@ def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | Non
         id=candidate.id, label=candidate.label, kind=candidate.kind, mean_alpha=mean_alpha,
         reward=reward.reward if reward else math.nan, reward_stderr=reward.reward_stderr if reward else math.nan,
         tax=tax(result.primary, baseline.primary, result.directions), primary=result.primary, scores=result.tasks,
+        tax_stderr=(tax_stderr(result.primary_stderr, [t for t in result.primary if t in baseline.primary])
+                    if result.primary_stderr is not None else math.nan),
+        primary_stderr=result.primary_stderr or {},
     )
 
 
