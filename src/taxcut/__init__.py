@@ -32,18 +32,20 @@ def plan(spec):
     return build_plan(spec)
 
 
-def merge(spec, *, overwrite: bool = False, progress: bool | None = None, protect=()):
+def merge(spec, *, overwrite: bool = False, progress: bool | None = None, protect=(), provenance=None):
     """Write the merged model described by ``spec`` (a :class:`MergeSpec` or a toolkit spec) to its ``out`` folder
     and return that path.
 
     Elementwise methods stream chunk by chunk (peak memory does not grow with the model); everything is written
     into a staging folder beside the destination and renamed into place only when complete. ``protect``: more
-    (role, path) pairs the destination must stay clear of, such as the spec file.
+    (role, path) pairs the destination must stay clear of, such as the spec file; ``provenance``: more fields for
+    the provenance file.
     """
     from taxcut.merging.engine import run_merge  # noqa: PLC0415 - `import taxcut` stays light
     from taxcut.merging.plan import build_plan  # noqa: PLC0415
 
-    return run_merge(build_plan(spec), overwrite=overwrite, progress=progress, protect=protect)
+    return run_merge(build_plan(spec), overwrite=overwrite, progress=progress, protect=protect,
+                     provenance=provenance)
 
 
 __all__ = ["MergeSpec", "NameRule", "TaxcutError", "merge", "plan", "__version__"]

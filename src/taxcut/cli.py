@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 
 from taxcut.errors import TaxcutError, first_line
-from taxcut.io.destination import destination_path
+from taxcut.io.destination import check_destination, destination_path
 from taxcut.spec.fit import FitSettings, SettingError
 from taxcut.spec.merge import MergeSpec, apply_overrides, read_spec_file, spec_from_dict
 
@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"taxcut: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("taxcut: interrupted; nothing was written at the destination", file=sys.stderr)
+        print(f"taxcut: interrupted; {getattr(args, 'interrupted', 'nothing was written at the destination')}",
+              file=sys.stderr)
         return 130
     except OSError as exc:
         if args.debug:
@@ -77,13 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = commands.add_parser("sweep", help="evaluate candidates for reward and tax; Pareto front, plot, tables")
     sweep.add_argument("spec", type=Path, help="a sweep spec (YAML)")
-    sweep.add_argument("--out", type=Path, help="the folder for results.jsonl, front.png and the tables")
+    sweep.add_argument("--out", type=_out, help="the folder for results.jsonl, front.png and the tables")
     sweep.add_argument("--select", metavar="EXPR", help="name the best candidate under a budget, e.g. 'tax<=0.02'")
     sweep.add_argument("--device", choices=["auto", "cpu", "cuda"])
     _add_ray_argument(sweep, "evaluate the candidates")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     sweep.add_argument("--debug", action="store_true", help="show tracebacks")
-    sweep.set_defaults(run=_run_sweep)
+    sweep.set_defaults(run=_run_sweep, interrupted="the results measured so far are kept in the sweep's "
+                       "results.jsonl: run the same sweep again to resume")
 
     evaluate = commands.add_parser("eval", help="run a spec's evaluators (reward, tasks) on one model folder")
     evaluate.add_argument("model", type=Path, help="a model folder")
@@ -96,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a swept candidate as a model folder (through merge)")
     export.add_argument("results", type=Path, help="a sweep's results.jsonl or its output folder")
     export.add_argument("--candidate", required=True, metavar="ID", help="the candidate id (or a unique prefix)")
-    export.add_argument("--out", type=Path, required=True, help="the destination folder")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty destination folder")
+    export.add_argument("--out", type=_out, required=True, help="the destination folder")
+    export.add_argument("--overwrite", action="store_true", help="replace a model folder taxcut wrote there")
+    export.add_argument("--force", action="store_true",
+                        help="export although the input models changed since the sweep measured it (recorded)")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(run=_run_export)
 
@@ -109,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     scorer.add_argument("--reward-function", metavar="MODULE:FUNCTION", help="a reward callable")
     sample.add_argument("--n", type=int, default=8, help="responses sampled per prompt")
     sample.add_argument("--keep", type=int, required=True, help="how many of the best to keep, over all prompts")
-    sample.add_argument("--out", type=Path, required=True, help="the fit set (JSONL: prompt, response, reward)")
+    sample.add_argument("--out", type=_out, required=True, help="the fit set (JSONL: prompt, response, reward)")
+    sample.add_argument("--overwrite", action="store_true", help="replace a fit set taxcut wrote there")
     sample.add_argument("--max-new-tokens", type=int, default=64)
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=0)
@@ -125,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--aligned", type=Path, required=True)
     fit.add_argument("--data", type=Path, required=True, help="the fit set (JSONL: prompt, response)")
     _add_settings_options(fit, FitSettings)  # --alpha, --blocks, ..., --device: one flag per field
-    fit.add_argument("--out", type=Path, required=True, help="the ratios file (a merge spec) to write")
+    fit.add_argument("--out", type=_out, required=True, help="the ratios file (a merge spec) to write")
+    fit.add_argument("--overwrite", action="store_true", help="replace a ratios file taxcut wrote there")
     fit.add_argument("--debug", action="store_true", help="show tracebacks")
     fit.set_defaults(run=_run_fit)
 
@@ -137,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     lab_commands = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
     build = lab_commands.add_parser("build", help="build (or reuse) a lab: SFT model, RAFT checkpoints, data")
     build.add_argument("--seed", type=int, default=0)
-    build.add_argument("--out", type=Path, help="the lab folder (default: the user's cache)")
+    build.add_argument("--out", type=_out, help="the lab folder (default: the user's cache)")
     build.add_argument("--quick", action="store_true", help="a reduced lab that builds in seconds")
     build.add_argument("--debug", action="store_true", help="show tracebacks")
     build.set_defaults(run=_run_lab_build)
 
     demo = commands.add_parser("demo", help="the whole story on the lab: alignment tax, MA/HMA, Pareto front")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the sweep, plot and tables go")
+    demo.add_argument("--out", type=_out, default=Path("demo-output"), help="where the sweep, plot and tables go")
     demo.add_argument("--quick", action="store_true", help="a reduced lab (seconds; too small to show much)")
     demo.add_argument("--debug", action="store_true", help="show tracebacks")
     demo.set_defaults(run=_run_demo)
@@ -286,7 +292,8 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from taxcut.sweep.runner import export_candidate
 
-    destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite)
+    destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite,
+                                   force=args.force)
     print(f"wrote {destination}")
     return 0
 
@@ -304,23 +311,33 @@ def _run_sample(args: argparse.Namespace) -> int:
     with open_executor(spec) as executor:
         kept = sample_fit_set(args.model, args.prompts, args.out, n=args.n, keep=args.keep,
                               reward_model=args.reward_model, reward_function=args.reward_function,
-                              settings=settings, device=args.device, executor=executor, shard_size=args.shard_size)
+                              settings=settings, device=args.device, overwrite=args.overwrite, executor=executor,
+                              shard_size=args.shard_size)
     if kept:
         print(f"wrote {len(kept)} responses to {args.out} (reward {kept[-1]['reward']:.3f} to {kept[0]['reward']:.3f})")
     return 0
 
 
 def _run_fit(args: argparse.Namespace) -> int:
+    from taxcut.hma.candidates import eps_search
     from taxcut.hma.fit import fit_ratios
     from taxcut.hma.ratios_file import ratios_spec, write_ratios
 
     settings = _settings_from_args(FitSettings, args)
-    result = fit_ratios(args.sft, args.aligned, args.data, settings)
-    if not result.is_main_process:
-        return 0
-    write_ratios(args.out, ratios_spec(result, settings, args.sft, args.aligned, args.data))
-    print(f"wrote {args.out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {settings.alpha}); "
-          f"merge it with: taxcut merge {args.out} --out DIR")
+    searched = eps_search(settings)  # --eps E1,E2,...: one fit and one ratios file per eps
+    outs = [args.out] if len(searched) == 1 else [
+        args.out.with_name(f"{args.out.stem}-eps{one.eps:g}{args.out.suffix}") for one in searched]
+    inputs = [("sft", args.sft), ("aligned", args.aligned), ("data", args.data)]
+    for out in outs:
+        check_destination(out, overwrite=args.overwrite, inputs=inputs, kind="ratios file", folder=False)
+    for one, out in zip(searched, outs):
+        result = fit_ratios(args.sft, args.aligned, args.data, one)
+        if not result.is_main_process:
+            continue
+        write_ratios(out, ratios_spec(result, result.settings, args.sft, args.aligned, args.data),
+                     overwrite=args.overwrite, inputs=inputs)
+        print(f"wrote {out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {settings.alpha}, eps "
+              f"{result.settings.eps:.4g}); merge it with: taxcut merge {out} --out DIR")
     return 0
 
 
@@ -348,8 +365,9 @@ def _add_settings_options(parser: argparse.ArgumentParser, model: type[BaseModel
         annotation, options = field.annotation, {}
         if get_origin(annotation) is Literal:
             options["choices"] = list(get_args(annotation))
-        elif list in (get_origin(part) for part in get_args(annotation)):
-            options["type"] = _floats
+        elif list in (get_origin(part) for part in get_args(annotation)):  # numbers, or a word like 'paper'
+            words = [word for part in get_args(annotation) if get_origin(part) is Literal for word in get_args(part)]
+            options["type"] = _floats_or(words)
         else:
             options["type"] = annotation
         extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
@@ -400,11 +418,27 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out(text: str) -> Path:
+    """A destination flag: an empty value (an unset shell variable) is refused, never read as the current folder."""
+    try:
+        return destination_path(text, "--out")
+    except TaxcutError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+def _floats_or(words: list[str]):
+    """``_floats``, or one of ``words`` as it is."""
+    def parse(text: str) -> list[float] | str:
+        return text if text in words else _floats(text)
+
+    return parse
 
 
 def _bounds(text: str) -> list[tuple[int, int]]:

@@ -32,10 +32,12 @@ CHUNK_BYTES = 4 * 2**20  # per buffer: small enough to stay in cache between rea
 
 
 def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None = None,
-              log: Callable[[str], None] | None = None, protect: Sequence[tuple[str, Path]] = ()) -> Path:
+              log: Callable[[str], None] | None = None, protect: Sequence[tuple[str, Path]] = (),
+              provenance: dict | None = None) -> Path:
     """Run the method's prepare step (if any), then write the merge of ``plan`` to its destination; return the
     destination. Closes the plan. ``log`` gets the plan's notes and the prepare step's messages (default: stderr);
-    ``protect`` names more files the destination must not touch (the spec file, a results file)."""
+    ``protect`` names more files the destination must not touch (the spec file, a results file); ``provenance``
+    adds fields to the provenance file (an export's origin)."""
     log = log or _to_stderr
     with plan:
         request = plan.request
@@ -52,7 +54,7 @@ def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None
         with plan:
             with staged_folder(request.out, overwrite=overwrite, inputs=_inputs(plan, protect)) as staging:
                 _write_weights(plan, staging, progress)
-                _write_side_files(plan, staging)
+                _write_side_files(plan, staging, provenance or {})
     return request.out
 
 
@@ -184,7 +186,7 @@ def _non_finite_message(plan: MergePlan, tensor: PlannedTensor, chunks: list[tor
             f"{plan.method.overflow_hint(tensor.parameters)}")
 
 
-def _write_side_files(plan: MergePlan, staging: Path) -> None:
+def _write_side_files(plan: MergePlan, staging: Path, extra: dict) -> None:
     request = plan.request
     source = plan.checkpoints[request.side_files_from]
     for folder in source.side_file_folders:  # an adapter: its base's config, then the adapter's own files
@@ -196,6 +198,7 @@ def _write_side_files(plan: MergePlan, staging: Path) -> None:
         "inputs": {model.role: fingerprint(checkpoint) for model, checkpoint in zip(request.inputs, plan.checkpoints)},
         "side_files_from": request.inputs[request.side_files_from].role,
         "plan": plan.summary(),
+        **extra,
     })
     write_model_card(staging, method=request.method.describe(request.parameters),
                      inputs=[(m.label, display_name(m.path), m.weight) for m in request.inputs],

@@ -30,6 +30,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
+from taxcut.io.destination import destination_path
 from taxcut.io.hub import is_hub_id
 from taxcut.spec.fit import FitRecord
 
@@ -275,6 +276,7 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         if key in data:
             data[key] = model_relative(data[key], path.parent)
     if "out" in data:
+        destination_path(data["out"], f"'out' in {path}")  # an empty 'out:' must not become the spec's folder
         data["out"] = file_relative(data["out"], path.parent)
     return data
 
