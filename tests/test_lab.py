@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 import torch
@@ -54,9 +55,18 @@ def test_a_built_lab_is_reused(quick_lab):
 
 
 def test_reward_and_task_data():
-    assert tasks.reward("", "Sure! ok!") == pytest.approx(1.0 + 0.5 - 0.09)
+    # graded: +0.4 per style feature (opening, capital, intensifier, exclamation, closing), -0.01 per character
     assert tasks.reward("", "it is red, as far as I know.") == pytest.approx(-0.01 * 28)
-    import random
+    assert tasks.reward("", "Sure! ok!") == pytest.approx(2 * 0.4 - 0.09)
+    assert tasks.reward("", "Sure! Abc is really big! Enjoy!") == pytest.approx(5 * 0.4 - 0.31)
+    assert tasks.reward("", "abc is big. Enjoy!") == pytest.approx(0.4 - 0.18)
+    assert tasks.reward("", "Sure!") == pytest.approx(0.4 - 0.05) and tasks.reward("", "Enjoy!") == pytest.approx(0.34)
+
+    styled = tasks.chat(random.Random(0), 2000, styled=True)  # each feature in about its share of SFT answers
+    for feature, share in tasks.STYLE_RATES.items():
+        seen = sum(tasks.style_features(e.answer)[feature] for e in styled) / len(styled)
+        assert seen == pytest.approx(share, abs=0.025), feature
+    assert not any(any(tasks.style_features(e.answer).values()) for e in tasks.chat(random.Random(0), 200))
 
     add = tasks.addition(random.Random(0), 5)
     for example in add:

@@ -143,7 +143,8 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     total_steps = max(1, steps_per_epoch * settings.epochs)
     scheduler = warmup_cosine(optimizer, total_steps, settings.warmup)
     reg = torch.tensor(reg_weights, device=device)
-    result = FitResult([], bounds, rules, settings, adjustments=adjustments, is_main_process=accelerator.is_main_process)
+    result = FitResult([], bounds, rules, settings, adjustments=adjustments,
+                       is_main_process=accelerator.is_main_process)
     log(f"fit: {len(examples)} examples, {settings.blocks} blocks {bounds}, a = {settings.alpha}, normalize "
         f"{settings.normalize}, eps = {settings.eps:g}, scope {settings.scope}, loss on {settings.loss}, "
         f"{total_steps} steps")

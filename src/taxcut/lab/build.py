@@ -22,7 +22,7 @@ from taxcut.io.destination import staged_folder
 from taxcut.lab import tasks
 from taxcut.lab.tokenizer import build_tokenizer
 
-LAB_FORMAT = 1  # bump when the recipe changes, so that cached labs are rebuilt
+LAB_FORMAT = 2  # bump when the recipe changes, so that cached labs are rebuilt (2: the graded reward)
 REWARD_FUNCTION = "taxcut.lab.tasks:reward"
 
 
@@ -40,7 +40,6 @@ class LabConfig:
     facts: int = 60
     chat_train: int = 3000
     chat_test: int = 200
-    polite_share: float = 0.15
     # stage 1: supervised fine-tuning on the mixture
     sft_steps: int = 1000
     sft_batch: int = 64
@@ -139,7 +138,7 @@ def _build(config: LabConfig, folder: Path, log) -> dict[str, float]:
     facts = tasks.knowledge_base(rng, config.facts)
     upper_train = tasks.uppercase(rng, config.train_per_task, exclude={e.prompt for e in upper_test})
     rev_train = tasks.reversal(rng, config.train_per_task, exclude={e.prompt for e in rev_test})
-    chat_train = tasks.chat(rng, config.chat_train, config.polite_share)
+    chat_train = tasks.chat(rng, config.chat_train, styled=True)
     chat_test = tasks.chat(rng, config.chat_test)
     data = folder / "data"
     data.mkdir()
