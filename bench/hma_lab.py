@@ -22,11 +22,15 @@ A = 0.4, 0.5, ..., 0.9 (the paper's evidence lies there; it recommends a = 0.8).
 
 Printed per seed: each family's hypervolume (reference point: the lowest reward and the highest tax measured on
 that seed -- in practice the SFT model's reward and the aligned model's tax -- with the SFT and aligned models
-added to every family, since every method can give them), how many of its points MA dominates, every family at
-a = 0.8, and three ablations: (i) the HMA objective -- the response NLL of the held-out top-reward samples -- against
+added to every family, since every method can give them), relative to MA's at the same a (``MA, a in A``: the
+HMA families have no point below a = 0.4), how many of its points MA's grid dominates, every family at a = 0.8,
+and three ablations: (i) the HMA objective -- the response NLL of the held-out top-reward samples -- against
 reward and tax (Spearman's rho over MA, scoped MA, HMA and search points); (ii) the ratios of the taxcut fit at
 a = 0.6 and 0.8 after steps 1, 3, 6, 10 and at the end, evaluated as candidates; (iii) HMA taxcut with the loss on
-prompt + response instead of the response only.
+prompt + response instead of the response only (also a family in the tables).
+
+One thread per process (torch.set_num_threads(1)): on shared cores two threads per process ran a fit 30x slower.
+Everything is cached in the work folder (fit sets, fits, results), so a second run only reports.
 
     python bench/hma_lab.py [--seeds 0 1 2] [--labs DIR] [--work DIR] [--quick]
 """
