@@ -16,7 +16,8 @@ so by default its front and cost are read from the reference's results (``--run-
   reference's; the reference point is the nadir of the reference sweep (its lowest reward, its highest tax) moved
   out by 10% of each axis' range, the same for every strategy of a seed;
 - **cost**: the tokens (generated + scored) of every evaluation a strategy spent, halving's dropped stages
-  included (:mod:`taxcut.sweep.cost`), over the default grid's. Seconds are printed beside, as a ratio.
+  included (:mod:`taxcut.sweep.cost`), over the default grid's. Results record seconds too, but the sweeps of one
+  seed run one after another on a shared machine, so their seconds are not compared here.
 - **best subset**: for comparison, the hypervolume of the best choice of as many of the reference's own
   candidates (the SFT model among them) as the strategy measured in full -- what an oracle that knew the
   reference's results could reach at that count.
@@ -33,7 +34,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
@@ -68,11 +68,8 @@ def strategies(base: SweepSpec, budgets: list[int]) -> dict[str, SweepSpec]:
     return specs
 
 
-def measure(name: str, spec: SweepSpec, out: Path) -> tuple[SweepReport, float]:
-    spec = spec.model_copy(update={"out": out / name.replace(" ", "-")})
-    started = time.perf_counter()
-    report = run_sweep(spec, progress=False)
-    return report, time.perf_counter() - started
+def measure(name: str, spec: SweepSpec, out: Path) -> SweepReport:
+    return run_sweep(spec.model_copy(update={"out": out / name.replace(" ", "-")}), progress=False)
 
 
 def front_points(report: SweepReport) -> list[tuple[float, float]]:
@@ -109,25 +106,23 @@ def best_subset(points: dict[str, tuple[float, float]], baseline: str, count: in
 
 def compare(setting: str, base: SweepSpec, out: Path, budgets: list[int], run_default: bool) -> list[str]:
     specs = strategies(base, budgets)
-    reports, seconds = {}, {}
+    reports = {}
     for name, spec in specs.items():
         if name == "default" and not run_default:
             reports[name] = default_from_reference(reports["reference"], spec, out)
-            seconds[name] = float("nan")
             continue
-        reports[name], seconds[name] = measure(name, spec, out)
+        reports[name] = measure(name, spec, out)
     reference = reports["reference"]
     point = reference_point(front_points(reference))
     full_hv = hypervolume(front_points(reference), point)
     default_cost = reports["default"].cost
     if full_hv <= 0:
-        return [f"| {setting} | (no front: the reference's points do not span both axes) | | | | | | | | |"]
+        return [f"| {setting} | (no front: the reference's points do not span both axes) | | | | | | | |"]
     reference_points = {row.id: (row.reward, row.tax) for row in reference.rows}
     lines = []
     for name, report in reports.items():
         ratio = hypervolume(front_points(report), point) / full_hv
         cost = report.cost.spent.tokens / default_cost.spent.tokens
-        time_ratio = report.cost.spent.seconds / default_cost.spent.seconds
         dropped = len(report.strategy.dropped) if report.strategy is not None else 0
         meets = ratio >= TARGET_HYPERVOLUME and cost <= TARGET_COST
         verdict = "" if name in ("reference", "default") else ("meets" if meets else "misses")
@@ -136,7 +131,7 @@ def compare(setting: str, base: SweepSpec, out: Path, budgets: list[int], run_de
             best = best_subset(reference_points, reference.rows[0].id, len(report.rows), point)
             oracle = f"{best / full_hv:.4f}"
         lines.append(f"| {setting} | {name} | {len(report.rows)} | {dropped} | {ratio:.4f} | {oracle} | "
-                     f"{cost:.3f} | {time_ratio:.3f} | {report.cost.spent.tokens:,} | {verdict} |")
+                     f"{cost:.3f} | {report.cost.spent.tokens:,} | {verdict} |")
     return lines
 
 
@@ -150,11 +145,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where the sweeps go (default: a temporary folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="taxcut-sweep-cost-"))
-    header = ["| setting | strategy | full-data candidates | dropped early | hypervolume / reference | "
-              "best subset of as many | tokens / default | seconds / default | tokens | target |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    header = [("| setting | strategy | full-data candidates | dropped early | hypervolume / reference | "
+               "best subset of as many | tokens / default | tokens | target |"), "|---|---|---|---|---|---|---|---|---|"]
     print("\n".join(header), flush=True)
-    table = list(header)
     settings = []
     for seed in args.seeds:
         config = LabConfig.quick(seed) if args.quick else LabConfig(seed=seed)
@@ -168,7 +161,6 @@ def main() -> None:
         folder = out / setting.replace(" ", "-")
         rows = compare(setting, base, folder, args.budgets, args.run_default)
         print("\n".join(rows), flush=True)
-        table += rows
     print(f"\nreference point: the reference sweep's nadir moved out by 10% of each range; sweeps in {out}")
 
 
