@@ -124,3 +124,36 @@ def test_a_result_without_errors_reads_as_exact():
 
     point = noisy_point(result, result)
     assert (point.tax, point.tax_stderr) == (0.0, 0.0)
+
+
+def test_a_resumed_halving_replays_its_decisions_on_the_stages():
+    """A candidate dropped at 1/8 by a rival that looked better on the first items than on all of them stays
+    dropped when the sweep runs again (the rival, finished by then, competes with its 1/8 stage, as it did)."""
+    sprinter, dropped = ma_candidate(0.45), ma_candidate(0.15)
+    early = set(DataPart(0.0, 0.125).items("reward", ITEMS))
+
+    def measure(candidate, part):
+        if candidate.id not in (sprinter.id, dropped.id):
+            return fake_measure(candidate, part)
+        items = part.items("reward", ITEMS) or list(range(ITEMS))
+        questions = part.items("mc", ITEMS) or list(range(ITEMS))
+        if candidate.id == sprinter.id:  # reward 3 on the first eighth of the items, 0 on the rest; always right
+            return Measurement(Mean.of([3.0 if i in early else 0.0 for i in items]),
+                               {"mc": {"acc": Mean.of([1.0 for _ in questions], binary=True)}}, {"mc": "acc"},
+                               {"mc": True})
+        return Measurement(Mean.of([1.0 + (0.1 if i % 2 else -0.1) for i in items]),  # reward 1, the SFT's accuracy
+                           {"mc": {"acc": Mean.of([float(i % 2) for i in questions], binary=True)}}, {"mc": "acc"},
+                           {"mc": True})
+
+    def evaluate(candidates, part):
+        for candidate in candidates:
+            calls.append(candidate.id)
+            yield candidate, measure(candidate, part)
+
+    book, calls = Book(), []
+    first = successive_halving([sprinter, dropped], SFT, evaluate, book)
+    assert first.dropped == {dropped.id: 0.125}
+    assert book.full(sprinter.id).reward.reward == pytest.approx(3.0 / 8)  # on all the data it does not dominate
+    calls.clear()
+    again = successive_halving([sprinter, dropped], SFT, evaluate, book)
+    assert again.dropped == first.dropped and calls == []

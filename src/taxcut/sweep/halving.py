@@ -102,9 +102,11 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
                        incumbents: Sequence[NoisyPoint] = ()) -> HalvingOutcome:
     """Measure ``candidates`` by successive halving (the module's rule) and return what happened.
 
-    ``baseline`` is the SFT model: measured at every stage, never dropped. Candidates already measured in full are
-    not measured again and, like ``incumbents`` (other fully measured points, taxed against the full baseline),
-    count as dominators. Stages already in ``book`` are not measured again.
+    ``baseline`` is the SFT model: measured at every stage, never dropped, and a rival at every stage. ``incumbents``
+    (points measured in full elsewhere, taxed against the full baseline) and the candidates already measured in full
+    without stages count as dominators at every stage. Stages already in ``book`` are not measured again, and a
+    candidate that finished an earlier run of this halving takes part in each stage with its stage record, so a
+    resumed run makes the decisions the first one made.
     """
     unique = {c.id: c for c in [baseline, *candidates]}
     outcome = HalvingOutcome()
@@ -115,21 +117,27 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
         for cid, result in done.items():
             if result is not None:
                 outcome.points[cid] = noisy_point(result, full_baseline)
-                champions.append(outcome.points[cid])
+                if cid != baseline.id and not book.shares(cid):
+                    champions.append(outcome.points[cid])
+    finished = [c for c in unique.values() if done[c.id] is not None and c.id != baseline.id and book.shares(c.id)]
     survivors = [c for c in unique.values() if done[c.id] is None]
     if not survivors:
-        outcome.finished = [c for c in unique.values()]
+        outcome.finished = list(unique.values())
         return outcome
     for share in settings.shares()[:-1]:
         staged = _measure_stage([*survivors, baseline], share, evaluate, book, settings.seed)
         base = staged[baseline.id].result(cautious=True)
         points = {c.id: noisy_point(staged[c.id].result(cautious=True), base) for c in survivors}
         outcome.points.update(points)
+        rivals = {**points, baseline.id: noisy_point(base, base)}
+        for candidate in finished:  # measured in full by an earlier run: its stage, as then
+            if share in book.shares(candidate.id):
+                rivals[candidate.id] = noisy_point(book.stage(candidate.id, share).result(cautious=True), base)
         kept = []
         for candidate in survivors:
-            rivals = [p for cid, p in points.items() if cid != candidate.id] + champions
+            others = [p for cid, p in rivals.items() if cid != candidate.id] + champions
             if candidate.id != baseline.id and any(dominates_beyond_noise(r, points[candidate.id], settings.level)
-                                                   for r in rivals):
+                                                   for r in others):
                 outcome.dropped[candidate.id] = share
             else:
                 kept.append(candidate)
