@@ -255,7 +255,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         print(f"also on the front within the noise: {', '.join(noisy)}")
     if report.strategy is not None and report.strategy.dropped:
         shares = sorted(set(report.strategy.dropped.values()))
-        print(f"successive halving dropped {len(report.strategy.dropped)} candidates early ("
+        count = len(report.strategy.dropped)
+        print(f"successive halving dropped {count} candidate{'s' if count > 1 else ''} early ("
               + ", ".join(f"{sum(s == share for s in report.strategy.dropped.values())} at {share:g} of the data"
                           for share in shares) + ")")
     if report.cost is not None:
