@@ -290,20 +290,8 @@ def staged_folder(destination: str | os.PathLike[str], *, overwrite: bool, input
     (exclusively: see the module docstring). On any failure the staging folder is removed and nothing appears at
     the destination; an ``OSError`` (disk full, permissions) becomes a one-line :class:`TaxcutError`.
     """
-    shown, target = _target(destination, list(inputs), kind)
-    expected = _examine(shown, target, overwrite=overwrite, folder=True)
-    staging = _make_staging(shown, target, folder=True)
-    try:
+    with _staged(destination, overwrite=overwrite, inputs=inputs, kind=kind, folder=True) as staging:
         yield staging
-        _write_marker(staging, kind, _files(staging))
-        replaced = _publish(shown, target, staging, expected, overwrite=overwrite, folder=True)
-    except OSError as exc:
-        _remove(staging)
-        raise TaxcutError(f"{shown}: writing the {kind} failed ({_reason(exc)}); nothing was written there") from None
-    except BaseException:
-        _remove(staging)
-        raise
-    _remove(replaced)
 
 
 @contextmanager
@@ -315,12 +303,21 @@ def staged_file(destination: str | os.PathLike[str], *, overwrite: bool, inputs:
     a later ``overwrite`` can tell the file is taxcut's; inside a folder whose marker lists the name (a results
     folder's reports) none is written. Failures behave as in :func:`staged_folder`.
     """
+    with _staged(destination, overwrite=overwrite, inputs=inputs, kind=kind, folder=False) as staging:
+        yield staging
+
+
+@contextmanager
+def _staged(destination, *, overwrite: bool, inputs: Inputs, kind: str, folder: bool) -> Iterator[Path]:
+    """What :func:`staged_folder` and :func:`staged_file` share: check, stage, publish exclusively, clean up."""
     shown, target = _target(destination, list(inputs), kind)
-    expected = _examine(shown, target, overwrite=overwrite, folder=False)
-    staging = _make_staging(shown, target, folder=False)
+    expected = _examine(shown, target, overwrite=overwrite, folder=folder)
+    staging = _make_staging(shown, target, folder=folder)
     try:
         yield staging
-        replaced = _publish(shown, target, staging, expected, overwrite=overwrite, folder=False)
+        if folder:
+            _write_marker(staging, kind, _files(staging))
+        replaced = _publish(shown, target, staging, expected, overwrite=overwrite, folder=folder)
     except OSError as exc:
         _remove(staging)
         raise TaxcutError(f"{shown}: writing the {kind} failed ({_reason(exc)}); nothing was written there") from None
