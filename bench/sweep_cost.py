@@ -6,7 +6,10 @@ For each lab seed (and, with ``--real-model``, the real-model fixture of ``bench
 - **reference**: the 21-point MA grid (a = 0, 0.05, ..., 1) plus the demo's block profiles, each evaluated in full;
 - **default**: the default 11-point grid (a = 0, 0.1, ..., 1) plus the same profiles, in full;
 - **adaptive B**: ``candidates: {strategy: adaptive, budget: B}`` with the profiles as families, in full;
-- **adaptive+halving B**: the same with ``evaluation: {fidelity: halving}``.
+- **adaptive+halving B**: the same with ``evaluation: {fidelity: halving}`` (the budget counts full evaluations:
+  what halving saves buys more candidates);
+- **adaptive+halving B tolerance T**: the same, halving also dropping what cannot add ``T`` of the front's
+  hypervolume (``evaluation.halving.tolerance``).
 
 Each strategy runs as an ordinary ``taxcut sweep`` in a folder of its own (nothing is shared, every cost is
 measured). The default grid's candidates are all in the reference, whose results are the same seeded evaluation,
@@ -52,12 +55,14 @@ TARGET_HYPERVOLUME, TARGET_COST = 0.98, 0.40
 MAX_SUBSET = 9  # the best-subset bound is exhaustive: up to this many candidates
 
 
-def strategies(base: SweepSpec, budgets: list[int]) -> dict[str, SweepSpec]:
+def strategies(base: SweepSpec, budgets: list[int], tolerances: list[float]) -> dict[str, SweepSpec]:
     """The sweeps to compare, on ``base``'s models and evaluation."""
-    def variant(candidates: dict, fidelity: str = "full") -> SweepSpec:
+    def variant(candidates: dict, fidelity: str = "full", tolerance: float = 0.0) -> SweepSpec:
         data = base.model_dump(mode="json", exclude_defaults=True)
         data["candidates"] = {"block_patterns": BLOCK_PROFILES, **candidates}
         data["evaluation"]["fidelity"] = fidelity
+        if tolerance:
+            data["evaluation"]["halving"] = {"tolerance": tolerance}
         return SweepSpec.model_validate(data)
 
     specs = {"reference": variant({"grid": REFERENCE_GRID}), "default": variant({"grid": DEFAULT_GRID})}
@@ -65,6 +70,8 @@ def strategies(base: SweepSpec, budgets: list[int]) -> dict[str, SweepSpec]:
         adaptive = {"strategy": "adaptive", "budget": budget}
         specs[f"adaptive {budget}"] = variant(adaptive)
         specs[f"adaptive+halving {budget}"] = variant(adaptive, "halving")
+        for tolerance in tolerances:
+            specs[f"adaptive+halving {budget} tolerance {tolerance:g}"] = variant(adaptive, "halving", tolerance)
     return specs
 
 
@@ -104,8 +111,11 @@ def best_subset(points: dict[str, tuple[float, float]], baseline: str, count: in
                for chosen in itertools.combinations(others, count - 1))
 
 
-def compare(setting: str, base: SweepSpec, out: Path, budgets: list[int], run_default: bool) -> list[str]:
-    specs = strategies(base, budgets)
+def compare(setting: str, base: SweepSpec, out: Path, budgets: list[int], tolerances: list[float],
+            run_default: bool, only: list[str] | None = None) -> list[str]:
+    specs = strategies(base, budgets, tolerances)
+    if only:
+        specs = {name: spec for name, spec in specs.items() if name in ("reference", "default", *only)}
     reports = {}
     for name, spec in specs.items():
         if name == "default" and not run_default:
@@ -140,6 +150,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="the quick lab (a smoke run)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[6, 8], help="the adaptive grid's budgets")
+    parser.add_argument("--tolerances", type=float, nargs="*", default=[0.01],
+                        help="halving's hypervolume tolerances to add rows for (evaluation.halving.tolerance)")
+    parser.add_argument("--only", nargs="*", help="run only these strategies (and the reference)")
     parser.add_argument("--real-model", type=Path, help="the sweep.yaml of bench/real_model.py's fixture")
     parser.add_argument("--run-default", action="store_true", help="run the default grid apart")
     parser.add_argument("--out", type=Path, help="where the sweeps go (default: a temporary folder)")
@@ -159,7 +172,7 @@ def main() -> None:
         settings.append(("real model", SweepSpec.model_validate(data)))
     for setting, base in settings:
         folder = out / setting.replace(" ", "-")
-        rows = compare(setting, base, folder, args.budgets, args.run_default)
+        rows = compare(setting, base, folder, args.budgets, args.tolerances, args.run_default, args.only)
         print("\n".join(rows), flush=True)
     print(f"\nreference point: the reference sweep's nadir moved out by 10% of each range; sweeps in {out}")
 

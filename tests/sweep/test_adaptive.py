@@ -90,3 +90,22 @@ def curve_point(candidate: Candidate) -> NoisyPoint:
 
 def list_of(curve):
     return [(p.reward, p.tax) for p in curve.values()]
+
+
+def test_the_budget_counts_full_evaluations_so_what_halving_saves_buys_more_candidates():
+    sft = ma_candidate(0.0)
+    ma = Family("MA", lambda a: sft if a == 0 else ma_candidate(a))
+
+    def measure(candidates):
+        return {c.id: curve_point(c) for c in candidates}
+
+    shares = {}  # every candidate but the ends "dropped" at a quarter of the data
+
+    def spent(candidates):
+        return sum(shares.setdefault(c.id, 1.0 if c.alpha in (0.0, 1.0) else 0.25) for c in candidates)
+
+    full = adaptive_search([ma], measure, budget=4)
+    halved = adaptive_search([ma], measure, budget=4, spent=spent)
+    assert len(full.candidates) == 4
+    # 2 ends + 0.25 per other candidate: the start costs 2.25, each round 0.25, and a round needs room for a full one
+    assert len(halved.candidates) == 7 and spent(halved.candidates) == pytest.approx(3.25)

@@ -157,3 +157,74 @@ def test_a_resumed_halving_replays_its_decisions_on_the_stages():
     calls.clear()
     again = successive_halving([sprinter, dropped], SFT, evaluate, book)
     assert again.dropped == first.dropped and calls == []
+
+
+# ---- the tolerance: candidates whose best case cannot add to the front ----------------------------------------
+
+
+def test_best_case_gain_on_hand_made_points():
+    from taxcut.sweep.halving import best_case_gain
+
+    others = [NoisyPoint(0.0, 0.0), NoisyPoint(1.0, 0.5)]  # nadir (0, 0.5) with the point below; front area 0
+    # a point at (0.5, 0.25), exact: it adds its box 0.5 x 0.25 to a front of area 0 -> all of it
+    assert best_case_gain(NoisyPoint(0.5, 0.25), others) == pytest.approx(1.0)
+    front = [NoisyPoint(0.0, 0.0), NoisyPoint(0.9, 0.1), NoisyPoint(1.0, 0.5)]
+    # (0.9, 0.3) is dominated by (0.9, 0.1); with errors its corner is (0.9 + z 0.01, 0.3 - z 0.01)
+    z = 1.6448536269514722
+    corner = (0.9 + z * 0.01, 0.3 - z * 0.01)
+    whole = 0.9 * 0.4 + (corner[0] - 0.9) * (0.5 - corner[1])  # from the nadir (0, 0.5)
+    expected = (corner[0] - 0.9) * (0.5 - corner[1]) / whole
+    assert best_case_gain(NoisyPoint(0.9, 0.3, 0.01, 0.01), front) == pytest.approx(expected)
+    assert best_case_gain(NoisyPoint(0.9, 0.3, float("inf"), 0.0), front) == 1.0  # one item: anything is possible
+
+
+def tied_measure(candidate: Candidate, part: DataPart) -> Measurement:
+    """GOOD as in TRUTH; RUNNER_UP ties its reward within the noise but pays 0.5 more tax; TWIN is GOOD's twin."""
+    if candidate.id in (RUNNER_UP.id, TWIN.id):
+        rewards = part.items("reward", ITEMS) or list(range(ITEMS))
+        questions = part.items("mc", ITEMS) or list(range(ITEMS))
+        reward, accuracy = (2.0, 0.2) if candidate.id == RUNNER_UP.id else (2.1, 0.7)
+        return Measurement(
+            Mean.of([reward + (0.3 if i % 2 else -0.3) for i in rewards]),
+            {"mc": {"acc": Mean.of([float((37 * i) % ITEMS < accuracy * ITEMS) for i in questions], binary=True)}},
+            {"mc": "acc"}, {"mc": True})
+    return fake_measure(candidate, part)
+
+
+RUNNER_UP, TWIN = ma_candidate(0.45), ma_candidate(0.35)
+
+
+def tied_evaluator(calls):
+    def evaluate(candidates, part):
+        for candidate in candidates:
+            calls.append((candidate.id, part.start, part.stop))
+            yield candidate, tied_measure(candidate, part)
+    return evaluate
+
+
+def test_a_candidate_that_ties_on_reward_but_cannot_add_to_the_front_is_dropped_only_with_a_tolerance():
+    strict = successive_halving([GOOD, RUNNER_UP], SFT, tied_evaluator([]), Book(), HalvingSettings(tolerance=0.0))
+    assert strict.dropped == {}  # not dominated beyond the noise: its reward is within the noise of GOOD's
+    book, calls = Book(), []
+    loose = successive_halving([GOOD, RUNNER_UP], SFT, tied_evaluator(calls), book, HalvingSettings())
+    assert loose.dropped == {RUNNER_UP.id: 0.25}  # its best case on a quarter of the items adds 0.3% of the front
+    assert book.full(GOOD.id) is not None and book.full(SFT.id) is not None
+    assert book.full(RUNNER_UP.id) is None and max(s for c, _, s in calls if c == RUNNER_UP.id) < 1.0
+
+
+def test_of_two_twins_only_one_is_dropped_and_what_is_kept_is_never_dropped():
+    book = Book()
+    # on the first eighth each twin's best case adds ~72% to the other's front: under a tolerance of 80% both would
+    # go if judged together; one at a time, the second then stands alone and adds all of its front
+    outcome = successive_halving([GOOD, TWIN], SFT, tied_evaluator([]), book, HalvingSettings(tolerance=0.8))
+    assert list(outcome.dropped.values()) == [0.125]
+    assert sum(book.full(c.id) is not None for c in (GOOD, TWIN)) == 1
+    kept = successive_halving([GOOD, RUNNER_UP], SFT, tied_evaluator([]), Book(), HalvingSettings(tolerance=0.5),
+                              keep={RUNNER_UP.id})
+    assert RUNNER_UP.id not in kept.dropped  # the aligned model is kept like the SFT model
+
+
+def test_the_spec_and_the_function_agree_on_the_default_tolerance():
+    from taxcut.spec.evaluation import HalvingSpec
+
+    assert HalvingSpec().tolerance == HalvingSettings().tolerance == 0.01

@@ -85,6 +85,7 @@ def test_halving_sweep_labels_its_stages_and_reports_full_data_only(llama_pair, 
         assert ("stats" in record) == (record["share"] < 1.0)
     sft = [r["share"] for r in records if r["label"] == "MA a=0"]
     assert sft == [0.25, 0.5, 1.0]  # the baseline goes through every stage and ends on all the data
+    assert [r["share"] for r in records if r["label"] == "MA a=1"][-1] == 1.0  # the aligned model is never dropped
     staged = {(r["candidate_id"], r["share"]) for r in records}
     assert len(staged) == len(records)  # each stage of each candidate once
     finished = {r["candidate_id"] for r in records if r["share"] == 1.0}

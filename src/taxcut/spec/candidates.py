@@ -81,8 +81,9 @@ class CandidateGrid(BaseModel):
     any merge spec); ``hma``: fit HMA at each of its ``mean_alphas``. The SFT model (a = 0) is always evaluated:
     the tax is measured from it.
 
-    ``strategy: adaptive`` evaluates, instead of the whole grid, ``budget`` candidates in all where the front is
-    still uncertain (:mod:`taxcut.sweep.adaptive`): MA from ``grid`` if given (else 0, 0.5, 1), each pattern as a
+    ``strategy: adaptive`` evaluates, instead of the whole grid, ``budget`` full evaluations' worth of candidates
+    (under ``fidelity: halving`` one dropped early counts the share of the data it saw) where the front is still
+    uncertain (:mod:`taxcut.sweep.adaptive`): MA from ``grid`` if given (else 0, 0.5, 1), each pattern as a
     path through it, HMA from its ``mean_alphas`` if given (else 0.5); it stops early when no interval of ``a``
     wider than ``resolution`` is left or none can add ``tolerance`` of the front's hypervolume, and evaluates
     ``batch`` candidates per round."""

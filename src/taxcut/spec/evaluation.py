@@ -91,8 +91,9 @@ class TaskSpec(BaseModel):
 
 class HalvingSpec(BaseModel):
     """Successive halving (:mod:`taxcut.sweep.halving`): first ``start`` of the items, times ``factor`` per stage up
-    to all of them; a candidate dominated beyond the noise at one-sided ``level`` is dropped; ``seed`` picks the
-    items."""
+    to all of them; a candidate dominated beyond the noise at one-sided ``level`` is dropped, and so is one whose best case
+    adds less than ``tolerance`` of the front's hypervolume (1%; 0 drops only what is dominated); ``seed`` picks
+    the items."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +101,7 @@ class HalvingSpec(BaseModel):
     factor: float = Field(2.0, gt=1)
     level: float = Field(0.05, gt=0, lt=0.5)
     seed: int = 0
+    tolerance: float = Field(0.01, ge=0, lt=1)
 
 
 class EvaluationSpec(BaseModel):

@@ -12,7 +12,8 @@ where ``corner`` = (the larger reward, the smaller tax) of the segment's two end
 between them can reach if it moves monotonically from one end to the other -- and ``HV`` is the hypervolume of
 every point measured so far (:func:`taxcut.sweep.noise.hypervolume`), from the nadir of those points. A segment
 already dominated by other candidates gains nothing; one between two neighbours of a steep front gains its whole
-box. Ties go to the smaller ``a``. The strategy stops at the budget, when no segment wider than ``resolution`` is
+box. Ties go to the smaller ``a``. The strategy stops at the budget (in full evaluations: under successive halving a
+candidate dropped early counts the share of the data it saw), when no segment wider than ``resolution`` is
 left, or when the best gain is below ``tolerance`` times the front's hypervolume.
 
 The functions here are pure: :func:`next_ratios` picks from measured points; :func:`adaptive_search` runs the
@@ -99,6 +100,10 @@ def next_ratios(curves: Mapping[str, Mapping[float, NoisyPoint]], others: Sequen
 MeasureBatch = Callable[[Sequence[Candidate]], Mapping[str, NoisyPoint]]
 """Measure candidates (in full, or by successive halving); their points by candidate id."""
 
+SpentEvaluation = Callable[[Sequence[Candidate]], float]
+"""The evaluation spent on candidates, in full evaluations: 1 for each one measured on all the data, the share of
+the data it saw for one that successive halving dropped."""
+
 
 @dataclass
 class AdaptiveOutcome:
@@ -108,10 +113,13 @@ class AdaptiveOutcome:
 
 
 def adaptive_search(families: Sequence[Family], measure: MeasureBatch, *, budget: int, fixed: Sequence[Candidate] = (),
-                    resolution: float = 1 / 64, tolerance: float = 0.0, batch: int = 1) -> AdaptiveOutcome:
+                    resolution: float = 1 / 64, tolerance: float = 0.0, batch: int = 1,
+                    spent: SpentEvaluation = len) -> AdaptiveOutcome:
     """Measure every family's start ratios and the ``fixed`` candidates, then ``batch`` proposals of
-    :func:`next_ratios` per round until ``budget`` candidates in all have been measured (or nothing is left to
-    gain). A candidate that two families share (the SFT and aligned models) is measured once."""
+    :func:`next_ratios` per round while the next one fits in ``budget`` full evaluations (``spent``: by default
+    one per candidate; under successive halving a dropped candidate counts the share of the data it saw, so what
+    halving saves buys more candidates), or until nothing is left to gain. A candidate that two families share
+    (the SFT and aligned models) is measured once."""
     made = {f.name: {a: f.make(a) for a in f.start_ratios()} for f in families}
     start = {c.id: c for c in [*(c for ratios in made.values() for c in ratios.values()), *fixed]}
     if len(start) > budget:
@@ -124,7 +132,7 @@ def adaptive_search(families: Sequence[Family], measure: MeasureBatch, *, budget
         outcome.curves = {name: {a: points[c.id] for a, c in ratios.items() if c.id in points}
                           for name, ratios in made.items()}
         others = [points[c.id] for c in fixed if c.id in points]
-        room = budget - len(outcome.candidates)
+        room = int(budget - spent(outcome.candidates) + 1e-9)  # each proposal may cost a full evaluation
         proposals = next_ratios(outcome.curves, others, resolution=resolution, tolerance=tolerance,
                                 count=min(batch, room)) if room > 0 else []
         if not proposals:

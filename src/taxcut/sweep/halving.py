@@ -7,17 +7,25 @@ each axis at ``level``, with the cautious errors of few items: :func:`taxcut.eva
 dropped; the survivors' share grows by ``factor`` -- by measuring only the items they
 have not seen yet and merging them in, so a survivor costs one full evaluation in all -- up to the whole data.
 The SFT model, the tax's baseline, is never dropped, and at each stage the tax is measured against it on the same
-items. Whatever survives the last stage is on the front within the noise and has been measured in full.
+items; nor is the aligned model (the sweep keeps it): the two models the user brought frame the front. Whatever survives the last stage is on the front within the noise and has been measured in full.
 
-Every stage of every candidate is a line of the results file, labelled with its ``share``, under a context of its
-own (:func:`stage_context`): a killed sweep resumes from the stages already there, and only full-data results
-count as a candidate's result in the report.
+**Candidates that cannot matter** (``tolerance``, 1% by default; 0 keeps dominance alone). Dominance beyond the
+noise keeps every candidate whose reward ties a better one's within the noise, however far behind it is on tax -- on
+a front where rewards saturate, that is most of them. So a stage also drops, one at a time, the candidate whose
+*best case* adds least to the hypervolume, while that is less than ``tolerance`` of the front's hypervolume: the best
+case is its corner ``(reward + z se_r, tax - z se_t)`` at the stage's level, set against the other candidates' points
+as measured on the same items (the SFT model and the fully measured ones included), the hypervolume taken from their
+nadir (:func:`best_case_gain`). It is the hypervolume-contribution rule of SMS-EMOA (Beume, Naujoks & Emmerich,
+"SMS-EMOA: Multiobjective selection based on dominated hypervolume", EJOR 2007) with the candidate given the benefit
+of its error bars; what it gives up is bounded by ``tolerance`` of the front per dropped candidate, as far as the
+other points' estimates hold.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+import math
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,8 +33,10 @@ from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.subset import DataPart
 from taxcut.spec.candidates import Candidate
-from taxcut.sweep.noise import NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, tax_stderr
+from taxcut.sweep.noise import NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, hypervolume, tax_stderr, z_value
 from taxcut.sweep.pareto import tax
+
+NEGLIGIBLE_GAIN = 0.01  # halving's default tolerance: a best case under 1% of the front's hypervolume is dropped
 
 EvaluateBatch = Callable[[Sequence[Candidate], DataPart], Iterable[tuple[Candidate, Measurement]]]
 """The one function the strategies call: measure each candidate on a part of the evaluation data, yielding each as
@@ -51,13 +61,14 @@ class StageBook(Protocol):
 
 @dataclass(frozen=True)
 class HalvingSettings:
-    """Start at ``start`` of the data, grow by ``factor`` each stage, drop at one-sided ``level``; ``seed`` picks
-    the items."""
+    """Start at ``start`` of the data, grow by ``factor`` each stage, drop at one-sided ``level`` (and, with
+    ``tolerance`` > 0, what cannot add that share of the front's hypervolume); ``seed`` picks the items."""
 
     start: float = 0.125
     factor: float = 2.0
     level: float = NOISE_LEVEL
     seed: int = 0
+    tolerance: float = NEGLIGIBLE_GAIN
 
     def shares(self) -> list[float]:
         """The stages' shares, ending at the whole data: 1/8, 1/4, 1/2, 1 by default."""
@@ -99,16 +110,18 @@ def noisy_point(result: EvaluationResult, baseline: EvaluationResult) -> NoisyPo
 
 def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, evaluate: EvaluateBatch,
                        book: StageBook, settings: HalvingSettings = HalvingSettings(),
-                       incumbents: Sequence[NoisyPoint] = ()) -> HalvingOutcome:
+                       incumbents: Sequence[NoisyPoint] = (), keep: Collection[str] = ()) -> HalvingOutcome:
     """Measure ``candidates`` by successive halving (the module's rule) and return what happened.
 
     ``baseline`` is the SFT model: measured at every stage, never dropped, and a rival at every stage. ``incumbents``
     (points measured in full elsewhere, taxed against the full baseline) and the candidates already measured in full
-    without stages count as dominators at every stage. Stages already in ``book`` are not measured again, and a
+    without stages count as dominators at every stage. Candidates whose ids are in ``keep`` (the aligned model) are,
+    like the baseline, never dropped. Stages already in ``book`` are not measured again, and a
     candidate that finished an earlier run of this halving takes part in each stage with its stage record, so a
     resumed run makes the decisions the first one made.
     """
     unique = {c.id: c for c in [baseline, *candidates]}
+    protected = {baseline.id, *keep}
     outcome = HalvingOutcome()
     full_baseline = book.full(baseline.id)
     done = {cid: book.full(cid) for cid in unique}
@@ -136,11 +149,13 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
         kept = []
         for candidate in survivors:
             others = [p for cid, p in rivals.items() if cid != candidate.id] + champions
-            if candidate.id != baseline.id and any(dominates_beyond_noise(r, points[candidate.id], settings.level)
-                                                   for r in others):
+            if candidate.id not in protected and any(dominates_beyond_noise(r, points[candidate.id], settings.level)
+                                                     for r in others):
                 outcome.dropped[candidate.id] = share
             else:
                 kept.append(candidate)
+        if settings.tolerance > 0:
+            kept = _drop_negligible(kept, protected, rivals, champions, settings, share, outcome)
         survivors = kept
     _measure_stage(survivors, 1.0, evaluate, book, settings.seed)
     full_baseline = book.full(baseline.id)
@@ -149,6 +164,47 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
             outcome.finished.append(candidate)
             outcome.points[candidate.id] = noisy_point(book.full(candidate.id), full_baseline)
     return outcome
+
+
+def best_case_gain(point: NoisyPoint, others: Sequence[NoisyPoint], level: float = NOISE_LEVEL) -> float:
+    """The share of the front's hypervolume that ``point`` adds at best: its corner ``(reward + z se_r, tax -
+    z se_t)`` added to ``others`` (as measured), over the hypervolume of ``others`` with that corner, both from the
+    nadir of ``others`` and ``point``. An infinite error gives 1 (anything is possible); no front to compare gives 1."""
+    z = z_value(level)
+    corner = (point.reward + z * point.reward_stderr, point.tax - z * point.tax_stderr)
+    if not all(math.isfinite(v) for v in corner):
+        return 1.0
+    front = [(p.reward, p.tax) for p in others if math.isfinite(p.reward) and math.isfinite(p.tax)]
+    everything = [*front, (point.reward, point.tax)]
+    reference = (min(r for r, _ in everything), max(t for _, t in everything))
+    whole = hypervolume([*front, corner], reference)
+    if whole <= 0.0:
+        return 1.0
+    return (whole - hypervolume(front, reference)) / whole
+
+
+def _drop_negligible(survivors: list[Candidate], protected: Collection[str], rivals: dict[str, NoisyPoint],
+                     champions: Sequence[NoisyPoint], settings: HalvingSettings, share: float,
+                     outcome: HalvingOutcome) -> list[Candidate]:
+    """Drop, one at a time, the survivor whose best case adds least to the front while that is under
+    ``settings.tolerance`` (the module's rule); the others are measured against the survivors left."""
+    survivors = list(survivors)
+    standing = {cid: p for cid, p in rivals.items() if cid not in outcome.dropped}
+    while True:
+        gains = {}
+        for candidate in survivors:
+            if candidate.id in protected:
+                continue
+            others = [p for cid, p in standing.items() if cid != candidate.id] + list(champions)
+            gains[candidate.id] = best_case_gain(standing[candidate.id], others, settings.level)
+        if not gains:
+            return survivors
+        weakest = min(gains, key=lambda cid: (gains[cid], cid))
+        if gains[weakest] >= settings.tolerance:
+            return survivors
+        outcome.dropped[weakest] = share
+        del standing[weakest]
+        survivors = [c for c in survivors if c.id != weakest]
 
 
 def _measure_stage(candidates: Sequence[Candidate], share: float, evaluate: EvaluateBatch, book: StageBook,

@@ -117,9 +117,11 @@ class SweepStrategy:
                  check: Callable[[Sequence[Candidate]], None] = lambda _: None, progress: bool | None = None):
         self.spec, self.book, self.evaluate, self.check, self.progress = spec, book, evaluate, check, progress
         self.baseline = expand_grid(spec.candidates)[0]  # the SFT model
+        self.aligned = ma_candidate(1.0, [rule.model_dump(exclude_none=True) for rule in spec.candidates.rules])
         halving = spec.evaluation.halving
         self.halving = (HalvingSettings(start=halving.start, factor=halving.factor, level=halving.level,
-                                        seed=halving.seed) if spec.evaluation.fidelity == "halving" else None)
+                                        seed=halving.seed, tolerance=halving.tolerance)
+                        if spec.evaluation.fidelity == "halving" else None)
         self.report = StrategyReport()
 
     @property
@@ -136,7 +138,7 @@ class SweepStrategy:
         families, fixed = self.families()
         outcome: AdaptiveOutcome = adaptive_search(
             families, self.measure, budget=grid.budget, fixed=fixed, resolution=grid.resolution,
-            tolerance=grid.tolerance, batch=grid.batch)
+            tolerance=grid.tolerance, batch=grid.batch, spent=self.spent)
         self.report.rounds = outcome.rounds
         return [self.baseline] + [c for c in outcome.candidates if c.id != self.baseline.id]
 
@@ -148,7 +150,7 @@ class SweepStrategy:
         if self.halving is not None:
             incumbents = self._incumbents(candidates)
             outcome = successive_halving(candidates, self.baseline, self._evaluate, self.book, self.halving,
-                                         incumbents)
+                                         incumbents, keep={self.aligned.id})
             self.report.dropped.update(outcome.dropped)
             return {c.id: outcome.points[c.id] for c in candidates if c.id in outcome.points}
         todo = [c for c in ([self.baseline] + candidates) if self.book.full(c.id) is None]
@@ -158,12 +160,18 @@ class SweepStrategy:
         baseline = self.book.full(self.baseline.id)
         return {c.id: noisy_point(self.book.full(c.id), baseline) for c in candidates}
 
+    def spent(self, candidates: Sequence[Candidate]) -> float:
+        """The evaluation spent on ``candidates``, in full evaluations: 1 for each one measured in full, else the
+        largest share of the data halving measured it on."""
+        return sum(1.0 if self.book.full(c.id) is not None else max(self.book.shares(c.id), default=0.0)
+                   for c in {c.id: c for c in candidates}.values())
+
     def families(self) -> tuple[list[Family], list[Candidate]]:
         """The adaptive grid's families (MA, each block or layer pattern, HMA) and its fixed candidates
         (checkpoints, ratios files)."""
         grid = self.spec.candidates
         rules = [rule.model_dump(exclude_none=True) for rule in grid.rules]
-        ends = {0.0: self.baseline, 1.0: ma_candidate(1.0, rules)}
+        ends = {0.0: self.baseline, 1.0: self.aligned}
 
         def path(make: Callable[[float], Candidate]) -> Callable[[float], Candidate]:
             return lambda a: ends[a] if a in ends else make(a)
