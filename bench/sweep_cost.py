@@ -6,10 +6,11 @@ For each lab seed (and, with ``--real-model``, the real-model fixture of ``bench
 - **reference**: the 21-point MA grid (a = 0, 0.05, ..., 1) plus the demo's block profiles, each evaluated in full;
 - **default**: the default 11-point grid (a = 0, 0.1, ..., 1) plus the same profiles, in full;
 - **adaptive B**: ``candidates: {strategy: adaptive, budget: B}`` with the profiles as families, in full;
-- **adaptive+halving B**: the same with ``evaluation: {fidelity: halving}`` (the budget counts full evaluations:
-  what halving saves buys more candidates);
-- **adaptive+halving B tolerance T**: the same, halving also dropping what cannot add ``T`` of the front's
-  hypervolume (``evaluation.halving.tolerance``).
+- **adaptive+halving B**: the same with ``evaluation: {fidelity: halving}`` as it comes (the budget counts full
+  evaluations, so what halving saves buys more candidates; a candidate whose best case adds less than 1% of the
+  front's hypervolume is dropped);
+- **adaptive+halving B tolerance T**: the same with ``evaluation.halving.tolerance: T`` (by default the row for 0:
+  halving that drops only what is dominated beyond the noise).
 
 Each strategy runs as an ordinary ``taxcut sweep`` in a folder of its own (nothing is shared, every cost is
 measured). The default grid's candidates are all in the reference, whose results are the same seeded evaluation,
@@ -57,11 +58,11 @@ MAX_SUBSET = 9  # the best-subset bound is exhaustive: up to this many candidate
 
 def strategies(base: SweepSpec, budgets: list[int], tolerances: list[float]) -> dict[str, SweepSpec]:
     """The sweeps to compare, on ``base``'s models and evaluation."""
-    def variant(candidates: dict, fidelity: str = "full", tolerance: float = 0.0) -> SweepSpec:
+    def variant(candidates: dict, fidelity: str = "full", tolerance: float | None = None) -> SweepSpec:
         data = base.model_dump(mode="json", exclude_defaults=True)
         data["candidates"] = {"block_patterns": BLOCK_PROFILES, **candidates}
         data["evaluation"]["fidelity"] = fidelity
-        if tolerance:
+        if tolerance is not None:
             data["evaluation"]["halving"] = {"tolerance": tolerance}
         return SweepSpec.model_validate(data)
 
@@ -150,8 +151,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="the quick lab (a smoke run)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[6, 8], help="the adaptive grid's budgets")
-    parser.add_argument("--tolerances", type=float, nargs="*", default=[0.01],
-                        help="halving's hypervolume tolerances to add rows for (evaluation.halving.tolerance)")
+    parser.add_argument("--tolerances", type=float, nargs="*", default=[0.0],
+                        help="other tolerances of halving to add rows for (evaluation.halving.tolerance; "
+                             "0: drop only what is dominated beyond the noise)")
     parser.add_argument("--only", nargs="*", help="run only these strategies (and the reference)")
     parser.add_argument("--real-model", type=Path, help="the sweep.yaml of bench/real_model.py's fixture")
     parser.add_argument("--run-default", action="store_true", help="run the default grid apart")

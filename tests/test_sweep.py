@@ -286,3 +286,28 @@ def test_non_finite_points_are_never_on_the_front():
     assert pareto_front([(nan, 0.0), (1.0, 0.5), (0.5, 0.1)]) == [False, True, True]
     rows = [SimpleNamespace(id="n", reward=nan, tax=0.0), SimpleNamespace(id="ok", reward=2.0, tax=0.4)]
     assert select(rows, "tax<=0.5").id == "ok"
+
+
+def test_a_setting_left_at_its_default_does_not_change_the_context_and_a_changed_one_does(llama_pair, tmp_path,
+                                                                                           capsys):
+    from taxcut.evaluation.suite import EvaluationSuite
+    from taxcut.sweep.runner import sweep_context
+
+    spec = SweepSpec.from_yaml(write_sweep(tmp_path, llama_pair))
+    context = sweep_context(spec, EvaluationSuite.from_spec(spec.evaluation))
+    reward = spec.evaluation.reward
+    # every setting written out, at its default (as a spec written before a setting existed differs from one after)
+    written = type(reward).model_validate(reward.model_dump(mode="json"))
+    assert written.model_fields_set > reward.model_fields_set
+    spelled_out = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"reward": written})})
+    assert sweep_context(spelled_out, EvaluationSuite.from_spec(spelled_out.evaluation)) == context
+    more = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={
+        "reward": reward.model_copy(update={"samples_per_prompt": reward.samples_per_prompt + 1})})})
+    assert sweep_context(more, EvaluationSuite.from_spec(more.evaluation)) != context
+    # a sweep whose results were measured under other settings says so, and measures again
+    spec = spec.model_copy(update={"candidates": spec.candidates.model_copy(update={"grid": [0.0, 1.0],
+                                                                                      "block_patterns": []})})
+    run_sweep(spec, progress=False)
+    capsys.readouterr()
+    run_sweep(more.model_copy(update={"candidates": spec.candidates}), progress=False)
+    assert "holds 2 result(s) measured under other settings" in capsys.readouterr().err

@@ -21,6 +21,8 @@ from taxcut.evaluation.tasks import TASK_TYPES
 from taxcut.io.provenance import weights_identity
 from taxcut.spec.evaluation import EvaluationSpec, RewardSpec, TaskSpec
 
+MEASUREMENT_VERSION = 1  # raise it when a default setting or a measure changes what a recorded result means
+
 
 @dataclass
 class EvaluationSuite:
@@ -64,7 +66,10 @@ class EvaluationSuite:
     def fingerprint(self) -> str:
         """What results depend on in the evaluation: its settings, the *contents* of its data files, the reward
         function's source and the reward model's weight files (paths themselves do not count)."""
-        data = self.spec.model_dump(mode="json", exclude={"fidelity", "halving"})  # how much data, not what
+        # settings left at their defaults do not count, so a setting added later (at a default that keeps what was
+        # measured) leaves earlier results valid; MEASUREMENT_VERSION marks a change of a default or of a measure
+        data = self.spec.model_dump(mode="json", exclude={"fidelity", "halving"}, exclude_defaults=True)
+        data["measurement"] = MEASUREMENT_VERSION
         files = []
         if self.spec.reward:
             files.append(self.spec.reward.prompts)
@@ -74,7 +79,7 @@ class EvaluationSuite:
                 data["reward"]["function"] = self.spec.reward.function.rpartition(":")[2]
             if self.spec.reward.model:
                 data["reward"]["model"] = weights_identity(self.spec.reward.model)
-        for task, dumped in zip(self.spec.tasks, data["tasks"]):
+        for task, dumped in zip(self.spec.tasks, data.get("tasks", [])):
             if task.path is not None:
                 files.append(task.path)
                 dumped.pop("path")

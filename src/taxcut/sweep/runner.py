@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,7 +71,13 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
     context = sweep_context(spec, suite)
     identity = inputs_identity(spec.sft, spec.aligned)
     store = ResultsStore(spec.out / RESULTS_FILE)
-    latest = {r.candidate_id: r for r in store.records() if r.context == context}
+    records = store.records()
+    latest = {r.candidate_id: r for r in records if r.context == context}
+    stale = len({r.candidate_id for r in records if r.share >= 1.0 and r.context != context} - set(latest))
+    if stale:
+        print(f"note: {spec.out / RESULTS_FILE} holds {stale} result(s) measured under other settings (the models' "
+              "weights, the evaluation's data or settings, or the dtype differ); they are kept, not used, and "
+              "those candidates are measured again", file=sys.stderr)
     batches = CandidateBatches(executor, CandidateEvaluation(spec, suite=None if executor.remote else suite))
 
     def evaluate(candidates: list[Candidate]) -> Iterator[ResultRecord]:
