@@ -95,23 +95,33 @@ def _code_hook(value, depth: int = 0) -> str | None:
 
 
 @contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """Run transformers without progress bars of its own on stderr (taxcut reports its own progress)."""
+    from transformers.utils import logging as transformers_logging
+
+    bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            transformers_logging.enable_progress_bar()
+
+
+@contextmanager
 def _no_prompt() -> Iterator[None]:
     """Run transformers with an empty stdin, its remote-code prompt turned into an immediate refusal, and no
     progress bar of its own on stderr (taxcut reports its own progress and errors)."""
     from transformers import dynamic_module_utils
-    from transformers.utils import logging as transformers_logging
 
     dynamic_module_utils.TIME_OUT_REMOTE_CODE = 0  # 0: refuse at once instead of asking on stdin
-    bars = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()
     previous = sys.stdin
     sys.stdin = io.StringIO("")
     try:
-        yield
+        with no_transformers_bars():
+            yield
     finally:
         sys.stdin = previous
-        if bars:
-            transformers_logging.enable_progress_bar()
 
 
 def _checked_folder(folder: Path, what: str) -> Path:

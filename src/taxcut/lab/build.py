@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from taxcut.errors import TaxcutError
+from taxcut.evaluation.loading import no_transformers_bars
 from taxcut.io.destination import staged_folder
 from taxcut.lab import tasks
 from taxcut.lab.tokenizer import build_tokenizer
@@ -183,8 +184,9 @@ def _build(config: LabConfig, folder: Path, log) -> dict[str, float]:
 
 
 def _save(model, tokenizer, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    with no_transformers_bars():  # transformers' "Writing model shards" bar: the lab shows its own progress
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
