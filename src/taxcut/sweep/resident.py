@@ -49,22 +49,25 @@ class ResidentModel:
         self.current: str | None = None
 
     def _read(self, folder: Path) -> dict[str, torch.Tensor]:
-        """Every parameter's stored tensor in ``folder``; parameters that transformers fuses from several stored
-        tensors (mixture-of-experts) are taken from the folder loaded by transformers instead."""
-        tensors, fused = {}, []
+        """Every parameter's stored tensor in ``folder``, placed where the sources live."""
+        return {name: self._placed(tensor) for name, tensor in self._tensors(folder)}
+
+    def _tensors(self, folder: Path):
+        """Yield ``(parameter, tensor)`` from ``folder``, one at a time; parameters that transformers fuses from
+        several stored tensors (mixture-of-experts) are taken from the folder loaded by transformers instead."""
+        fused = []
         for name, tensor in read_parameters(folder, self.parameters, self.stored_name, "candidate"):
             if tensor is None:
                 fused.append(name)
             else:
-                tensors[name] = self._placed(tensor)
+                yield name, tensor
         if fused:
             loaded = dict(load_causal_lm(folder, device=self.sources).named_parameters())
             for name in fused:
                 if name not in loaded or loaded[name].shape != self.parameters[name].shape:
                     raise TaxcutError(f"{folder}: has no parameter '{name}' of shape {list(self.parameters[name].shape)};"
                                       " a candidate must have the sft model's architecture")
-                tensors[name] = self._placed(loaded[name].detach())
-        return tensors
+                yield name, loaded[name].detach()
 
     def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
         """A source tensor where the sources live: on the model's device, or in host memory (pinned for a GPU model,
@@ -97,9 +100,10 @@ class ResidentModel:
                             scratch=self._scratch, check_finite=False)
         self.current = candidate.id
 
-
     def _load(self, folder: Path) -> None:
-        """Copy another checkpoint of the same architecture into the live parameters."""
+        """Copy another checkpoint of the same architecture into the live parameters, one tensor at a time (no
+        second copy of the model)."""
+        self.current = None  # a failure part way leaves no candidate in place
         with torch.no_grad():
-            for name, tensor in self._read(folder).items():
+            for name, tensor in self._tensors(folder):
                 self.parameters[name].data.copy_(tensor)
