@@ -14,17 +14,16 @@ from pathlib import Path
 import pytest
 
 from taxcut.errors import TaxcutError
-from taxcut.io import destination
+from taxcut.io import publish
 from taxcut.io.destination import (
     MARKER,
-    STALE_AFTER_S,
     check_destination,
     claim_folder,
     destination_path,
     staged_file,
     staged_folder,
-    sweep_stale_staging,
 )
+from taxcut.io.publish import STALE_AFTER_S, sweep_stale_staging
 
 MEANWHILE = "was written by another run meanwhile; nothing of this run was kept"
 
@@ -419,7 +418,7 @@ def race(write) -> int:
 @pytest.mark.parametrize("renameat2", [True, False])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_two_folder_writers_exactly_one_wins(tmp_path, monkeypatch, renameat2, overwrite):
-    monkeypatch.setattr(destination, "_USE_RENAMEAT2", renameat2)
+    monkeypatch.setattr(publish, "_USE_RENAMEAT2", renameat2)
     out = tmp_path / "merged"
     if overwrite:
         write_folder(out, {"who": "earlier"})
@@ -431,7 +430,7 @@ def test_two_folder_writers_exactly_one_wins(tmp_path, monkeypatch, renameat2, o
 
     for _ in range(3):
         if not overwrite:
-            destination._remove(out)
+            publish._remove(out)
         winner = race(write)
         assert (out / "who").read_text() == str(winner)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
@@ -440,7 +439,7 @@ def test_two_folder_writers_exactly_one_wins(tmp_path, monkeypatch, renameat2, o
 @pytest.mark.parametrize("renameat2", [True, False])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_two_file_writers_exactly_one_wins(tmp_path, monkeypatch, renameat2, overwrite):
-    monkeypatch.setattr(destination, "_USE_RENAMEAT2", renameat2)
+    monkeypatch.setattr(publish, "_USE_RENAMEAT2", renameat2)
     out = tmp_path / "fit.jsonl"
     if overwrite:
         write_file(out, "earlier\n")
@@ -452,7 +451,7 @@ def test_two_file_writers_exactly_one_wins(tmp_path, monkeypatch, renameat2, ove
 
     for _ in range(3):
         if not overwrite:
-            destination._remove(out)
+            publish._remove(out)
         winner = race(write)
         assert out.read_text() == f"{winner}\n"
     write_file(out, "after\n", overwrite=True)  # the winner's sidecar is right: taxcut may replace it again
@@ -461,7 +460,7 @@ def test_two_file_writers_exactly_one_wins(tmp_path, monkeypatch, renameat2, ove
 
 @pytest.mark.parametrize("renameat2", [True, False])
 def test_an_empty_folder_appearing_meanwhile_is_not_written_over(tmp_path, monkeypatch, renameat2):
-    monkeypatch.setattr(destination, "_USE_RENAMEAT2", renameat2)
+    monkeypatch.setattr(publish, "_USE_RENAMEAT2", renameat2)
     out = tmp_path / "merged"  # a plain rename onto an empty folder would succeed silently
     with pytest.raises(TaxcutError, match=MEANWHILE), staged_folder(out, overwrite=False, inputs=[]) as staging:
         (staging / "a").write_text("b")
@@ -522,7 +521,7 @@ def test_two_processes_exactly_one_wins(tmp_path, overwrite):
 
 # ------------------------------------------------------------------------------------------- 6. stale staging swept
 
-def staging_name(target: str, pid: int, host: str | None = destination._HOST, what: str = "partial") -> str:
+def staging_name(target: str, pid: int, host: str | None = publish._HOST, what: str = "partial") -> str:
     return f".{target}.taxcut-{what}-{pid}-" + (f"{host}-" if host else "") + "abc123xy"
 
 
