@@ -5,7 +5,7 @@ import pytest
 from taxcut import MergeSpec, TaxcutError
 from taxcut.io.layers import detect_layers
 from taxcut.merging.request import request_for
-from taxcut.methods.parameters import BlockValues, split_blocks
+from taxcut.methods.block_values import BlockValues, split_blocks
 
 
 def test_paper_split_of_32_layers():

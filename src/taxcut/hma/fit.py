@@ -41,8 +41,8 @@ from taxcut.hma.ratios import block_ratios, bounded_eps, initial_logits, paper_r
 from taxcut.io.layers import TIED_HEAD_NAMES, detect_layers
 from taxcut.io.parameters import checkpoint_names
 from taxcut.merging.plan import build_plan
+from taxcut.methods.block_values import split_blocks
 from taxcut.methods.interpolation import all_finite, interpolate
-from taxcut.methods.parameters import split_blocks
 from taxcut.spec.fit import FitSettings
 from taxcut.spec.merge import MergeSpec
 from taxcut.training import (

@@ -27,7 +27,8 @@ from taxcut.io.layers import (
 from taxcut.io.writer import OutputTensor, Shard, plan_shards
 from taxcut.merging.report import render_plan
 from taxcut.merging.request import request_for
-from taxcut.methods.parameters import BlockValues, Decision, MethodParameters
+from taxcut.methods.block_values import BlockValues, Decision
+from taxcut.methods.parameters import MethodParameters
 from taxcut.methods.registry import TensorSite
 from taxcut.methods.request import MergeRequest, ModelInput
 

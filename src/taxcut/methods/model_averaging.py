@@ -4,7 +4,7 @@
     theta = (1 - a_t) * theta_sft + a_t * theta_aligned      (a weighs the ALIGNED model; a > 1 is ExPO)
 
 ``a_t`` is one ratio for every tensor (MA), one per block of decoder layers or per layer (HMA), with name rules on
-top; :class:`taxcut.methods.parameters.BlockValues` resolves it per tensor (see :mod:`taxcut.spec.merge` for the
+top; :class:`taxcut.methods.block_values.BlockValues` resolves it per tensor (see :mod:`taxcut.spec.merge` for the
 conventions). This is the two-input member of the linear family: the inputs are the SFT model, then the aligned
 one, and the kernel is :func:`taxcut.methods.interpolation.interpolate` (float32 arithmetic on cache-sized blocks,
 cast last). The paper's reference code weighs the SFT model instead: its ``alpha=0.2`` is our ``a=0.8``.
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from taxcut.methods.block_values import BlockValues
 from taxcut.methods.interpolation import interpolate
-from taxcut.methods.parameters import BlockValues, MethodParameters
+from taxcut.methods.parameters import MethodParameters
 from taxcut.methods.registry import MergeMethod, register
 from taxcut.methods.request import MergeRequest, ModelInput
 from taxcut.spec.merge import MergeSpec, RatioFields, spec_from_dict

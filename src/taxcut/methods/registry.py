@@ -6,7 +6,7 @@ A method is a subclass of :class:`MergeMethod` in its own module of :mod:`taxcut
 - its name, the paper it comes from, which inputs it takes (a base model? how many models?);
 - its parameters, as a pydantic model (types, defaults, validation). A field annotated :data:`PerBlock` takes one
   number or a list with one number per block of decoder layers, resolved per tensor by
-  :class:`taxcut.methods.parameters.BlockValues`;
+  :class:`taxcut.methods.block_values.BlockValues`;
 - ``merge``: a pure function on one tensor of every input (float32 in, float32 out), or, for ``elementwise``
   methods, on equal element ranges of them (the engine then streams chunks and memory does not grow with tensor
   size);
@@ -29,12 +29,9 @@ from pydantic import ValidationError
 
 from taxcut.errors import TaxcutError
 from taxcut.io.layers import LayerLayout
+from taxcut.methods.block_values import BlockValues
 from taxcut.methods.interpolation import all_finite
-from taxcut.methods.parameters import (
-    BlockValues,
-    MethodParameters,
-    describe_parameter_error,
-)
+from taxcut.methods.parameters import MethodParameters, describe_parameter_error
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class MergeMethod:
 
     def block_values(self, parameters: MethodParameters, layout: LayerLayout,
                      tied_head_of: dict[str, str]) -> dict[str, Any]:
-        """One :class:`~taxcut.methods.parameters.BlockValues` per per-block parameter given as a list (the planner
+        """One :class:`~taxcut.methods.block_values.BlockValues` per per-block parameter given as a list (the planner
         resolves each tensor's value with them)."""
         return {name: BlockValues.of(layout, f"parameters.{name}", getattr(parameters, name))
                 for name in parameters.per_block_fields() if isinstance(getattr(parameters, name), list)}
