@@ -91,9 +91,9 @@ class TaskSpec(BaseModel):
 
 class HalvingSpec(BaseModel):
     """Successive halving (:mod:`taxcut.sweep.halving`): first ``start`` of the items, times ``factor`` per stage up
-    to all of them; a candidate dominated beyond the noise at one-sided ``level`` is dropped, and so is one whose best case
-    adds less than ``tolerance`` of the front's hypervolume (1%; 0 drops only what is dominated); ``seed`` picks
-    the items."""
+    to all of them; a candidate dominated beyond the noise at one-sided ``level`` is dropped, and so is one whose
+    best case adds less than ``tolerance`` of the front's hypervolume (1%; 0 drops only what is dominated);
+    ``seed`` picks the items."""
 
     model_config = ConfigDict(extra="forbid")
 

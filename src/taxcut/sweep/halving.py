@@ -7,7 +7,12 @@ each axis at ``level``, with the cautious errors of few items: :func:`taxcut.eva
 dropped; the survivors' share grows by ``factor`` -- by measuring only the items they
 have not seen yet and merging them in, so a survivor costs one full evaluation in all -- up to the whole data.
 The SFT model, the tax's baseline, is never dropped, and at each stage the tax is measured against it on the same
-items; nor is the aligned model (the sweep keeps it): the two models the user brought frame the front. Whatever survives the last stage is on the front within the noise and has been measured in full.
+items; nor is the aligned model (the sweep keeps it): the two models the user brought frame the front. Whatever
+survives the last stage is on the front within the noise and has been measured in full.
+
+Every stage of every candidate is a line of the results file, labelled with its ``share``, under a context of its
+own (:func:`stage_context`): a killed sweep resumes from the stages already there, and only full-data results
+count as a candidate's result in the report.
 
 **Candidates that cannot matter** (``tolerance``, 1% by default; 0 keeps dominance alone). Dominance beyond the
 noise keeps every candidate whose reward ties a better one's within the noise, however far behind it is on tax -- on

@@ -65,8 +65,9 @@ class ResidentModel:
             loaded = dict(load_causal_lm(folder, device=self.sources).named_parameters())
             for name in fused:
                 if name not in loaded or loaded[name].shape != self.parameters[name].shape:
-                    raise TaxcutError(f"{folder}: has no parameter '{name}' of shape {list(self.parameters[name].shape)};"
-                                      " a candidate must have the sft model's architecture")
+                    shape = list(self.parameters[name].shape)
+                    raise TaxcutError(f"{folder}: has no parameter '{name}' of shape {shape}; a candidate must have "
+                                      "the sft model's architecture")
                 yield name, loaded[name].detach()
 
     def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
