@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,13 @@ from taxcut import MergeSpec, TaxcutError, merge
 from taxcut.cli import main
 from taxcut.hma.fit import fit_ratios
 from taxcut.hma.ratios import (
-    block_ratios, bounded_eps, initial_logits, min_eps, normalized_share, paper_reg_weights, ratio_bounds,
+    block_ratios,
+    bounded_eps,
+    initial_logits,
+    min_eps,
+    normalized_share,
+    paper_reg_weights,
+    ratio_bounds,
 )
 from taxcut.hma.ratios_file import ratios_spec, write_ratios
 from taxcut.hma.sample import sample_fit_set
@@ -155,20 +162,28 @@ def test_cli_fit_then_merge_and_plan(lab, fit_set, tmp_path, capsys):
     assert "HMA needs 0 < a < 1" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
-    pytest.importorskip("optuna")
+def lab_sweep(lab, tmp_path: Path, candidates: dict, **more) -> SweepSpec:
+    """A sweep of the lab's pair, written to and read back from a YAML file, with a short evaluation: the chat
+    reward (8 new tokens) and the facts task."""
     data = {
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(tmp_path / "out"),
-        "candidates": {"grid": [0.0, 0.5, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.5], "lr": 0.2}},
-        "search": {"budget": 3},
+        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(tmp_path / "out"), "candidates": candidates,
         "evaluation": {"reward": {"prompts": str(lab.data / "chat_prompts.jsonl"),
                                   "function": "taxcut.lab.tasks:reward", "max_new_tokens": 8},
                        "tasks": [{"name": "facts", "type": "generation", "path": str(lab.data / "facts.jsonl"),
                                   "max_new_tokens": 4}]},
+        **more,
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    report = run_sweep(SweepSpec.from_yaml(tmp_path / "s.yaml"), progress=False)
+    return SweepSpec.from_yaml(tmp_path / "s.yaml")
+
+
+@pytest.mark.slow
+def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
+    pytest.importorskip("optuna")
+    spec = lab_sweep(lab, tmp_path, {"grid": [0.0, 0.5, 1.0],
+                                     "hma": {"data": str(fit_set), "mean_alphas": [0.5], "lr": 0.2}},
+                     search={"budget": 3})
+    report = run_sweep(spec, progress=False)
     kinds = [row.kind for row in report.rows]
     assert kinds.count("HMA") == 1 and kinds.count("search") == 3 and kinds.count("MA") == 3
     hma = next(row for row in report.rows if row.kind == "HMA")
@@ -293,17 +308,9 @@ def test_cli_eps_search_writes_one_ratios_file_per_eps(lab, fit_set, tmp_path, c
 
 
 def test_sweep_fits_one_hma_per_eps_beside_scope_matched_ma(lab, fit_set, tmp_path):
-    data = {
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(tmp_path / "out"),
-        "candidates": {"grid": [0.0, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.8], "preset": "paper",
-                                                   "eps": [0.2, 0.5], "lr": 0.5}},
-        "evaluation": {"reward": {"prompts": str(lab.data / "chat_prompts.jsonl"),
-                                  "function": "taxcut.lab.tasks:reward", "max_new_tokens": 8},
-                       "tasks": [{"name": "facts", "type": "generation", "path": str(lab.data / "facts.jsonl"),
-                                  "max_new_tokens": 4}]},
-    }
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
-    report = run_sweep(SweepSpec.from_yaml(tmp_path / "s.yaml"), progress=False)
+    spec = lab_sweep(lab, tmp_path, {"grid": [0.0, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.8],
+                                                                 "preset": "paper", "eps": [0.2, 0.5], "lr": 0.5}})
+    report = run_sweep(spec, progress=False)
     labels = {row.label: row for row in report.rows}
     assert {"HMA a=0.8 eps=0.2 (paper scope)", "HMA a=0.8 eps=0.5 (paper scope)", "MA a=0.8 (paper scope)"} <= set(labels)
     scoped = labels["MA a=0.8 (paper scope)"]

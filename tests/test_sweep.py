@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
+from killed_sweep import kill_sweep_after
 from models import load_weights
 
 from taxcut import MergeSpec, TaxcutError, merge
@@ -111,17 +107,7 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(llama_pair, tmp_p
     spec_path = write_sweep(tmp_path, llama_pair, function="slow_first_word_number",
                             alphas=[round(0.1 * i, 1) for i in range(11)], patterns=())
     results = tmp_path / "sweep-out" / RESULTS_FILE
-    process = subprocess.Popen([sys.executable, "-m", "taxcut.cli", "sweep", str(spec_path), "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and process.poll() is None:
-        if results.exists() and len(results.read_text().splitlines()) >= 3:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the sweep finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    before = results.read_bytes()
+    before = kill_sweep_after(spec_path, results, lines=3, timeout=180)
     finished = [json.loads(line)["candidate_id"] for line in before.decode().splitlines() if line.endswith("}")]
     assert 3 <= len(finished) < 11
 

@@ -4,15 +4,11 @@ and their cost account."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from killed_sweep import kill_sweep_after
 
 from taxcut.cli import main
 from taxcut.errors import TaxcutError
@@ -74,6 +70,21 @@ def test_adaptive_grid_sweep(llama_pair, tmp_path, capsys):
     assert all(row.pareto_within_noise for row in report.rows if row.pareto)
 
 
+def test_adaptive_grid_with_halving_spends_at_most_its_budget_in_full_evaluations(llama_pair, tmp_path):
+    path = write_spec(tmp_path, llama_pair, candidates={"strategy": "adaptive", "budget": 5,
+                                                         "block_patterns": [[0.2, 0.5, 0.8]]},
+                      evaluation={"fidelity": "halving", "halving": {"start": 0.25}})
+    report = run_sweep(SweepSpec.from_yaml(path), progress=False)
+    shares: dict[str, float] = {}
+    for record in lines(tmp_path / "sweep-out" / RESULTS_FILE):
+        shares[record["candidate_id"]] = max(shares.get(record["candidate_id"], 0.0), record["share"])
+    assert len(shares) >= 4 and sum(shares.values()) <= 5.0  # a dropped candidate counts its share
+    assert {c.id for c in report.strategy.candidates} == set(shares)
+    dropped = report.strategy.dropped
+    assert all(shares[cid] == share < 1.0 for cid, share in dropped.items())
+    assert all(shares[row.id] == 1.0 for row in report.rows)
+
+
 def test_halving_sweep_labels_its_stages_and_reports_full_data_only(llama_pair, tmp_path):
     path = write_spec(tmp_path, llama_pair, candidates={"grid": [0.0, 0.5, 1.0]},
                       evaluation={"fidelity": "halving", "halving": {"start": 0.25}})
@@ -106,17 +117,7 @@ def test_killed_halving_sweep_resumes_and_redoes_nothing(llama_pair, tmp_path):
                       evaluation={"fidelity": "halving", "halving": {"start": 0.25}},
                       function="slow_first_word_number")
     results = tmp_path / "sweep-out" / RESULTS_FILE
-    process = subprocess.Popen([sys.executable, "-m", "taxcut.cli", "sweep", str(path), "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if results.exists() and len(results.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.01)
-    assert process.poll() is None, "the sweep finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    before = results.read_bytes()
+    before = kill_sweep_after(path, results, lines=4)
     run_sweep(SweepSpec.from_yaml(path), progress=False)
     after = results.read_bytes()
     assert after.startswith(before)  # nothing written is lost or rewritten

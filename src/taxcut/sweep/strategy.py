@@ -161,10 +161,10 @@ class SweepStrategy:
         return {c.id: noisy_point(self.book.full(c.id), baseline) for c in candidates}
 
     def spent(self, candidates: Sequence[Candidate]) -> float:
-        """The evaluation spent on ``candidates``, in full evaluations: 1 for each one measured in full, else the
-        largest share of the data halving measured it on."""
-        return sum(1.0 if self.book.full(c.id) is not None else max(self.book.shares(c.id), default=0.0)
-                   for c in {c.id: c for c in candidates}.values())
+        """The evaluation spent on ``candidates``, in full evaluations: the share of the data of each one's last
+        result (1 for a full-data result, the largest stage for one halving dropped)."""
+        last = (self.book.last(cid) for cid in {c.id for c in candidates})
+        return sum(record.share for record in last if record is not None)
 
     def families(self) -> tuple[list[Family], list[Candidate]]:
         """The adaptive grid's families (MA, each block or layer pattern, HMA) and its fixed candidates
