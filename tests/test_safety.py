@@ -96,12 +96,10 @@ def test_export_refuses_results_measured_on_other_weights(llama_pair, tmp_path, 
     report = run_sweep(SweepSpec.from_yaml(spec_path), progress=False)
     chosen = next(row for row in report.rows if row.label == "MA a=0.5")
     weights = aligned / "model.safetensors"
-    weights.write_bytes(weights.read_bytes() + b"")  # same bytes, new file time: the folder changed
-    with open(weights, "ab") as handle:  # and a different size: another checkpoint now
-        handle.write(b"\0" * 8)
+    weights.write_bytes((sft / "model.safetensors").read_bytes())  # another checkpoint of the same shapes now
     assert main(["export", str(report.out), "--candidate", chosen.id, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert "was measured on other weights: the aligned model's weight files changed since" in err
+    assert "was measured on other inputs: the aligned model's model.safetensors changed since" in err
     assert "--force" in err and not (tmp_path / "x").exists()
 
 
@@ -114,10 +112,14 @@ def test_export_with_force_records_it(llama_pair, tmp_path):
     chosen = next(row for row in report.rows if row.label == "MA a=0.5")
     out = export_candidate(report.out, chosen.id, tmp_path / "ok")
     assert json.loads((out / "taxcut_provenance.json").read_text())["exported"]["inputs_verified"] is True
-    (aligned / "model.safetensors").touch()
+    (aligned / "model.safetensors").touch()  # a new file time alone is no change: content counts
+    assert json.loads((export_candidate(report.out, chosen.id, tmp_path / "touched") / "taxcut_provenance.json")
+                      .read_text())["exported"]["inputs_verified"] is True
+    (aligned / "generation_config.json").write_text('{"do_sample": true}')  # a file the merge copies changed
     forced = export_candidate(report.out, chosen.id, tmp_path / "forced", force=True)
     exported = json.loads((forced / "taxcut_provenance.json").read_text())["exported"]
-    assert exported["inputs_verified"] is False and "aligned model" in exported["forced_despite"]
+    assert exported["inputs_verified"] is False
+    assert exported["forced_despite"] == "the aligned model's generation_config.json changed since"
 
 
 def test_of_two_concurrent_merges_to_one_destination_exactly_one_succeeds(llama_pair, tmp_path):

@@ -119,13 +119,14 @@ def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(llama_pair, tmp_p
     assert len(ids) == len(set(ids))  # nothing finished was evaluated again
 
 
-def result_record(candidate_id: str):
-    """A results-file record of a made-up evaluation."""
+def result_record(alpha: float):
+    """A results-file record of a made-up evaluation of MA at ``alpha``."""
     from taxcut.evaluation.result import EvaluationResult
     from taxcut.sweep.results import ResultRecord
 
     result = EvaluationResult(tasks={"mc": {"acc": 0.5}}, primary={"mc": 0.5}, directions={"mc": True}, seconds=1.0)
-    return ResultRecord(candidate_id=candidate_id, candidate=ma_candidate(0.5), result=result, mean_alpha=0.5,
+    candidate = ma_candidate(alpha)
+    return ResultRecord(candidate_id=candidate.id, candidate=candidate, result=result, mean_alpha=alpha,
                         sft="sft", aligned="aligned")
 
 
@@ -133,11 +134,11 @@ def test_a_cut_short_line_is_kept_and_skipped(tmp_path):
     from taxcut.sweep.results import ResultsStore
 
     store = ResultsStore(tmp_path / "r.jsonl")
-    store.append(result_record("a"))
+    store.append(result_record(0.1))
     with open(tmp_path / "r.jsonl", "a") as handle:
         handle.write('{"candidate_id": "b", "x"')  # a kill in the middle of a write
-    store.append(result_record("c"))
-    assert [r.candidate_id for r in store.records()] == ["a", "c"]
+    store.append(result_record(0.3))
+    assert [r.candidate_id for r in store.records()] == [ma_candidate(0.1).id, ma_candidate(0.3).id]
     assert '{"candidate_id": "b", "x"\n' in (tmp_path / "r.jsonl").read_text()
 
 

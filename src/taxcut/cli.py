@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=_out, required=True, help="the destination folder")
     export.add_argument("--overwrite", action="store_true", help="replace a model folder taxcut wrote there")
     export.add_argument("--force", action="store_true",
-                        help="export although the input models changed since the sweep measured it (recorded)")
+                        help="export although the input models changed since the sweep measured it, or its results "
+                        "line does not record them (recorded)")
+    export.add_argument("--verify", choices=["sample", "full"], default="sample",
+                        help="compare the inputs with what was measured by sampled content hashes (default), or by "
+                        "whole-file SHA-256 (reads every byte; needs a sweep run with 'input_hashes: full')")
     export.add_argument("--debug", action="store_true", help="show tracebacks")
     export.set_defaults(run=_run_export)
 
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sample.add_argument("--shard-size", type=int, default=32,
-                        help="prompts per shard: a worker's unit and its own seed stream (default: 32)")
+                        help="prompts per shard: a worker's unit of work (default: 32)")
     _add_ray_argument(sample, "sample the shards")
     sample.add_argument("--debug", action="store_true", help="show tracebacks")
     sample.set_defaults(run=_run_sample)
@@ -131,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--data", type=Path, required=True, help="the fit set (JSONL: prompt, response)")
     _add_settings_options(fit, FitSettings)  # --alpha, --blocks, ..., --device: one flag per field
     fit.add_argument("--out", type=_out, required=True, help="the ratios file (a merge spec) to write")
+    fit.add_argument("--allow-tokenizer-mismatch", action="store_true",
+                     help="fit although the models' tokenizer files give the same text other token ids (the ratios "
+                     "file then allows it too)")
     fit.add_argument("--overwrite", action="store_true", help="replace a ratios file taxcut wrote there")
     fit.add_argument("--debug", action="store_true", help="show tracebacks")
     fit.set_defaults(run=_run_fit)
@@ -175,6 +182,8 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (default: the inputs')")
     parser.add_argument("--max-shard-size", help="largest output file, e.g. 5GB or 500MB (default 5GB)")
     parser.add_argument("--files-from", choices=["aligned", "sft"], help="whose config/tokenizer files to copy")
+    parser.add_argument("--allow-tokenizer-mismatch", action="store_true", default=None,
+                        help="merge although the models' tokenizer files give the same text other token ids")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -184,7 +193,7 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
     if args.out is not None:  # an empty --out (an unset shell variable) is refused, never the current folder
         destination_path(args.out, "--out")
     for name in ("sft", "aligned", "out", "alpha", "alphas", "layer_alphas", "block_bounds", "extrapolate",
-                 "dtype", "max_shard_size", "files_from", "rules"):
+                 "dtype", "max_shard_size", "files_from", "rules", "allow_tokenizer_mismatch"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = str(value) if isinstance(value, Path) else value
@@ -209,13 +218,15 @@ def merge_spec_from_args(args: argparse.Namespace):
                                               ("--extrapolate", "extrapolate"), ("--files-from", "files_from"))
                       if getattr(args, name, None) is not None]
     if averaging_only:
-        raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype and --max-shard-size; "
+        raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype, --max-shard-size and "
+                          "--allow-tokenizer-mismatch; "
                           f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair")
     if getattr(args, "out", None) is not None:
         destination_path(args.out, "--out")
     overrides = {key: str(value) if isinstance(value, Path) else value for key, value in
                  (("out", getattr(args, "out", None)), ("dtype", getattr(args, "dtype", None)),
-                  ("max_shard_size", getattr(args, "max_shard_size", None))) if value is not None}
+                  ("max_shard_size", getattr(args, "max_shard_size", None)),
+                  ("allow_tokenizer_mismatch", getattr(args, "allow_tokenizer_mismatch", None))) if value is not None}
     return ToolkitSpec.from_yaml(args.spec, overrides)
 
 
@@ -294,7 +305,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from taxcut.sweep.runner import export_candidate
 
     destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite,
-                                   force=args.force)
+                                   force=args.force, verify=args.verify)
     print(f"wrote {destination}")
     return 0
 
@@ -332,10 +343,12 @@ def _run_fit(args: argparse.Namespace) -> int:
     for out in outs:
         check_destination(out, overwrite=args.overwrite, inputs=inputs, kind="ratios file", folder=False)
     for one, out in zip(searched, outs):
-        result = fit_ratios(args.sft, args.aligned, args.data, one)
+        result = fit_ratios(args.sft, args.aligned, args.data, one,
+                            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
         if not result.is_main_process:
             continue
-        write_ratios(out, ratios_spec(result, result.settings, args.sft, args.aligned, args.data),
+        write_ratios(out, ratios_spec(result, result.settings, args.sft, args.aligned, args.data,
+                                      allow_tokenizer_mismatch=args.allow_tokenizer_mismatch),
                      overwrite=args.overwrite, inputs=inputs)
         print(f"wrote {out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {settings.alpha}, eps "
               f"{result.settings.eps:.4g}); merge it with: taxcut merge {out} --out DIR")
@@ -428,10 +441,13 @@ def _out(text: str) -> Path:
 
 
 def _floats(text: str) -> list[float]:
+    """``X1,X2,...``; an empty element (``0,0.1,,0.2``, a trailing comma) is refused, never skipped."""
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        return [float(part) for part in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+        empty = any(not part.strip() for part in text.split(","))
+        problem = "a value between commas is empty" if empty else "expected numbers separated by commas"
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}: write e.g. 0,0.1,0.2") from None
 
 
 def _floats_or(words: list[str]):

@@ -525,17 +525,27 @@ def staging_name(target: str, pid: int, host: str | None = publish._HOST, what: 
     return f".{target}.taxcut-{what}-{pid}-" + (f"{host}-" if host else "") + "abc123xy"
 
 
+def mark(staging: Path) -> None:
+    """Add the mark taxcut writes with every staging (inside a folder, beside a file): the sweep needs both."""
+    folder = staging.is_dir()
+    publish._mark(staging / publish._STAGING_MARK if folder else publish._beside_mark(staging), staging.name)
+
+
 def test_staging_of_a_dead_process_is_swept_by_any_run_there(tmp_path):
     pid = dead_pid()
     folder_left = tmp_path / staging_name("merged", pid)
     folder_left.mkdir()
+    mark(folder_left)
     (folder_left / "model-00001.safetensors").write_bytes(b"half")
     file_left = tmp_path / staging_name("fit.jsonl", pid)
     file_left.write_text("half")
+    mark(file_left)
     retired = tmp_path / staging_name("merged", pid, what="old")
     retired.mkdir()
+    mark(retired)
     older_version = tmp_path / staging_name("other", pid, host=None)  # named before the host tag existed
     older_version.mkdir()
+    mark(older_version)
     write_file(tmp_path / "ratios.yaml", "x")  # another name, same folder
     assert sorted(p.name for p in tmp_path.iterdir()) == [".ratios.yaml.taxcut", "ratios.yaml"]
 
@@ -547,6 +557,8 @@ def test_staging_of_a_live_process_is_kept(tmp_path):
         live.mkdir()  # made after the process started: it could be that process's
         mine = tmp_path / staging_name("other", os.getpid())
         mine.mkdir()
+        mark(live)
+        mark(mine)
         assert sweep_stale_staging(tmp_path) == []
         write_folder(tmp_path / "out", {"a": "b"})
         assert live.is_dir() and mine.is_dir()
@@ -562,6 +574,8 @@ def test_staging_made_on_another_machine_is_swept_only_when_old(tmp_path):
     old = tmp_path / staging_name("b", 1, host="0000beef")
     recent.mkdir()
     old.mkdir()
+    mark(recent)
+    mark(old)
     past = time.time() - STALE_AFTER_S - 3600
     os.utime(old, (past, past))
     assert sweep_stale_staging(tmp_path) == [old]

@@ -165,7 +165,7 @@ def test_an_adapters_base_on_the_hub(hub, tmp_path, llama_pair):
 def test_a_new_commit_is_a_new_weights_identity(hub, tmp_path):
     cache, commits = hub
     before = weights_identity("org/aligned")
-    assert before[0] == (f"org/aligned@{commits['aligned']}", 0, 0)
+    assert before[0] == {"hub": f"org/aligned@{commits['aligned']}"}
     assert weights_identity("org/aligned") == before
     lay_out(cache, "org/aligned", build_pair(tmp_path / "new", "llama", seed=4)[1])  # refs/main moves on
     assert weights_identity("org/aligned") != before

@@ -10,9 +10,9 @@ from taxcut import TaxcutError
 from taxcut.cli import main
 from taxcut.sweep.results import ResultRecord, ResultsStore
 
-# a line as earlier versions wrote it (the reward's sample count a float)
+# a line as earlier versions wrote it (the reward's sample count a float); its id is its candidate fields' id
 OLD_LINE = {
-    "aligned": "/m/aligned", "candidate": {"alphas": [0.2, 0.5, 0.8]}, "candidate_id": "0bcff0e2834e",
+    "aligned": "/m/aligned", "candidate": {"alphas": [0.2, 0.5, 0.8]}, "candidate_id": "feccfa03fb4a",
     "context": "c0ffee", "directions": {"mc": True, "text": False}, "dtype": None, "extrapolate": False,
     "finished": "2026-11-20T10:00:00+00:00", "kind": "blocks", "label": "blocks [0.2, 0.5, 0.8]",
     "mean_alpha": 0.5, "primary": {"mc": 0.75, "text": 2.5},
@@ -37,7 +37,7 @@ def test_a_record_survives_the_round_trip(tmp_path):
     record = ResultRecord.from_json(OLD_LINE)
     store.append(record)
     assert store.records() == [record]
-    assert store.find("0bcf") == record
+    assert store.find("fecc") == record
 
 
 @pytest.mark.parametrize(("line", "problem"), [
@@ -60,6 +60,6 @@ def test_a_broken_complete_line_names_the_file_and_line(tmp_path, line, problem)
 def test_export_from_a_broken_file_is_a_one_line_error(tmp_path, capsys):
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps({**OLD_LINE, "candidate": {"alphas": "many"}}) + "\n")
-    assert main(["export", str(path), "--candidate", "0bcf", "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", str(path), "--candidate", "fecc", "--out", str(tmp_path / "x")]) == 2
     error = capsys.readouterr().err
     assert f"{path}, line 1: not a result record: field 'candidate.alphas'" in error and error.count("\n") == 1

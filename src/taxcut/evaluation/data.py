@@ -1,4 +1,10 @@
-"""Reading JSONL files with errors that name the file and the line."""
+"""Reading JSONL files with errors that name the file and the line.
+
+A line is read with a size bound (:data:`MAX_LINE_BYTES`, its newline included): a longer one is refused before it
+is held whole in memory and before any tokenisation, so that a 10 GB single-line file costs one bounded read. The
+bound is above any text a model's context can hold (128k tokens are about 0.5 MiB of English text; JSON escapes of
+other scripts may triple that).
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,23 @@ from pathlib import Path
 from taxcut.errors import TaxcutError
 
 
+MAX_LINE_BYTES = 4 * 2**20  # one JSONL line of prompts, task items or fit examples: 4 MiB
+
+
 def read_jsonl(path: Path, *, needs: Sequence[Sequence[str]], what: str, limit: int | None = None,
                check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """The records of a JSONL file; each must hold, for every group in ``needs``, at least one of its fields.
 
     ``needs=[("prompt", "messages")]`` means each line needs ``prompt`` or ``messages``. ``check`` may describe
-    what else is wrong with a record (None when nothing is); its answer is reported with the file and line.
+    what else is wrong with a record (None when nothing is); its answer is reported with the file and line. A line
+    over :data:`MAX_LINE_BYTES` is refused after reading at most that many bytes of it.
     """
     path = Path(path)
     if not path.is_file():
         raise TaxcutError(f"{path}: {what} file not found")
     records = []
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_bounded_lines(handle, path, what), start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError:
@@ -49,6 +59,17 @@ def read_jsonl(path: Path, *, needs: Sequence[Sequence[str]], what: str, limit: 
     if not records:
         raise TaxcutError(f"{path}: no records; the {what} file is empty")
     return records
+
+
+def _bounded_lines(handle, path: Path, what: str):
+    """The lines of a binary file, each read with ``readline(MAX_LINE_BYTES + 1)``: a longer one is an error."""
+    number = 0
+    while raw := handle.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(raw) > MAX_LINE_BYTES:
+            raise TaxcutError(f"{path}, line {number}: over {MAX_LINE_BYTES} bytes; a {what} line holds one record "
+                              "of text a model can read: split or shorten it")
+        yield raw
 
 
 def prompt_problem(record: dict) -> str | None:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from taxcut.errors import TaxcutError
 from taxcut.evaluation.cost import count_scored
+from taxcut.evaluation.generation import model_context, over_context
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,14 @@ def encode_pair(tokenizer, context: str, continuation: str, *, chat_rendered: bo
 
 
 def score_continuations(model, tokenizer, sequences: Sequence[tuple[list[int], int]], batch_size: int = 16,
-                        what: str = "text") -> list[Scored]:
-    """Score ``ids[start:]`` of each ``(ids, start)`` given what precedes it; batched with right padding."""
-    limit = getattr(model.config, "max_position_embeddings", None)
-    for index, (ids, _) in enumerate(sequences):
-        if limit is not None and len(ids) > limit:
-            raise TaxcutError(
-                f"{what} #{index + 1} is {len(ids)} tokens, longer than the model's context of {limit}; shorten it"
-            )
+                        what: str = "a text", labels: Sequence[str] | None = None) -> list[Scored]:
+    """Score ``ids[start:]`` of each ``(ids, start)`` given what precedes it; batched with right padding.
+
+    A sequence longer than the model's context is refused before any forward pass, named by its ``labels`` entry
+    (default ``what N``): cutting the context or the continuation would change its score without a trace.
+    """
+    over_context([len(ids) for ids, _ in sequences], 0, model_context(model, tokenizer), labels, what,
+                 "shorten or drop it (a cut text would be scored differently)")
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
     results: list[Scored | None] = [None] * len(sequences)

@@ -15,7 +15,9 @@ import torch
 from taxcut.errors import TaxcutError, first_line
 from taxcut.evaluation.cost import count_scored
 from taxcut.evaluation.data import prompt_problem, read_jsonl
-from taxcut.evaluation.generation import GenerationSettings, generate, prompt_text, render_prompt
+from taxcut.evaluation.generation import (
+    PROMPT_ADVICE, GenerationSettings, generate, model_context, over_context, prompt_text, render_prompt,
+)
 from taxcut.evaluation.stats import Mean
 
 
@@ -86,15 +88,21 @@ class RewardModelScorer:
         self.folder = folder
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """The reward of each pair. A pair longer than the reward model's context is refused (naming the response
+        and the counts) before the reward model runs: cutting it would drop the end the reward is read from."""
         texts = [self._render(p, r) for p, r in zip(prompts, responses)]
         templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes special tokens
+        batches = [self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
+                                  add_special_tokens=not templated) for start in range(0, len(texts), self.batch_size)]
+        lengths = [length for batch in batches for length in batch["attention_mask"].sum(dim=1).tolist()]
+        over_context(lengths, 0, model_context(self.model, self.tokenizer),
+                     [f"the reward model {self.folder}, response {n}" for n in range(1, len(texts) + 1)],
+                     "prompt and response", "use a reward model with a longer context, shorter prompts or a lower "
+                     "max_new_tokens")
         scores: list[float] = []
-        limit = getattr(self.model.config, "max_position_embeddings", None)
         with torch.no_grad():
-            for start in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                       truncation=limit is not None, max_length=limit,
-                                       add_special_tokens=not templated).to(self.device)
+            for batch in batches:
+                batch = batch.to(self.device)
                 count_scored(int(batch["attention_mask"].sum()))
                 scores.extend(self.model(**batch).logits[:, 0].float().tolist())
         return checked_rewards(scores, len(texts), f"the reward model {self.folder}")
@@ -111,7 +119,9 @@ class RewardEvaluator:
     """Mean reward (and its standard error) of the model's responses to the prompts of a JSONL file.
 
     Each line holds ``prompt`` (text) or ``messages`` (a chat, rendered with the policy's chat template).
-    ``samples_per_prompt`` > 1 with sampling averages out generation noise.
+    ``samples_per_prompt`` > 1 with sampling averages out generation noise. A prompt whose tokens plus
+    ``max_new_tokens`` are over the policy's context is refused, naming the file and record, before anything is
+    generated (:func:`taxcut.evaluation.generation.generate`): a prompt cut to fit would be another prompt.
     """
 
     prompts_path: Path
@@ -127,13 +137,27 @@ class RewardEvaluator:
 
     def responses(self, model, tokenizer, items: Sequence[int] | None = None) -> tuple[list[str], list[str]]:
         """(plain prompts, responses), each prompt repeated ``samples_per_prompt`` times; ``items``: the indices of
-        the prompts to answer (default: all of them)."""
-        chosen = [(i + 1, self.records[i]) for i in (range(len(self.records)) if items is None else items)]
+        the prompts to answer (default: all of them). Sample ``j`` of prompt ``i`` (its index in the file, not in
+        ``items``) draws from the random stream ``(seed, i, j)``, so it is the same in any subset, order or batch."""
+        indices = list(range(len(self.records)) if items is None else items)
+        chosen = [(i + 1, self.records[i]) for i in indices]
+        keys = [(i, j) for i in indices for j in range(self.samples_per_prompt)]
         records = [r for _, r in chosen for _ in range(self.samples_per_prompt)]
         once = [self._render(number, r, tokenizer) for number, r in chosen]
         rendered = [text for text in once for _ in range(self.samples_per_prompt)]
         chat = [r.get("prompt") is None for r in records]
-        return [prompt_text(r) for r in records], generate(model, tokenizer, rendered, self.settings, chat_rendered=chat)
+        labels = [f"{self.prompts_path}, record {n}" for n, _ in chosen for _ in range(self.samples_per_prompt)]
+        responses = generate(model, tokenizer, rendered, self.settings, chat_rendered=chat, labels=labels, keys=keys)
+        return [prompt_text(r) for r in records], responses
+
+    def check_context(self, model, tokenizer) -> None:
+        """Refuse every prompt that :meth:`responses` would refuse, at once: for a long sampling run that answers
+        its prompts a shard at a time, so that the last shard's long prompt does not fail it at the end."""
+        numbers = range(1, len(self.records) + 1)
+        lengths = [len(tokenizer(self._render(n, r, tokenizer), add_special_tokens=r.get("prompt") is not None)
+                       ["input_ids"]) for n, r in zip(numbers, self.records)]
+        over_context(lengths, self.settings.max_new_tokens, model_context(model, tokenizer),
+                     [f"{self.prompts_path}, record {n}" for n in numbers], "a prompt", PROMPT_ADVICE)
 
     def _render(self, number: int, record: dict, tokenizer) -> str:
         try:

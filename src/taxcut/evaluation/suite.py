@@ -11,6 +11,7 @@ from pathlib import Path
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.cost import metered
 from taxcut.evaluation.generation import GenerationSettings
+from taxcut.evaluation.item_sampling import SAMPLING_SCHEME
 from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.protocol import TaxTask
 from taxcut.evaluation.result import EvaluationResult
@@ -70,6 +71,8 @@ class EvaluationSuite:
         # measured) leaves earlier results valid; MEASUREMENT_VERSION marks a change of a default or of a measure
         data = self.spec.model_dump(mode="json", exclude={"fidelity", "halving"}, exclude_defaults=True)
         data["measurement"] = MEASUREMENT_VERSION
+        if self.spec.reward and self.spec.reward.do_sample:  # sampled responses follow the scheme's random streams
+            data["sampling_scheme"] = SAMPLING_SCHEME
         files = []
         if self.spec.reward:
             files.append(self.spec.reward.prompts)

@@ -16,6 +16,11 @@ reward prompts are (:func:`taxcut.evaluation.generation.render_prompt`); a choic
 directly (no ``choice_prefix``), as in lm-evaluation-harness with a chat template. ``primary_metric`` (a task's
 ``metric:``) is the score the tax follows: one of :data:`taxcut.spec.evaluation.TASK_METRICS` for the task type.
 
+Texts longer than the model's context are refused, never cut, naming the file, the record (and choice) and the
+token counts: a generation prompt whose tokens plus ``max_new_tokens`` are over the context, a multiple-choice
+context plus choice, a perplexity text (a cut text would be scored as something else, silently). The check uses
+the encoding the evaluation makes anyway, before the model runs.
+
 Each task's ``measure`` gives its metrics as statistics over any subset of its records, with their standard errors
 (:mod:`taxcut.evaluation.stats`); ``evaluate`` is their values on all of them.
 """
@@ -76,7 +81,10 @@ class MultipleChoiceTask:
         pairs = [encode_pair(tokenizer, context, prefix + str(choice), chat_rendered=chat)
                  for context, chat, prefix, record in zip(contexts, chats, prefixes, records)
                  for choice in record["choices"]]
-        scored = score_continuations(model, tokenizer, pairs, self.batch_size, what=f"{self.name} choice")
+        labels = [f"{self.path}, record {number}, choice {k}" for number, record in zip(numbers, records)
+                  for k in range(1, len(record["choices"]) + 1)]
+        scored = score_continuations(model, tokenizer, pairs, self.batch_size, what="context and choice",
+                                     labels=labels)
         correct, correct_norm = [], []
         cursor = 0
         for index, (record, prefix) in enumerate(zip(records, prefixes)):
@@ -173,9 +181,10 @@ class PerplexityTask:
 
     def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
         """``nll`` per token and ``perplexity`` over the records ``items`` (default: all)."""
-        _, records = _chosen(self.records, items)
+        numbers, records = _chosen(self.records, items)
         sequences = [encode_pair(tokenizer, "", str(r["text"])) for r in records]
-        scored = score_continuations(model, tokenizer, sequences, self.batch_size, what=f"{self.name} text")
+        scored = score_continuations(model, tokenizer, sequences, self.batch_size, what="a text",
+                                     labels=[f"{self.path}, record {number}" for number in numbers])
         pairs = [(-s.logprob, float(s.tokens)) for s in scored]  # (an item's NLL, its tokens)
         return {"nll": Ratio.of(pairs), "perplexity": Ratio.of(pairs, exp=True)}
 
@@ -202,7 +211,8 @@ def _greedy(model, tokenizer, path: Path, records, max_new_tokens: int, batch_si
             stops: list[str], numbers: Sequence[int] | None = None) -> list[str]:
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     prompts, chats = _render(path, records, tokenizer, ("prompt",), numbers)
-    outputs = generate(model, tokenizer, prompts, settings, chat_rendered=chats)
+    labels = [f"{path}, record {number}" for number in numbers or range(1, len(records) + 1)]
+    outputs = generate(model, tokenizer, prompts, settings, chat_rendered=chats, labels=labels)
     return [stop_at(text, stops) for text in outputs]
 
 

@@ -36,6 +36,7 @@ import torch
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.data import read_jsonl
+from taxcut.evaluation.generation import model_context
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.hma.ratios import block_ratios, bounded_eps, initial_logits, paper_reg_weights
 from taxcut.io.layers import TIED_HEAD_NAMES, detect_layers
@@ -64,20 +65,23 @@ class FitResult:
 
 
 def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log=print,
-               keep_weights: bool = False) -> FitResult:
+               keep_weights: bool = False, allow_tokenizer_mismatch: bool = False) -> FitResult:
     """Learn the block ratios at one eps; ``keep_weights`` also returns the fitted weights by stored name (for
-    checks)."""
+    checks); ``allow_tokenizer_mismatch`` fits models whose tokenizer files give the same text other ids."""
     if isinstance(settings.eps, list):
         raise TaxcutError(f"eps {settings.eps}: a fit takes one eps; fit each of settings.eps_values() "
                           "(as taxcut fit --eps E1,E2,... does)")
     adjustments = []
+    records = read_jsonl(data, needs=[("prompt",), ("response",)], what="fit set")  # bad data fails before loading
     eps = bounded_eps(settings.alpha, settings.blocks, settings.eps, settings.normalize)
     if eps != settings.eps:
         adjustments.append(f"eps raised from {settings.eps:g} to {eps:.6g}, the smallest that keeps every block ratio "
                      f"within [0, 1] (normalize {settings.normalize}, a = {settings.alpha:g}, K = {settings.blocks})")
         log(f"fit: {adjustments[-1]}")
         settings = settings.model_copy(update={"eps": eps})
-    torch.manual_seed(settings.seed)
+    allow = {"allow_tokenizer_mismatch": allow_tokenizer_mismatch}
+    build_plan(MergeSpec(sft=sft, aligned=aligned, alpha=settings.alpha, **allow)).close()
+    torch.manual_seed(settings.seed)  # the pair checked from headers (tokenizers too) before any model is loaded
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=pick_device(settings.device).type == "cpu")
@@ -101,7 +105,7 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     rules = (paper_scope_rules(params, stored, settings.alpha) if settings.scope == "paper"
              else head_rules(stored, settings.alpha))
     spec = MergeSpec(sft=sft, aligned=aligned, alphas=[settings.alpha] * settings.blocks, block_bounds=bounds,
-                     rules=rules)
+                     rules=rules, **allow)
     with build_plan(spec) as plan:
         decision = {t.name: t.decision for t in plan.tensors}
     fused = [name for name in params if stored[name] not in decision]
@@ -123,7 +127,13 @@ def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, l
     recompute_layers(model)
 
     # 3. the fit set: prompt + response, the loss on the response tokens or on all of them; a random draw of it
-    examples = encode_fit_set(tokenizer, data, getattr(model.config, "max_position_embeddings", None), settings.loss)
+    context = model_context(model, tokenizer)
+    examples, cut = encode_fit_set(tokenizer, records, data, context, settings.loss)
+    if cut:  # the paper's fit cuts at its max length too; the ratios file says how many were cut
+        shown = ", ".join(str(n) for n in cut[:10]) + (", ..." if len(cut) > 10 else "")
+        adjustments.append(f"{len(cut)} of {len(examples)} fit examples are longer than the model's context of "
+                           f"{context} tokens: their responses were cut to fit (records {shown} of {data})")
+        log(f"fit: {adjustments[-1]}")
     rng = random.Random(settings.seed)
     if settings.draw < 1:
         examples = rng.sample(examples, max(1, round(settings.draw * len(examples))))
@@ -216,23 +226,34 @@ def paper_scope_rules(params: dict, stored: dict[str, str], alpha: float) -> lis
     return rules + [{"regex": pattern, "alpha": alpha} for pattern in sorted(at_alpha)]
 
 
-def encode_fit_set(tokenizer, path: Path, context: int | None, loss: str) -> list[tuple[list[int], int]]:
+def encode_fit_set(tokenizer, records: list[dict], path: Path, context: int | None,
+                   loss: str) -> tuple[list[tuple[list[int], int]], list[int]]:
     """Token ids of prompt + response + end of sequence, and where the loss starts: at the response, or at the
-    first token (prompt + response, as the paper trains on its fit set stored as text)."""
-    records = read_jsonl(path, needs=[("prompt",), ("response",)], what="fit set")
-    encoded = []
+    first token (prompt + response, as the paper trains on its fit set stored as text); and the numbers of the
+    records cut to fit.
+
+    An example longer than the model's ``context`` keeps its first ``context`` tokens (its response is cut, its end
+    of sequence dropped), as the paper's fit cuts at a maximum length: a likelihood proxy loses little by a shorter
+    response, and the caller notes how many were cut. One whose prompt alone fills the context has nothing left to
+    learn from and is refused. ``records``: the fit set as read from ``path`` (named in errors).
+    """
+    encoded, cut = [], []
     for number, record in enumerate(records, start=1):
         # as generation encoded it: chat-rendered prompts carry their special tokens, plain ones get them added
         special = not record.get("chat", False)
         prompt = tokenizer(str(record["prompt"]), add_special_tokens=special)["input_ids"]
         response = tokenizer(str(record["response"]), add_special_tokens=False)["input_ids"]
         ids = prompt + response + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
-        if context is not None and len(ids) > context:
-            raise TaxcutError(f"{path}, record {number}: prompt and response are {len(ids)} tokens, longer than "
-                              f"the model's context of {context}; shorten or drop it")
         if len(ids) <= len(prompt):
             raise TaxcutError(f"{path}, record {number}: the response is empty")
+        if context is not None and len(ids) > context:
+            if len(prompt) >= context:
+                raise TaxcutError(f"{path}, record {number}: prompt and response are {len(ids)} tokens, longer than "
+                                  f"the model's context of {context}, and the prompt alone ({len(prompt)} tokens) "
+                                  "leaves no room for the response; shorten or drop it")
+            ids = ids[:context]
+            cut.append(number)
         encoded.append((ids, len(prompt) if loss == "response" else 0))
-    return encoded
+    return encoded, cut
 
 

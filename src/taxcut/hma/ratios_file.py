@@ -18,7 +18,8 @@ CONVENTION = ("a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned (
               "model: its alpha=0.2 is a=0.8)")
 
 
-def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Path, data: Path) -> MergeSpec:
+def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Path, data: Path, *,
+                allow_tokenizer_mismatch: bool = False) -> MergeSpec:
     step = max(1, len(result.losses) // 500)  # a readable loss curve, at most ~500 points
     record = FitRecord(
         method=METHOD, convention=CONVENTION, settings=settings, data=str(data.resolve()), steps=len(result.losses),
@@ -27,7 +28,8 @@ def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Pa
         loss_curve=result.losses[::step], adjustments=result.adjustments,
     )
     return MergeSpec(sft=as_recorded(sft), aligned=as_recorded(aligned), alphas=result.alphas,
-                     block_bounds=result.block_bounds, rules=result.rules, fit=record)
+                     block_bounds=result.block_bounds, rules=result.rules, fit=record,
+                     allow_tokenizer_mismatch=allow_tokenizer_mismatch)  # merged as it was fitted
 
 
 def write_ratios(path: Path, spec: MergeSpec, *, overwrite: bool = False, inputs=()) -> None:

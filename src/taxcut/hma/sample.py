@@ -3,18 +3,17 @@
 The paper samples the aligned policy on the RLHF prompts and keeps ~2,000 responses out of its top 5,000 by
 reward; here: ``n`` samples per prompt, scored by the sweep's reward scorers, the top ``keep`` overall.
 
-Seeding: the prompts are taken in shards of ``shard_size`` in file order, and shard ``k`` samples with its own seed,
-:func:`shard_seed` ``(seed, k)``. The shards run on the executor's workers (in this process by default) and their
-rows are put back in shard order before the best are kept, so the fit set is the same byte for byte whichever
-executor and however many workers ran it -- for the same ``seed`` and ``shard_size``.
+Seeding: sample ``j`` of the prompt on line ``i + 1`` draws from its own random stream ``(seed, i, j)``
+(:mod:`taxcut.evaluation.item_sampling`). The prompts are taken in shards of ``shard_size`` in file order, run on
+the executor's workers (in this process by default), and their rows are put back in shard order before the best are
+kept, so the fit set is the same byte for byte whichever executor, however many workers and whatever ``shard_size``
+ran it -- for the same ``seed``.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from taxcut.errors import TaxcutError
@@ -58,12 +57,6 @@ def sample_fit_set(model: Path, prompts: Path, out: Path, *, n: int, keep: int, 
     return kept
 
 
-def shard_seed(seed: int, shard: int) -> int:
-    """The sampling seed of shard ``shard``: the first 8 bytes of sha256("taxcut-sample:SEED:SHARD"), below 2**63."""
-    digest = hashlib.sha256(f"taxcut-sample:{seed}:{shard}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 2**63
-
-
 @dataclass(frozen=True)
 class FitSetSampling:
     """The sampling of one shard of prompts per item ``(shard, first, stop)`` on an executor's worker: the policy,
@@ -83,14 +76,12 @@ class FitSetSampling:
                   else RewardModelScorer(self.reward_model, device=resolved))
         evaluator = RewardEvaluator(self.prompts, scorer, self.settings, samples_per_prompt=self.n)
         policy, tokenizer = load_causal_lm(self.model, device=resolved), load_tokenizer(self.model)
+        evaluator.check_context(policy, tokenizer)  # every shard's prompts, before the first one is sampled
 
         def sample(shard: tuple[int, int, int]) -> list[dict]:
-            number, first, stop = shard
-            part = copy.copy(evaluator)
-            part.records = evaluator.records[first:stop]
-            part.settings = replace(self.settings, seed=shard_seed(self.settings.seed, number))
-            records = [r for r in part.records for _ in range(self.n)]
-            plain, responses = part.responses(policy, tokenizer)
+            _, first, stop = shard
+            records = [r for r in evaluator.records[first:stop] for _ in range(self.n)]
+            plain, responses = evaluator.responses(policy, tokenizer, range(first, stop))
             rewards = scorer(plain, responses)
             return [{"prompt": render_prompt(record, tokenizer), "response": response, "reward": float(reward),
                      "chat": record.get("prompt") is None}  # the response as generated; chat: template tokens

@@ -240,6 +240,7 @@ def _weight_files(folder: Path, role: str) -> tuple[list[Path], tuple[Path, dict
                 raise TaxcutError(f"{index_path}: lists {missing[0]}, which is not in the folder; copy it there")
             return sorted({folder / name for name in names}), (index_path, weight_map)
         if (folder / single_name).is_file():
+            _check_single_file(folder / single_name, folder)
             return [folder / single_name], None
     raise TaxcutError(
         f"{folder}: no weights in the {role} model folder; expected {SAFETENSORS_SINGLE}, {SAFETENSORS_INDEX}, "
@@ -261,16 +262,27 @@ def _read_weight_map(index_path: Path) -> dict[str, str]:
     return weight_map
 
 
+def _lies_outside(folder: Path, name: str) -> bool:
+    """Does the file ``name`` of ``folder`` lie outside it, symlinks resolved? The Hugging Face cache's links from a
+    snapshot into its own repository's ``blobs`` folder count as inside."""
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        return True
+    root, target = folder.resolve(), (folder / name).resolve()
+    in_cache_blobs = root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
+    return not (target.is_relative_to(root) or in_cache_blobs)
+
+
+def _check_single_file(path: Path, folder: Path) -> None:
+    """A single weight file (``model.safetensors``, ``pytorch_model.bin``) must lie inside the model folder, as an
+    index's shards must: a link out of it could make taxcut read (and unpickle, for ``.bin``) any file."""
+    if _lies_outside(folder, path.name):
+        raise TaxcutError(f"{path}: links to {path.resolve()}, outside the model folder; a model's weights must lie "
+                          "inside its own folder — copy the file there")
+
+
 def _check_shard_name(index_path: Path, name: str, folder: Path) -> None:
-    """A shard named by an index must lie inside the model folder, symlinks resolved (the Hugging Face cache's
-    links from a snapshot into its own repository's ``blobs`` folder are inside too)."""
-    parts = Path(name).parts
-    escapes = not name or Path(name).is_absolute() or ".." in parts
-    if not escapes:
-        root, target = folder.resolve(), (folder / name).resolve()
-        in_cache_blobs = root.parent.name == "snapshots" and target.parent == root.parent.parent / "blobs"
-        escapes = not (target.is_relative_to(root) or in_cache_blobs)
-    if escapes:
+    """A shard named by an index must lie inside the model folder (see :func:`_lies_outside`)."""
+    if _lies_outside(folder, name):
         raise TaxcutError(f"{index_path}: names shard {name!r}, which lies outside the model folder; an index may "
                           "only name files inside its own folder — re-save the model")
 

@@ -8,6 +8,12 @@ token from the environment (``HF_TOKEN``) or the stored login. Only what taxcut 
 template, generation config and an adapter's files. With ``HF_HUB_OFFLINE=1`` only the cache is read. The
 environment is read at each call, not at import; online, each reference is resolved once per process (so every
 load of a run sees the same commit). Which one was used is said once on stderr.
+
+The cache is an input like any other, and may have been tampered with: a revision must name a commit, branch or tag
+(never a path), a ``refs`` file must hold a commit hash, and the snapshot must lie inside the cache with every file
+in it a link into its own repo's ``blobs`` folder, so a cache can never make taxcut read a file outside itself.
+:func:`protected_folders` tells the destination policy what a model input covers (a Hub model: its whole repo
+folder in the cache), so nothing is ever written into a model taxcut reads.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ WEIGHT_LAYOUTS = (("model.safetensors.index.json", "model.safetensors"),
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+_COMMIT = re.compile(r"[0-9a-f]{40}")  # how huggingface_hub names a snapshot (and what a refs file holds)
+_MAX_REF_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,15 @@ def parse_hub_id(ref: str | os.PathLike[str]) -> tuple[str, str | None] | None:
 
 def is_hub_id(ref: str | os.PathLike[str], folder: Path | None = None) -> bool:
     """Whether ``ref`` names a Hub repo: it has the form ``org/name[@revision]`` and no such path exists (relative
-    to ``folder`` when given, else to the working directory)."""
+    to ``folder`` when given, else to the working directory). A path that exists shadows the Hub repo: stderr
+    says so, once (the README promises it wherever a model is named, a spec file included)."""
     if parse_hub_id(ref) is None:
         return False
-    return not ((folder or Path()) / Path(ref).expanduser()).exists()
+    local = (folder or Path()) / Path(ref).expanduser()
+    if local.exists():
+        _say_shadowed(ref, local)
+        return False
+    return True
 
 
 def as_recorded(ref: str | os.PathLike[str]) -> Path:
@@ -97,7 +110,7 @@ def resolve_model(ref: str | os.PathLike[str]) -> ResolvedModel:
     if parsed is None:
         return ResolvedModel(path)
     if path.exists():
-        _say_once(f"using the local folder {os.fspath(ref)}, not the Hugging Face Hub repo of that name")
+        _say_shadowed(ref, path)
         return ResolvedModel(path)
     repo, revision = parsed
     if hub_offline():  # the cache alone: reading a ref file, cheap enough to do at every call
@@ -121,6 +134,30 @@ def _say_once(message: str) -> None:
     if message not in _SAID:
         _SAID.add(message)
         print(f"taxcut: {message}", file=sys.stderr)
+
+
+def _say_shadowed(ref: str | os.PathLike[str], local: Path) -> None:
+    """Say that the local folder ``local`` is used for ``ref`` rather than the Hub repo of that name."""
+    shown, name = os.fspath(local), os.fspath(ref)
+    of = "of that name" if shown == name else name
+    _say_once(f"using the local folder {shown}, not the Hugging Face Hub repo {of}")
+
+
+def repo_folder(repo: str) -> Path:
+    """A Hub repo's folder in the cache as it is now (huggingface_hub's layout: ``models--org--name``)."""
+    return Path(hub_cache_dir()) / ("models--" + repo.replace("/", "--"))
+
+
+def protected_folders(ref: str | os.PathLike[str]) -> list[tuple[Path, bool]]:
+    """What no output may touch for the input ``ref``, as ``(path, in_cache)``: the path itself, and for a Hub model
+    its whole repo folder in the cache (``in_cache``), whether named by Hub ID or by the path of a snapshot."""
+    path, parsed = Path(ref).expanduser(), parse_hub_id(ref)
+    if parsed is not None and not path.exists():
+        return [(repo_folder(parsed[0]), True)]
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "snapshots" and real.parent.parent.name.startswith("models--"):
+        return [(real.parent.parent, True), (path, False)]
+    return [(path, False)]
 
 
 def hub_cache_dir() -> str:
@@ -164,9 +201,10 @@ def _snapshot(ref: str, repo: str, revision: str | None) -> Path:
     """The repo's snapshot folder in the cache, downloading what taxcut reads unless offline."""
     from huggingface_hub import errors
 
+    _check_revision(ref, revision)
     try:
         if hub_offline():
-            return _cached(ref, repo, revision)
+            return _checked_snapshot(ref, repo, _cached(ref, repo, revision))
         try:
             from huggingface_hub import HfApi
 
@@ -174,8 +212,8 @@ def _snapshot(ref: str, repo: str, revision: str | None) -> Path:
         except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError):
             raise
         except Exception as exc:  # noqa: BLE001 - no connection, Hub down: the cache may still have it
-            return _cached(ref, repo, revision, unreachable=exc)
-        return _download(repo, revision, names)
+            return _checked_snapshot(ref, repo, _cached(ref, repo, revision, unreachable=exc))
+        return _checked_snapshot(ref, repo, _download(ref, repo, revision, names))
     except errors.GatedRepoError:
         raise TaxcutError(f"{ref}: a gated Hugging Face Hub repo; accept its terms on the Hub and set HF_TOKEN "
                           "(or log in with `hf auth login`)") from None
@@ -189,11 +227,27 @@ def _snapshot(ref: str, repo: str, revision: str | None) -> Path:
         raise TaxcutError(f"{ref}: the Hugging Face Hub refused the download ({first_line(exc)})") from None
 
 
+def _check_revision(ref: str, revision: str | None) -> None:
+    """A revision is a commit hash, branch or tag name (``refs/pr/1`` included), never a path: huggingface_hub
+    joins it to the cache's ``refs`` folder, to read and, online, to write."""
+    if revision is None:
+        return
+    parts = revision.split("/")
+    problem = ("holds a NUL character" if "\0" in revision else "holds a backslash" if "\\" in revision
+               else "is an absolute path" if revision.startswith("/")
+               else "has an empty, '.' or '..' component" if any(part in ("", ".", "..") for part in parts)
+               else "has '..' in it" if ".." in revision else None)
+    if problem:
+        raise TaxcutError(f"{ref}: the revision {revision!r} {problem}; give a commit hash, branch or tag name")
+
+
 def _cached(ref: str, repo: str, revision: str | None, unreachable: Exception | None = None) -> Path:
     from huggingface_hub import errors, snapshot_download
 
     try:
-        return Path(snapshot_download(repo, revision=revision, cache_dir=hub_cache_dir(), local_files_only=True))
+        commit = _cached_commit(repo, revision or "main")  # a checked refs file's commit, else as asked for
+        return Path(snapshot_download(repo, revision=commit or revision, cache_dir=hub_cache_dir(),
+                                      local_files_only=True))
     except errors.IncompleteSnapshotError:
         raise TaxcutError(f"{ref}: its download in the Hugging Face cache is incomplete; download it again with "
                           "network access") from None
@@ -205,12 +259,57 @@ def _cached(ref: str, repo: str, revision: str | None, unreachable: Exception | 
                           "the local cache; check the connection") from None
 
 
-def _download(repo: str, revision: str | None, names: list[str]) -> Path:
-    """Fetch what taxcut reads; an index first, then the shards it lists (the same commit)."""
+def _cached_commit(repo: str, revision: str) -> str | None:
+    """The commit the cache's ``refs/<revision>`` holds (None for a commit hash, or without such a file), refused
+    unless it is a file inside ``refs`` holding 40 hex digits (and at most one trailing newline)."""
+    if _COMMIT.fullmatch(revision):
+        return None
+    refs = repo_folder(repo) / "refs"
+    path = refs / revision
+    if not os.path.lexists(path):
+        return None  # huggingface_hub says it is not in the cache
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(Path(os.path.realpath(refs))) or not real.is_file():
+        raise TaxcutError(f"{path}: not a file inside the cache's refs folder; the Hugging Face cache is damaged "
+                          "or tampered with: delete this file and download the model again")
+    with open(real, "rb") as handle:
+        data = handle.read(_MAX_REF_BYTES + 1)
+    text = data.decode("ascii", "replace")
+    commit = text[:-1] if text.endswith("\n") else text
+    if not _COMMIT.fullmatch(commit):
+        shown = repr(text[:60]) + ("..." if len(text) > 60 else "")
+        raise TaxcutError(f"{path}: holds {shown}, not a 40-hex commit hash; the Hugging Face cache is damaged or "
+                          "tampered with: delete this file and download the model again")
+    return commit
+
+
+def _checked_snapshot(ref: str, repo: str, folder: Path) -> Path:
+    """``folder``, once it is known to lie inside the cache and every file in it to resolve inside its repo's
+    ``blobs`` folder (huggingface_hub's layout), so that nothing taxcut reads through it comes from elsewhere."""
+    cache = Path(os.path.realpath(hub_cache_dir()))
+    real = Path(os.path.realpath(folder))
+    advice = "the Hugging Face cache is damaged or tampered with: delete it and download the model again"
+    if real == cache or not real.is_relative_to(cache):
+        raise TaxcutError(f"{folder}: the snapshot of {ref} lies outside the Hugging Face cache {cache}; {advice}")
+    blobs = Path(os.path.realpath(repo_folder(repo) / "blobs"))
+    for here, dirs, names in os.walk(folder):  # links to folders are not followed: they are names here
+        for name in sorted(names + [d for d in dirs if os.path.islink(os.path.join(here, d))]):
+            path = Path(here) / name
+            target = Path(os.path.realpath(path))
+            if not target.is_relative_to(blobs) or target.is_dir():
+                raise TaxcutError(f"{path}: a file of the snapshot of {ref} resolves to {target}, not a file in its "
+                                  f"repo's blobs folder {blobs}; {advice}")
+    return folder
+
+
+def _download(ref: str, repo: str, revision: str | None, names: list[str]) -> Path:
+    """Fetch what taxcut reads; an index first (checked before it is read), then the shards it lists (the same
+    commit)."""
     from huggingface_hub import snapshot_download
 
     wanted, index = files_to_fetch(names)
     folder = Path(snapshot_download(repo, revision=revision, cache_dir=hub_cache_dir(), allow_patterns=wanted))
+    _checked_snapshot(ref, repo, folder)
     if index is not None:
         try:
             shards = sorted(set(json.loads((folder / index).read_text(encoding="utf-8"))["weight_map"].values()))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import platform
 from datetime import datetime, timezone
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import safetensors
@@ -13,6 +15,7 @@ import torch
 
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.io.hub import resolve_model
+from taxcut.io.model_folder import SIDE_FILE_GLOBS, SIDE_FOLDERS
 from taxcut.version import __version__
 
 PROVENANCE_FILE = "taxcut_provenance.json"
@@ -64,17 +67,75 @@ def content_sample_sha256(checkpoint: Checkpoint, path: Path) -> str:
     return digest.hexdigest()
 
 
-def weights_identity(folder: str | Path) -> list[tuple[str, int, int]]:
-    """What changes when a model's weights change, cheaply: each weight file's name, size and modification time.
+def weights_identity(folder: str | Path, *, full: bool = False, cached: bool = True) -> list[dict]:
+    """What a model's results depend on, read cheaply: each weight file's name, size and ``sample_sha256``
+    (:func:`content_sample_sha256`), each side file a merge copies (config, generation config, tokenizer, chat
+    template: :data:`taxcut.io.model_folder.SIDE_FILE_GLOBS`) with its SHA-256, and a Hub model's commit.
 
-    (Headers alone do not tell two checkpoints of one architecture apart.) A Hub ID (``org/name[@revision]``) is
-    resolved first: its identity is its commit, then its files' names and sizes, so a new commit is a new identity.
+    File times play no part: a weight file rewritten in place with its time restored is a change, a touched one is
+    not. ``full`` adds each weight file's whole-file SHA-256 (reads every byte). ``cached``: a folder whose files
+    kept their sizes, times and inode-change times (which no user can set back) is not read again in this process.
     """
     source = resolve_model(folder)
-    files = sorted(p for p in source.path.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
-    if source.from_hub:
-        return [(f"{source.repo_id}@{source.commit}", 0, 0)] + [(p.name, p.stat().st_size, 0) for p in files]
-    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    key = (str(source.path), full)
+    if cached and key in _IDENTITIES and _IDENTITIES[key][1] == _stat_signature(_IDENTITIES[key][0]):
+        return copy.deepcopy(_IDENTITIES[key][2])
+    with Checkpoint(folder) as checkpoint:
+        folders = checkpoint.side_file_folders
+        signature = _stat_signature(folders)  # before reading: a write while it reads is seen next time
+        hub = [("hub", checkpoint.source), ("base_hub", checkpoint.adapter.base_source if checkpoint.adapter else None)]
+        identity: list[dict] = [{role: found.reference} for role, found in hub if found is not None and found.from_hub]
+        for weight in checkpoint.files:
+            entry = {"file": weight.path.name, "bytes": weight.size,
+                     "sample_sha256": content_sample_sha256(checkpoint, weight.path)}
+            identity.append({**entry, "sha256": file_sha256(weight.path)} if full else entry)
+    identity += [{"file": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+                 for name, path in side_files(folders)]
+    _IDENTITIES[key] = (folders, signature, identity)
+    return copy.deepcopy(identity)
+
+
+_IDENTITIES: dict[tuple[str, bool], tuple[list[Path], tuple, list[dict]]] = {}
+
+
+def side_files(folders: list[Path]) -> list[tuple[str, Path]]:
+    """The files a merge copies from ``folders`` (a later folder's file of one name wins, as when copying), by the
+    name they get in the merged folder."""
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_file() and any(fnmatchcase(entry.name, glob) for glob in SIDE_FILE_GLOBS):
+                found[entry.name] = entry
+            elif entry.is_dir() and entry.name in SIDE_FOLDERS:
+                found.update({inner.relative_to(folder).as_posix(): inner
+                              for inner in sorted(entry.rglob("*")) if inner.is_file()})
+    return sorted(found.items())
+
+
+def _stat_signature(folders: list[Path]) -> tuple:
+    """Every entry of ``folders`` (and their side folders) with its size, times and inode: equal signatures mean
+    no file was written, replaced, added or removed since."""
+    signature = []
+    for folder in folders:
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+        entries += [inner for name in SIDE_FOLDERS if (folder / name).is_dir() for inner in (folder / name).rglob("*")]
+        for entry in entries:
+            try:
+                st = entry.stat()
+            except OSError:
+                signature.append((str(entry), None))
+                continue
+            signature.append((str(entry), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
+    return tuple(signature)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a whole file, read in chunks of 4 MiB."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(4 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_provenance(folder: Path, record: dict) -> None:

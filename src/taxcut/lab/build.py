@@ -23,7 +23,7 @@ from taxcut.io.destination import staged_folder
 from taxcut.lab import tasks
 from taxcut.lab.tokenizer import build_tokenizer
 
-LAB_FORMAT = 2  # bump when the recipe changes, so that cached labs are rebuilt (2: the graded reward)
+LAB_FORMAT = 3  # bump when the recipe changes, so that cached labs are rebuilt (2: graded reward, 3: item streams)
 REWARD_FUNCTION = "taxcut.lab.tasks:reward"
 
 

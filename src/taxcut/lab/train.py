@@ -67,7 +67,8 @@ def raft(model, tokenizer, prompts: Sequence[str], reward: Callable[[str, str], 
         settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
                                       seed=seed * 1000 + iteration, batch_size=256)
         repeated = [p for p in prompts for _ in range(samples)]
-        responses = generate(model, tokenizer, repeated, settings)
+        keys = [(index, j) for index in range(len(prompts)) for j in range(samples)]  # prompt i's sample j
+        responses = generate(model, tokenizer, repeated, settings, keys=keys)
         scores = [reward(p, r) for p, r in zip(repeated, responses)]
         best = []
         for index, prompt in enumerate(prompts):

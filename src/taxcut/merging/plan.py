@@ -1,10 +1,10 @@
 """The merge plan: everything decided from headers alone, before any weight is read.
 
 :func:`build_plan` turns a spec into a :class:`~taxcut.methods.request.MergeRequest`, opens every input's headers,
-checks that the inputs fit together (same architecture and tying, same tensors, shapes and kinds), finds the
-decoder layers, resolves every tensor's parameters (a ratio per block, a density per layer, ...) and its output
-dtype, and lays out the output shards. ``taxcut plan`` prints it; :mod:`taxcut.merging.engine` executes it. One
-plan type serves every method: model averaging is the two-input case.
+checks that the inputs fit together (same architecture and tying, same tokenizer, same tensors, shapes and kinds),
+finds the decoder layers, resolves every tensor's parameters (a ratio per block, a density per layer, ...) and
+its output dtype, and lays out the output shards. ``taxcut plan`` prints it; :mod:`taxcut.merging.engine`
+executes it. One plan type serves every method: model averaging is the two-input case.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from taxcut.io.layers import (
     config_ties_embeddings,
     detect_layers,
 )
+from taxcut.io.tokenizer_files import tokenizer_aspects, tokenizer_difference
 from taxcut.io.writer import OutputTensor, Shard, plan_shards
 from taxcut.merging.report import render_plan
 from taxcut.merging.request import request_for
@@ -158,6 +159,8 @@ def build_plan(spec_or_request) -> MergePlan:
 def _plan(request: MergeRequest, checkpoints: list[Checkpoint]) -> MergePlan:
     reference = checkpoints[0]
     _check_same_architecture(request.inputs, checkpoints)
+    tokenizer_notes = check_same_tokenizer(request.inputs, checkpoints,
+                                           allow=bool(getattr(request.spec, "allow_tokenizer_mismatch", False)))
     layout = detect_layers(reference.tensors)
     dropped_tied = stored_tied_heads(layout, checkpoints) if config_ties_embeddings(reference.config) else {}
     names = [name for name in reference.tensors if name not in dropped_tied]
@@ -181,6 +184,7 @@ def _plan(request: MergeRequest, checkpoints: list[Checkpoint]) -> MergePlan:
     stated = config_layer_count(reference.config)
     if stated is not None and stated != layout.num_layers:
         notes.append(f"config.json states {stated} decoder layers but the tensor names show {layout.num_layers}")
+    notes.extend(tokenizer_notes)
     for values in block_values.values():
         unused = [str(i + 1) for i in values.unused_rules()]
         if unused:
@@ -210,6 +214,33 @@ def _check_same_architecture(inputs: tuple[ModelInput, ...], checkpoints: list[C
                 f"{model.path}: config.json 'tie_word_embeddings' is {tied} but the {first.label}'s is "
                 f"{reference_tied}; all models must tie (or untie) the same way"
             )
+
+
+def check_same_tokenizer(inputs: tuple[ModelInput, ...], checkpoints: list[Checkpoint], *,
+                         allow: bool = False) -> list[str]:
+    """Refuse inputs whose tokenizer files give the same text other ids than the first input's (row i of their
+    embeddings would mean other tokens), unless ``allow``; return notes on what could not be compared."""
+    first, reference = inputs[0], tokenizer_aspects(checkpoints[0].side_file_folders)
+    notes = []
+    for model, checkpoint in zip(inputs[1:], checkpoints[1:]):
+        aspects = tokenizer_aspects(checkpoint.side_file_folders)
+        if bool(reference) != bool(aspects):
+            lacking = model if reference else first
+            notes.append(f"the {lacking.label} ({lacking.path}) has no tokenizer files: its tokenizer is not compared "
+                         "with the others'")
+            continue
+        difference = tokenizer_difference(reference, aspects, (first.label, model.label))
+        if difference is None:
+            continue
+        if not allow:
+            raise TaxcutError(
+                f"{model.path}: the {model.label}'s tokenizer does not match the {first.label}'s ({difference}), so "
+                "the same text becomes other token ids; merge models that share a tokenizer, or pass "
+                "--allow-tokenizer-mismatch (spec: 'allow_tokenizer_mismatch: true') to merge anyway"
+            )
+        notes.append(f"the {model.label}'s tokenizer does not match the {first.label}'s ({difference}); merged "
+                     "anyway (allow_tokenizer_mismatch)")
+    return notes
 
 
 def stored_tied_heads(layout: LayerLayout, checkpoints: list[Checkpoint]) -> dict[str, str]:

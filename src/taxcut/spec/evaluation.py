@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from taxcut.io.hub import is_hub_id
 
@@ -98,10 +98,18 @@ class HalvingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     start: float = Field(0.125, gt=0, lt=1)
-    factor: float = Field(2.0, gt=1)
+    factor: float = 2.0
     level: float = Field(0.05, gt=0, lt=0.5)
     seed: int = 0
     tolerance: float = Field(0.01, ge=0, lt=1)
+
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, factor: float) -> float:
+        if not factor >= 1.5:  # also refuses NaN; a factor near 1 makes a stage per item, each a round of decisions
+            raise ValueError(f"is {factor}; it must be at least 1.5 (each stage measures the survivors on factor "
+                             "times the items of the last: 2 by default)")
+        return factor
 
 
 class EvaluationSpec(BaseModel):

@@ -138,6 +138,7 @@ class MergeSpec(RatioFields):
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     max_shard_size: int | str = "5GB"
     files_from: Literal["aligned", "sft"] = "aligned"
+    allow_tokenizer_mismatch: bool = False  # merge although the tokenizer files give the same text other ids
     fit: FitRecord | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
 
     @field_validator("max_shard_size")
@@ -151,13 +152,15 @@ class MergeSpec(RatioFields):
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("alpha", "alphas", "layer_alphas", "max_shard_size", "extrapolate", mode="before")
+    @field_validator("alpha", "alphas", "layer_alphas", "max_shard_size", "extrapolate", "allow_tokenizer_mismatch",
+                     mode="before")
     @classmethod
     def _no_booleans(cls, value: Any, info) -> Any:
         values = value if isinstance(value, list) else [value]
-        if info.field_name != "extrapolate" and any(isinstance(v, bool) for v in values):
+        flag = info.field_name in ("extrapolate", "allow_tokenizer_mismatch")
+        if not flag and any(isinstance(v, bool) for v in values):
             raise ValueError("expected a number, got true/false")
-        if info.field_name == "extrapolate" and not isinstance(value, bool):
+        if flag and not isinstance(value, bool):
             raise ValueError("expected true or false")
         return value
 

@@ -51,6 +51,9 @@ class SweepSpec(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     executor: ExecutorSpec = ExecutorSpec()  # in-process, or Ray workers (taxcut.execution); results do not depend on it
+    # how results record the models they were measured on: sampled content hashes, or (full) the weight files'
+    # whole-file SHA-256 too, read once at the sweep's start, so that `taxcut export --verify full` can check them
+    input_hashes: Literal["sample", "full"] = "sample"
     _source: Path | None = PrivateAttr(None)  # the spec file it was read from: never a destination
 
     @property

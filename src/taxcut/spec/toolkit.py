@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from taxcut.io.destination import destination_path
 from taxcut.spec.evaluation import EvaluationSpec
@@ -86,6 +86,7 @@ class ToolkitSpec(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     max_shard_size: int | str = "5GB"
     evaluation: EvaluationSpec | None = None
+    allow_tokenizer_mismatch: StrictBool = False  # merge although the tokenizer files give the same text other ids
 
     @field_validator("max_shard_size")
     @classmethod

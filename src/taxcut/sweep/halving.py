@@ -36,7 +36,8 @@ from typing import Protocol
 
 from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.result import EvaluationResult
-from taxcut.evaluation.subset import DataPart
+from taxcut.errors import TaxcutError
+from taxcut.evaluation.subset import DataPart, share_count
 from taxcut.spec.candidates import Candidate
 from taxcut.sweep.noise import NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, hypervolume, tax_stderr, z_value
 from taxcut.sweep.pareto import tax
@@ -64,24 +65,43 @@ class StageBook(Protocol):
         """Record a candidate's measurement on the first ``share`` of the data (a full-data result at share 1)."""
 
 
+MIN_FACTOR = 1.5  # a smaller growth per stage buys little and multiplies the stages (and their decisions)
+
+
 @dataclass(frozen=True)
 class HalvingSettings:
     """Start at ``start`` of the data, grow by ``factor`` each stage, drop at one-sided ``level`` (and, with
-    ``tolerance`` > 0, what cannot add that share of the front's hypervolume); ``seed`` picks the items."""
+    ``tolerance`` > 0, what cannot add that share of the front's hypervolume); ``seed`` picks the items.
+    ``sizes`` are the evaluators' item counts (empty: unknown): a stage must add items to every one of them."""
 
     start: float = 0.125
     factor: float = 2.0
     level: float = NOISE_LEVEL
     seed: int = 0
     tolerance: float = NEGLIGIBLE_GAIN
+    sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.start < 1.0 and self.factor >= MIN_FACTOR):
+            raise TaxcutError(f"halving needs 0 < start < 1 and factor >= {MIN_FACTOR}, got start {self.start} "
+                              f"and factor {self.factor}")
 
     def shares(self) -> list[float]:
-        """The stages' shares, ending at the whole data: 1/8, 1/4, 1/2, 1 by default."""
+        """The stages' shares, ending at the whole data: 1/8, 1/4, 1/2, 1 by default. A share that would add no
+        item to some evaluator (or leave none for the last stage) is skipped, so no stage measures an empty part
+        and there are at most as many stages as the smallest evaluator has items."""
         shares, share = [], self.start
         while share < 1.0 - 1e-9:
-            shares.append(round(share, 6))
+            rounded = round(share, 6)
+            if new_items(shares[-1] if shares else 0.0, rounded, self.sizes) and new_items(rounded, 1.0, self.sizes):
+                shares.append(rounded)
             share *= self.factor
         return shares + [1.0]
+
+
+def new_items(start: float, stop: float, sizes: Iterable[int]) -> bool:
+    """Does the part ``[start, stop)`` of the data hold at least one item of every evaluator (of ``sizes`` items)?"""
+    return stop > start and all(share_count(stop, size) > share_count(start, size) for size in sizes)
 
 
 @dataclass
@@ -143,7 +163,7 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
         outcome.finished = list(unique.values())
         return outcome
     for share in settings.shares()[:-1]:
-        staged = _measure_stage([*survivors, baseline], share, evaluate, book, settings.seed)
+        staged = _measure_stage([*survivors, baseline], share, evaluate, book, settings.seed, settings.sizes)
         base = staged[baseline.id].result(cautious=True)
         points = {c.id: noisy_point(staged[c.id].result(cautious=True), base) for c in survivors}
         outcome.points.update(points)
@@ -162,7 +182,7 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
         if settings.tolerance > 0:
             kept = _drop_negligible(kept, protected, rivals, champions, settings, share, outcome)
         survivors = kept
-    _measure_stage(survivors, 1.0, evaluate, book, settings.seed)
+    _measure_stage(survivors, 1.0, evaluate, book, settings.seed, settings.sizes)
     full_baseline = book.full(baseline.id)
     for candidate in unique.values():
         if candidate.id not in outcome.dropped:
@@ -213,7 +233,7 @@ def _drop_negligible(survivors: list[Candidate], protected: Collection[str], riv
 
 
 def _measure_stage(candidates: Sequence[Candidate], share: float, evaluate: EvaluateBatch, book: StageBook,
-                   seed: int) -> dict[str, Measurement]:
+                   seed: int, sizes: Sequence[int] = ()) -> dict[str, Measurement]:
     """Every candidate's measurement on the first ``share`` of the data: from the book, or grown from its largest
     earlier stage by the items it has not seen, recorded as each finishes."""
     found: dict[str, Measurement] = {}
@@ -225,7 +245,7 @@ def _measure_stage(candidates: Sequence[Candidate], share: float, evaluate: Eval
         if measured is not None:
             found[candidate.id] = measured
             continue
-        earlier = [s for s in book.shares(candidate.id) if s < share]
+        earlier = [s for s in book.shares(candidate.id) if new_items(s, share, sizes)]  # never an empty part
         todo.setdefault(max(earlier, default=0.0), []).append(candidate)
     for start, group in sorted(todo.items()):
         for candidate, measurement in evaluate(group, DataPart(start, share, seed)):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import math
+import os
+import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +23,7 @@ from taxcut.execution import Executor, open_executor
 from taxcut.hma.candidates import hma_candidates
 from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.io.destination import claim_folder, staged_file
+from taxcut.io.publish import LockHeld, hold_lock, probe_lock
 from taxcut.io.provenance import weights_identity
 from taxcut.merging.plan import build_plan
 from taxcut.spec.candidates import Candidate, expand_grid
@@ -33,7 +36,7 @@ from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.search import search_candidates
 from taxcut.sweep.strategy import (
-    ResultsBook, StrategyReport, SweepStrategy, measure_part, sweep_cost, uses_strategy,
+    ResultsBook, StrategyReport, SweepStrategy, item_counts, measure_part, sweep_cost, uses_strategy,
 )
 from taxcut.version import __version__
 
@@ -58,18 +61,28 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
 
     Order: the grid (SFT first), the fitted HMA candidates, then the black-box search, which needs the SFT
     baseline to measure tax. Candidates run on ``executor`` (default: the one ``spec.executor`` names); this
-    process alone writes the results file, each result as it arrives.
+    process alone writes the results folder, holding its lock (:data:`SWEEP_LOCK`) from before the first
+    evaluation to the end: a second sweep to the same ``out`` is refused at once.
     """
+    if spec.select:
+        parse_selection(spec.select)  # a bad expression fails now, not after the whole sweep
+    _refuse_if_running(spec.out)  # before any model or data is loaded (the lock below settles a race)
+    _refuse_linked_reports(spec.out)
     if executor is None:
         with open_executor(spec.executor) as executor:
             return run_sweep(spec, progress=progress, executor=executor)
-    if spec.select:
-        parse_selection(spec.select)  # a bad expression fails now, not after the whole sweep
     device = pick_device(spec.device) if not executor.remote else "cpu"  # remote workers load their own models
     suite = EvaluationSuite.from_spec(spec.evaluation, device=device)  # bad data files fail before anything else
     claim_folder(spec.out, inputs=sweep_inputs(spec), kind="sweep results", entries=list(SWEEP_FILES))
+    with _sweep_lock(spec.out):
+        _refuse_linked_reports(spec.out)  # again: made while the data loaded
+        return _sweep(spec, suite, progress, executor)
+
+
+def _sweep(spec: SweepSpec, suite: EvaluationSuite, progress: bool | None, executor: Executor) -> SweepReport:
+    """:func:`run_sweep` once the folder is claimed and locked."""
     context = sweep_context(spec, suite)
-    identity = inputs_identity(spec.sft, spec.aligned)
+    identity = inputs_identity(spec.sft, spec.aligned, full=spec.input_hashes == "full")
     store = ResultsStore(spec.out / RESULTS_FILE)
     records = store.records()
     latest = {r.candidate_id: r for r in records if r.context == context}
@@ -99,7 +112,8 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
                            seed=spec.evaluation.halving.seed)
         measured = CandidateBatches(executor, CandidateEvaluation(spec, measure=measure_part,
                                                                   suite=None if executor.remote else suite))
-        strategy = SweepStrategy(spec, book, measured, check=check_plans, progress=progress)
+        strategy = SweepStrategy(spec, book, measured, check=check_plans, progress=progress,
+                                 items=item_counts(suite))
 
     def evaluate_all(candidates: list[Candidate]) -> None:
         if strategy is not None:
@@ -136,6 +150,55 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
     if spec.select:
         report.selected = select(report.rows, spec.select)
     return report
+
+
+# The lock a running sweep holds inside its folder (a taxcut lock file: claim_folder ignores it, and a killed
+# sweep's is removed by the next writer there, once free).
+SWEEP_LOCK = ".sweep-writer.taxcut-lock"
+REPORT_FILES = ("sweep.yaml", "candidates.csv", "candidates.md", "front.png")
+
+
+def _refuse_if_running(out: Path) -> None:
+    """Refuse at once while another sweep holds ``out``'s lock (reads only: ``out`` may not be checked yet)."""
+    try:
+        probe_lock(Path(out) / SWEEP_LOCK)
+    except LockHeld as held:
+        raise TaxcutError(_running_message(out, held)) from None
+    except OSError:
+        pass  # an unreadable folder, a file there: claiming the folder says what is wrong
+
+
+def _sweep_lock(out: Path) -> ExitStack:
+    """Hold ``out``'s lock (:data:`SWEEP_LOCK`) until the returned stack closes; refuse if another sweep holds it."""
+    path = Path(os.path.realpath(out)) / SWEEP_LOCK
+    stack = ExitStack()
+    try:
+        stack.enter_context(hold_lock(path))
+    except LockHeld as held:
+        raise TaxcutError(_running_message(out, held)) from None
+    except OSError as exc:
+        raise TaxcutError(f"{path}: cannot lock the results folder ({exc.strerror or exc}); "
+                          "choose another destination") from None
+    return stack
+
+
+def _running_message(out: Path, held: LockHeld) -> str:
+    who = f" ({held.holder})" if held.holder else ""
+    return (f"{out}: another sweep{who} is writing there; wait for it to finish, or give this sweep another "
+            "'out'")
+
+
+def _refuse_linked_reports(out: Path) -> None:
+    """Refuse, before any work, a report name in the folder that is a symbolic link (it is never followed)."""
+    for name in REPORT_FILES:
+        _refuse_link(Path(out) / name)
+
+
+def _refuse_link(path: Path) -> None:
+    if path.is_symlink():
+        dangling = "" if path.exists() else " (a dangling one)"
+        raise TaxcutError(f"{path}: is a symbolic link{dangling}, and taxcut writes a sweep's reports only as "
+                          "files of its own, never through a link; remove it")
 
 
 def sweep_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
@@ -186,14 +249,19 @@ def sweep_inputs(spec: SweepSpec) -> list[tuple[str, Path | None]]:
 
 
 def _write_report_file(path: Path, write) -> None:
-    """A report file, replaced atomically (the sweep's folder is claimed: these names are the sweep's own)."""
+    """A report file, replaced atomically (the sweep's folder is claimed: these names are the sweep's own); a
+    symbolic link there is refused, not followed to wherever it points."""
+    _refuse_link(path)
     with staged_file(path, overwrite=True, inputs=[], kind="sweep report") as partial:
         write(partial)
 
 
-def inputs_identity(sft: Path, aligned: Path) -> dict:
-    """The two models' weight files as a result records them (JSON-shaped, so records compare equal)."""
-    return json.loads(json.dumps({"sft": weights_identity(sft), "aligned": weights_identity(aligned)}))
+def inputs_identity(sft: Path, aligned: Path, *, full: bool = False, cached: bool = True) -> dict:
+    """The two models' weight and side files as a result records them (see ``weights_identity``; JSON-shaped, so
+    records compare equal); ``full``: with each weight file's whole-file SHA-256 too."""
+    models = {role: weights_identity(folder, full=full, cached=cached) for role, folder in
+              (("sft", sft), ("aligned", aligned))}
+    return json.loads(json.dumps(models))
 
 
 def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | None,
@@ -221,41 +289,77 @@ def _record(spec: SweepSpec, candidate: Candidate, result: EvaluationResult, con
 
 
 def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: bool = False,
-                     force: bool = False) -> Path:
+                     force: bool = False, verify: str = "sample") -> Path:
     """Write a swept candidate as a model folder through the merge engine (the weights it was evaluated with).
 
     ``results`` is a results file or the sweep's output folder. The input models must be the ones the candidate
-    was measured on (their weight files' names, sizes and times): otherwise the export is refused, unless
-    ``force``, which the provenance file then records.
+    was measured on: their weight files' sampled content hashes and their side files' hashes (``verify="full"``:
+    the weight files' whole-file SHA-256 too, which the sweep records under ``input_hashes: full``). Otherwise,
+    or when the line holds nothing to check against, the export is refused, unless ``force``, which the
+    provenance file then records.
     """
     results = results / RESULTS_FILE if results.is_dir() else results
     from taxcut import merge  # noqa: PLC0415 - the public merge entry point sits above the sweep's modules
 
-    record = ResultsStore(results).find(candidate_id)
+    number, record = ResultsStore(results).locate(candidate_id)
+    where = f"{results}, line {number}: candidate {record.candidate_id} ({record.label})"
     sft, aligned = Path(record.sft), Path(record.aligned)
-    changed = _changed_inputs(record, sft, aligned)
+    unchecked = _unchecked_inputs(record)
+    if unchecked is None and verify == "full" and not _has_full_hashes(record.inputs):
+        raise TaxcutError(f"{where}: the sweep recorded sampled hashes of its inputs only, so --verify full has "
+                          "nothing to compare with; rerun the sweep with 'input_hashes: full', or export with "
+                          "--verify sample")
+    changed = None if unchecked else _changed_inputs(record, sft, aligned, full=verify == "full")
+    if unchecked and not force:
+        raise TaxcutError(f"{where}: {unchecked}, so its scores cannot be checked against today's weights; rerun "
+                          "the sweep, or pass --force to export today's weights under those scores")
     if changed and not force:
-        raise TaxcutError(f"{results}: candidate {record.candidate_id} ({record.label}) was measured on other "
-                          f"weights: {changed}; rerun the sweep, or pass --force to export today's weights under "
-                          "those scores")
+        raise TaxcutError(f"{where}: was measured on other inputs: {changed}; rerun the sweep, or pass --force to "
+                          "export today's weights under those scores")
+    if unchecked:
+        print(f"taxcut: warning: {where}: its scores cannot be checked against today's weights ({unchecked}); "
+              "exporting it as --force asks", file=sys.stderr)
     spec = record.candidate.merge_spec(sft, aligned, out=out, extrapolate=record.extrapolate)
     if record.dtype:
         spec = spec.model_copy(update={"dtype": record.dtype})
-    exported = {"results": str(results.resolve()), "candidate": record.candidate_id, "label": record.label,
-                "inputs_verified": record.inputs is not None and not changed,
-                "forced_despite": changed or None}
+    exported = {"results": str(results.resolve()), "line": number, "candidate": record.candidate_id,
+                "label": record.label, "inputs_verified": not (unchecked or changed),
+                "verified_by": None if unchecked or changed else verify, "forced_despite": unchecked or changed}
     return merge(spec, overwrite=overwrite, protect=[("results file", results)], provenance={"exported": exported})
 
 
-def _changed_inputs(record: ResultRecord, sft: Path, aligned: Path) -> str | None:
-    """What differs between the models now and when the candidate was measured (None: nothing, or unknown)."""
+def _unchecked_inputs(record: ResultRecord) -> str | None:
+    """Why the line's inputs cannot be compared with today's (None: they can)."""
     if record.inputs is None:
-        return None  # recorded before taxcut kept the inputs' identity: nothing to compare
-    now = inputs_identity(sft, aligned)
-    for role in ("sft", "aligned"):
-        if now[role] != record.inputs.get(role):
-            before = {tuple(f) for f in record.inputs.get(role) or []}
-            differ = sorted({tuple(f)[0] for f in now[role]} ^ {f[0] for f in before}
-                            | {tuple(f)[0] for f in now[role] if tuple(f) not in before})
-            return f"the {role} model's weight files changed since ({', '.join(differ[:3]) or 'contents'})"
+        return "its line does not record the inputs it was measured on"
+    entries = [entry for role in ("sft", "aligned") for entry in record.inputs.get(role) or [None]]
+    if not all(isinstance(entry, dict) for entry in entries):
+        return "its line records its inputs by file times only (an older taxcut)"
     return None
+
+
+def _has_full_hashes(inputs: dict) -> bool:
+    return all("sha256" in entry for role in ("sft", "aligned") for entry in inputs[role] if "sample_sha256" in entry)
+
+
+def _changed_inputs(record: ResultRecord, sft: Path, aligned: Path, *, full: bool = False) -> str | None:
+    """Which files differ between the models now and when the candidate was measured (None: none). Only what the
+    comparison asks for counts: sampled hashes of weight files, or (``full``) their whole-file hashes too."""
+    now = inputs_identity(sft, aligned, full=full, cached=False)  # read today, not remembered from earlier
+    for role in ("sft", "aligned"):
+        before, after = _by_file(record.inputs[role], full), _by_file(now[role], full)
+        differ = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+        if differ:
+            more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+            return f"the {role} model's {', '.join(differ[:3])}{more} changed since"
+    return None
+
+
+def _by_file(identity: list[dict], full: bool) -> dict[str, dict]:
+    """A model's identity entries by the file they describe (a Hub model's commit as 'Hub commit')."""
+    named = {}
+    for entry in identity:
+        if "sample_sha256" in entry and not full:
+            entry = {key: value for key, value in entry.items() if key != "sha256"}
+        named[entry.get("file") or ("Hub commit" if "hub" in entry else "base model's Hub commit")] = entry
+    return named

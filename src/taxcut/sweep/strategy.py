@@ -13,6 +13,7 @@ resident model, one after another); everything here goes through it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -37,6 +38,13 @@ MakeRecord = Callable[[Candidate, EvaluationResult, str], ResultRecord]
 def uses_strategy(spec: SweepSpec) -> bool:
     """Whether the sweep spends its evaluation other than on the whole grid in full."""
     return spec.candidates.strategy == "adaptive" or spec.evaluation.fidelity == "halving"
+
+
+def item_counts(suite: EvaluationSuite) -> dict[str, int]:
+    """How many items each evaluator that halving measures in parts has (what a stage must add to)."""
+    counts = {"the reward's prompts": len(suite.reward.records)} if suite.reward is not None else {}
+    counts.update({f"task '{task.name}'": len(task.records) for task in suite.tasks if hasattr(task, "measure")})
+    return counts
 
 
 def measure_part(suite: EvaluationSuite, model, tokenizer, part: DataPart) -> Measurement:
@@ -114,14 +122,21 @@ class SweepStrategy:
     """Measures a sweep's candidates as its spec says (the module's rules)."""
 
     def __init__(self, spec: SweepSpec, book: ResultsBook, evaluate: EvaluateBatch, *,
-                 check: Callable[[Sequence[Candidate]], None] = lambda _: None, progress: bool | None = None):
+                 check: Callable[[Sequence[Candidate]], None] = lambda _: None, progress: bool | None = None,
+                 items: dict[str, int] | None = None):
+        """``items``: each evaluator's item count (:func:`item_counts`), so that no halving stage is empty."""
         self.spec, self.book, self.evaluate, self.check, self.progress = spec, book, evaluate, check, progress
         self.baseline = expand_grid(spec.candidates)[0]  # the SFT model
         self.aligned = ma_candidate(1.0, [rule.model_dump(exclude_none=True) for rule in spec.candidates.rules])
         halving = spec.evaluation.halving
         self.halving = (HalvingSettings(start=halving.start, factor=halving.factor, level=halving.level,
-                                        seed=halving.seed, tolerance=halving.tolerance)
+                                        seed=halving.seed, tolerance=halving.tolerance,
+                                        sizes=tuple((items or {}).values()))
                         if spec.evaluation.fidelity == "halving" else None)
+        if self.halving is not None and items and len(self.halving.shares()) == 1:
+            smallest = min(items, key=items.get)
+            print(f"note: evaluation.halving: {smallest} has {items[smallest]} item(s), too few to measure on part "
+                  "of them from 'start'; every candidate is measured on all the data", file=sys.stderr)
         self.report = StrategyReport()
 
     @property
