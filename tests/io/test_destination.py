@@ -24,6 +24,7 @@ from taxcut.io.destination import (
     staged_folder,
 )
 from taxcut.io.publish import STALE_AFTER_S, sweep_stale_staging
+from destination_fixtures import dead_pid, model  # noqa: F401 - model is a fixture
 
 MEANWHILE = "was written by another run meanwhile; nothing of this run was kept"
 
@@ -57,20 +58,8 @@ def housekeeping(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".taxcut-" in p.name)
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
-@pytest.fixture
-def model(tmp_path) -> Path:
-    """An input model folder the user cares about."""
-    folder = tmp_path / "models" / "sft"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(b"weights")
-    return folder
 
 
 # ------------------------------------------------------------------------------------------- 1. empty paths

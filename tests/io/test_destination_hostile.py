@@ -22,6 +22,7 @@ from taxcut.io import destination, publish
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.io.destination import MARKER, check_destination, claim_folder, staged_file, staged_folder
 from taxcut.io.publish import quoted, remove_leftovers, sweep_stale_staging
+from destination_fixtures import dead_pid, model  # noqa: F401 - model is a fixture
 
 
 def write_folder(out: Path, files: dict[str, str | bytes], *, overwrite: bool = False, inputs=()) -> None:
@@ -61,19 +62,8 @@ def digest_tree(folder: Path) -> dict[str, str]:
     return found
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
-@pytest.fixture
-def model(tmp_path) -> Path:
-    folder = tmp_path / "models" / "sft"
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
-    (folder / "model.safetensors").write_bytes(b"weights")
-    return folder
 
 
 # ------------------------------------------------------------------------------------------- 1. another mount

@@ -234,7 +234,7 @@ def _publish_lock(target: Path) -> Iterator[None]:
         yield
         return
     while True:
-        handle = _open_lock(path)
+        handle = _open_plain_lock(path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except OSError as exc:  # a file system without locks: rely on the no-replace rename alone
@@ -258,20 +258,6 @@ def _publish_lock(target: Path) -> Iterator[None]:
             os.unlink(path)
         finally:
             os.close(handle)
-
-
-def _open_lock(path: Path) -> int:
-    refused = f"{quoted(path)}: is not taxcut's lock file (a link or not a plain file); remove it and run again"
-    try:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise TaxcutError(refused) from None
-        raise
-    if not stat.S_ISREG(os.fstat(handle).st_mode):
-        os.close(handle)
-        raise TaxcutError(refused)
-    return handle
 
 
 _AT_FDCWD, _RENAME_NOREPLACE, _RENAME_EXCHANGE = -100, 1, 2
