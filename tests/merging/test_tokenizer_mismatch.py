@@ -195,7 +195,7 @@ def test_a_protected_file_is_not_called_file_file(tmp_path):
 
 
 def test_a_sweep_of_mismatched_models_is_refused_before_any_evaluation(capsys, tmp_path, pair):
-    """The sweep plans every candidate first, so it refuses too (it has no allow flag yet)."""
+    """The sweep plans every candidate first, so it refuses before evaluating anything."""
     from test_sweep import write_sweep
 
     edit_tokenizer(pair[1], swap_ids)

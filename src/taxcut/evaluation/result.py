@@ -5,7 +5,8 @@
 "samples"}, "directions": {name: higher_is_better}, "seconds": ..., "stderr": {name: {metric: error}},
 "primary_stderr": {name: error}, "cost": {"generated_tokens", "scored_tokens", "seconds"}}`` (``reward`` only where
 one was measured; ``stderr``, ``primary_stderr`` and ``cost`` only where recorded: results written before taxcut
-kept them have none). The standard errors follow :mod:`taxcut.evaluation.stats`; the cost
+kept them have none; ``items``, the per-item scores of :class:`taxcut.evaluation.paired.PerItem`, only where
+kept). The standard errors follow :mod:`taxcut.evaluation.stats`; the cost
 :mod:`taxcut.evaluation.cost`.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from taxcut.evaluation.cost import EvaluationCost
+from taxcut.evaluation.paired import PerItem
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class RewardScore:
 class EvaluationResult:
     """Every task's scores by metric, each task's primary score (the one the tax uses) and its direction (True
     where higher is better), the reward where one was measured, and the seconds it all took; the standard error of
-    every score and what the evaluation cost, where recorded."""
+    every score and what the evaluation cost, where recorded; per-item scores, where kept (paired comparisons)."""
 
     tasks: dict[str, dict[str, float]]
     primary: dict[str, float]
@@ -48,6 +50,7 @@ class EvaluationResult:
     stderr: dict[str, dict[str, float]] | None = None
     primary_stderr: dict[str, float] | None = None
     cost: EvaluationCost | None = None
+    items: PerItem | None = None
 
     def higher_is_better(self, task: str) -> bool:
         """The direction of ``task``'s scores (every metric of a task is read in its primary metric's direction)."""
@@ -62,6 +65,8 @@ class EvaluationResult:
             data.update(stderr=self.stderr, primary_stderr=self.primary_stderr)
         if self.cost is not None:
             data["cost"] = asdict(self.cost)
+        if self.items:
+            data["items"] = self.items.to_json()
         return data
 
     @classmethod

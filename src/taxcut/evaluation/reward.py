@@ -18,6 +18,7 @@ from taxcut.evaluation.data import prompt_problem, read_jsonl
 from taxcut.evaluation.generation import (
     PROMPT_ADVICE, GenerationSettings, generate, model_context, over_context, prompt_text, render_prompt,
 )
+from taxcut.evaluation.paired import ItemScores
 from taxcut.evaluation.stats import Mean
 
 
@@ -167,8 +168,16 @@ class RewardEvaluator:
 
     def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> Mean:
         """The rewards of the responses to the prompts ``items`` (default: all), over prompts x samples."""
+        return self.measure_items(model, tokenizer, items)[0]
+
+    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None) -> tuple[Mean, ItemScores]:
+        """:meth:`measure`, and each response's reward: sample ``j`` of prompt ``i`` (its index in the file) keyed
+        ``i * samples_per_prompt + j``, the same in any subset (:mod:`taxcut.evaluation.paired`)."""
         prompts, responses = self.responses(model, tokenizer, items)
-        return Mean.of(checked_rewards(self.scorer(prompts, responses), len(responses), _scorer_name(self.scorer)))
+        rewards = checked_rewards(self.scorer(prompts, responses), len(responses), _scorer_name(self.scorer))
+        indices = range(len(self.records)) if items is None else items
+        keys = [i * self.samples_per_prompt + j for i in indices for j in range(self.samples_per_prompt)]
+        return Mean.of(rewards), ItemScores.of(keys, rewards)
 
     def evaluate(self, model, tokenizer) -> dict[str, float]:
         rewards = self.measure(model, tokenizer)

@@ -13,6 +13,7 @@ from taxcut.evaluation.cost import metered
 from taxcut.evaluation.generation import GenerationSettings
 from taxcut.evaluation.item_sampling import SAMPLING_SCHEME
 from taxcut.evaluation.measurement import Measurement
+from taxcut.evaluation.paired import ItemScores, PerItem
 from taxcut.evaluation.protocol import TaxTask
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.reward import RewardEvaluator, RewardModelScorer, function_scorer, load_reward_function
@@ -45,14 +46,19 @@ class EvaluationSuite:
     def measure(self, model, tokenizer, part: DataPart = FULL) -> Measurement:
         """Every evaluator's statistics on ``part`` of its items (all of them by default; see
         :mod:`taxcut.evaluation.subset`) and what it cost. A task that reports no items (lm-eval) is measured in
-        full, on the whole data only."""
+        full, on the whole data only. Per-item scores are kept where an evaluator gives them (``measure_items``)."""
         with metered() as meter:
-            reward = None
+            reward = reward_items = None
             if self.reward is not None:
-                reward = self.reward.measure(model, tokenizer, part.items("reward", len(self.reward.records)))
+                reward, reward_items = self.reward.measure_items(model, tokenizer,
+                                                                 part.items("reward", len(self.reward.records)))
             tasks: dict[str, dict[str, Statistic]] = {}
+            task_items: dict[str, ItemScores] = {}
             for task in self.tasks:
-                if hasattr(task, "measure"):
+                if hasattr(task, "measure_items"):
+                    tasks[task.name], task_items[task.name] = task.measure_items(
+                        model, tokenizer, part.items(f"task:{task.name}", len(task.records)))
+                elif hasattr(task, "measure"):
                     tasks[task.name] = task.measure(model, tokenizer, part.items(f"task:{task.name}",
                                                                                  len(task.records)))
                 elif part.full:
@@ -62,7 +68,8 @@ class EvaluationSuite:
                                       "data; use 'fidelity: full'")
                 _check_scores(task, {metric: stat.value for metric, stat in tasks[task.name].items()})
         return Measurement(reward, tasks, {task.name: task.primary_metric for task in self.tasks},
-                           {task.name: task.higher_is_better for task in self.tasks}, meter.cost())
+                           {task.name: task.higher_is_better for task in self.tasks}, meter.cost(),
+                           PerItem(reward_items, task_items) or None)
 
     def fingerprint(self) -> str:
         """What results depend on in the evaluation: its settings, the *contents* of its data files, the reward

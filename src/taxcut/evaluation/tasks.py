@@ -22,7 +22,9 @@ context plus choice, a perplexity text (a cut text would be scored as something 
 the encoding the evaluation makes anyway, before the model runs.
 
 Each task's ``measure`` gives its metrics as statistics over any subset of its records, with their standard errors
-(:mod:`taxcut.evaluation.stats`); ``evaluate`` is their values on all of them.
+(:mod:`taxcut.evaluation.stats`); ``evaluate`` is their values on all of them. A task whose metrics are means of
+item scores (multiple choice, generation) also has ``measure_items``: the statistics and its primary metric's score
+of each record, keyed by the record's index (:class:`taxcut.evaluation.paired.ItemScores`), for paired comparisons.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from taxcut.evaluation.data import prompt_problem, read_jsonl
 from taxcut.evaluation.generation import GenerationSettings, generate, render_prompt
 from taxcut.evaluation.loglik import encode_pair, score_continuations
 from taxcut.evaluation.metrics import contains_answer, exact_match, stop_at, token_f1
+from taxcut.evaluation.paired import ItemScores
 from taxcut.evaluation.stats import Mean, Ratio, Statistic, bleu_statistics
 from taxcut.spec.evaluation import metric_problem
 
@@ -74,6 +77,11 @@ class MultipleChoiceTask:
 
     def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
         """``acc`` and ``acc_norm`` over the records ``items`` (default: all), as shares of right answers."""
+        return self.measure_items(model, tokenizer, items)[0]
+
+    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
+                      ) -> tuple[dict[str, Statistic], ItemScores]:
+        """:meth:`measure`, and the primary metric's score (right: 1, wrong: 0) of each record."""
         numbers, records = _chosen(self.records, items)
         answers = [self.answers[n - 1] for n in numbers]
         contexts, chats = _render(self.path, records, tokenizer, _CONTEXT_FIELDS, numbers)
@@ -94,7 +102,8 @@ class MultipleChoiceTask:
             lengths = [max(1, len((prefix + str(c)).encode())) for c in record["choices"]]
             correct.append(float(_argmax([s.logprob for s in mine]) == answers[index]))
             correct_norm.append(float(_argmax([s.logprob / n for s, n in zip(mine, lengths)]) == answers[index]))
-        return {"acc": Mean.of(correct, binary=True), "acc_norm": Mean.of(correct_norm, binary=True)}
+        stats = {"acc": Mean.of(correct, binary=True), "acc_norm": Mean.of(correct_norm, binary=True)}
+        return stats, _primary_items(self, numbers, {"acc": correct, "acc_norm": correct_norm})
 
 
 @dataclass
@@ -120,16 +129,20 @@ class GenerationTask:
 
     def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
         """``exact_match``, ``f1`` and ``contains`` over the records ``items`` (default: all)."""
+        return self.measure_items(model, tokenizer, items)[0]
+
+    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
+                      ) -> tuple[dict[str, Statistic], ItemScores]:
+        """:meth:`measure`, and the primary metric's score of each record."""
         numbers, records = _chosen(self.records, items)
         predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
                               self.stop, numbers)
         golds = [_as_list(r.get("answers", r.get("answer"))) for r in records]
         pairs = list(zip(predictions, golds))
-        return {
-            "exact_match": Mean.of([exact_match(p, g) for p, g in pairs], binary=True),
-            "f1": Mean.of([token_f1(p, g) for p, g in pairs]),
-            "contains": Mean.of([contains_answer(p, g) for p, g in pairs], binary=True),
-        }
+        scores = {"exact_match": [exact_match(p, g) for p, g in pairs], "f1": [token_f1(p, g) for p, g in pairs],
+                  "contains": [contains_answer(p, g) for p, g in pairs]}
+        stats = {metric: Mean.of(values, binary=metric != "f1") for metric, values in scores.items()}
+        return stats, _primary_items(self, numbers, scores)
 
 
 @dataclass
@@ -193,6 +206,11 @@ def _chosen(records: list[dict], items: Sequence[int] | None) -> tuple[list[int]
     """The records ``items`` (indices; default: all) and their numbers (1-based)."""
     indices = range(len(records)) if items is None else items
     return [i + 1 for i in indices], [records[i] for i in indices]
+
+
+def _primary_items(task, numbers: Sequence[int], scores: dict[str, list[float]]) -> ItemScores:
+    """The primary metric's score of each record, keyed by its index (its number - 1)."""
+    return ItemScores.of([number - 1 for number in numbers], scores[task.primary_metric])
 
 
 def _values(stats: dict[str, Statistic]) -> dict[str, float]:

@@ -35,9 +35,11 @@ def hma_candidates(spec: SweepSpec, *, log=print, executor: Executor | None = No
             planned.append((alpha, settings, len(searched),
                             folder / f"hma-a{alpha:g}-eps{eps:g}-{_inputs_key(spec, settings)}.yaml"))
     missing = [(path, settings) for _, settings, _, path in planned if not path.is_file()]
-    for (path, _), result in (executor or LocalExecutor()).map(HmaFit(spec.sft, spec.aligned, grid.data, log),
-                                                                 missing):
-        write_ratios(path, ratios_spec(result, result.settings, spec.sft, spec.aligned, grid.data))
+    allow = spec.allow_tokenizer_mismatch
+    fit = HmaFit(spec.sft, spec.aligned, grid.data, log, allow_tokenizer_mismatch=allow)
+    for (path, _), result in (executor or LocalExecutor()).map(fit, missing):
+        write_ratios(path, ratios_spec(result, result.settings, spec.sft, spec.aligned, grid.data,
+                                       allow_tokenizer_mismatch=allow))
     candidates: dict[str, Candidate] = {}
     for alpha, settings, searched, path in planned:
         eps = bounded_eps(alpha, settings.blocks, settings.eps, settings.normalize)
@@ -57,10 +59,12 @@ class HmaFit:
     aligned: Path
     data: Path
     log: object = print
+    allow_tokenizer_mismatch: bool = False  # the sweep's allowance (a fit refuses a mismatched pair without it)
 
     def setup(self):
         def fit(item: tuple[Path, FitSettings]) -> FitResult:
-            return fit_ratios(self.sft, self.aligned, self.data, item[1], log=self.log)
+            return fit_ratios(self.sft, self.aligned, self.data, item[1], log=self.log,
+                              allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
 
         return fit
 

@@ -149,10 +149,14 @@ class Candidate(RatioFields):
         """The mean ratio of the decoder layers; None for a model evaluated as it is."""
         return None if self.model is not None else super().mean_alpha
 
-    def merge_spec(self, sft: Path, aligned: Path, out: Path | None = None, extrapolate: bool = False) -> MergeSpec:
+    def merge_spec(self, sft: Path, aligned: Path, out: Path | None = None, extrapolate: bool = False, *,
+                   allow_tokenizer_mismatch: bool = False) -> MergeSpec:
+        """The merge of this candidate; ``allow_tokenizer_mismatch`` as the sweep allows it (the weights are the
+        same either way: it only lets the plan accept models whose tokenizers differ)."""
         if self.model is not None:
             raise TaxcutError(f"candidate {self.label} is the model folder {self.model} itself; there is nothing to merge")
-        return MergeSpec(sft=sft, aligned=aligned, out=out, extrapolate=extrapolate, **self.ratio_fields())
+        return MergeSpec(sft=sft, aligned=aligned, out=out, extrapolate=extrapolate,
+                         allow_tokenizer_mismatch=allow_tokenizer_mismatch, **self.ratio_fields())
 
 
 def expand_grid(grid: CandidateGrid) -> list[Candidate]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
 from taxcut.spec.candidates import CandidateGrid, expand_grid
@@ -54,11 +54,21 @@ class SweepSpec(BaseModel):
     # how results record the models they were measured on: sampled content hashes, or (full) the weight files'
     # whole-file SHA-256 too, read once at the sweep's start, so that `taxcut export --verify full` can check them
     input_hashes: Literal["sample", "full"] = "sample"
+    # plan and merge the candidates although the two models' tokenizer files give the same text other ids (as
+    # `merge --allow-tokenizer-mismatch`); results record it, so that `taxcut export` merges with the same allowance
+    allow_tokenizer_mismatch: bool = False
     _source: Path | None = PrivateAttr(None)  # the spec file it was read from: never a destination
 
     @property
     def source(self) -> Path | None:
         return self._source
+
+    @field_validator("allow_tokenizer_mismatch", mode="before")
+    @classmethod
+    def _strict_flag(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError("expected true or false")
+        return value
 
     @model_validator(mode="after")
     def _candidates_are_valid_merges(self) -> SweepSpec:
@@ -68,7 +78,8 @@ class SweepSpec(BaseModel):
             if candidate.model is not None:
                 continue
             try:
-                candidate.merge_spec(self.sft, self.aligned, extrapolate=self.extrapolate)
+                candidate.merge_spec(self.sft, self.aligned, extrapolate=self.extrapolate,
+                                     allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
             except ValidationError as exc:
                 raise ValueError(f"candidate {candidate.label}: {describe_validation_error(exc)}") from None
         return self

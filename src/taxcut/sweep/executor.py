@@ -53,7 +53,8 @@ class CandidateEvaluation:
         device = pick_device(spec.device)
         suite = self.suite or EvaluationSuite.from_spec(spec.evaluation, device=device)
         resident = ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype,
-                                 extrapolate=spec.extrapolate, sources=spec.executor.sources)
+                                 extrapolate=spec.extrapolate, sources=spec.executor.sources,
+                                 allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch)
 
         def evaluate(item: tuple[Candidate, DataPart]):
             candidate, part = item

@@ -3,10 +3,15 @@
 Pure functions on measured points (reward up, tax down is better); nothing here reads a model or a file.
 
 **The tax's error.** The tax is the mean over the T tasks of each task's drop from the SFT model, so its standard
-error is ``sqrt(sum_t se_t^2) / T`` over the candidate's own primary scores. The SFT model's scores are common to
-every candidate of a sweep: their noise moves every tax together and changes no comparison between candidates, so
-it is left out. A score without a standard error (a result written before they were recorded, an lm-eval score)
-counts as exact; one with an infinite error (a mean of one item) is never beaten beyond the noise.
+error is ``sqrt(sum_t se_t^2) / T``. Where both the candidate and the SFT model kept the task's per-item scores,
+``se_t`` is paired (:func:`paired_tax_stderr`): the standard error of the per-item difference on the items both
+saw (:func:`taxcut.evaluation.paired.paired_difference`). That is the error of the drop itself, the SFT model's
+noise included, correctly: the items' common difficulty cancels, so it is usually far below either model's own
+error, and the SFT row's is 0. A task without per-item scores on both sides (corpus BLEU, a per-token NLL, lm-eval,
+a result written before they were kept) keeps the unpaired rule: the candidate's own error alone, the SFT model's
+left out (its noise moves every tax together and changes no comparison between candidates). A score without a
+standard error (a result written before they were recorded, an lm-eval score) counts as exact; one with an
+infinite error (a mean of one item) is never beaten beyond the noise.
 
 **Dominance beyond the noise.** Candidate ``j`` dominates ``i`` beyond the noise at level ``alpha`` when a
 one-sided z-test finds ``j`` better on *each* axis:
@@ -26,6 +31,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+
+from taxcut.evaluation.paired import ItemScores, paired_difference
 
 NOISE_LEVEL = 0.05  # the one-sided level of the noise-aware front and of halving's drops
 
@@ -51,6 +58,20 @@ def tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str]) -> float:
     if not names:
         return 0.0
     return math.sqrt(sum(_known(stderrs.get(name)) ** 2 for name in names)) / len(names)
+
+
+def paired_tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str], items: Mapping[str, ItemScores],
+                      baseline_items: Mapping[str, ItemScores]) -> float:
+    """:func:`tax_stderr` with each task's error paired where both sides kept its per-item scores (``items``,
+    ``baseline_items``) and share items; other tasks keep their own error from ``stderrs``."""
+    names = list(tasks)
+    errors = dict(stderrs)
+    for name in names:
+        if name in items and name in baseline_items:
+            _, error, common = paired_difference(items[name], baseline_items[name])
+            if common:
+                errors[name] = error
+    return tax_stderr(errors, names)
 
 
 def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LEVEL) -> bool:

@@ -30,8 +30,9 @@ class ResidentModel:
     """The SFT model loaded once; :meth:`apply` turns it into any candidate in about one pass over the weights."""
 
     def __init__(self, sft: Path, aligned: Path, *, device: torch.device | str = "cpu", dtype: str | None = None,
-                 extrapolate: bool = False, sources: str = "device"):
+                 extrapolate: bool = False, sources: str = "device", allow_tokenizer_mismatch: bool = False):
         self.sft_folder, self.aligned_folder, self.extrapolate = model_path(sft), model_path(aligned), extrapolate
+        self.allow_tokenizer_mismatch = allow_tokenizer_mismatch  # as the sweep allows it (same weights either way)
         self.device = device
         self.model = load_causal_lm(sft, device=device, dtype=dtype)  # the live parameters, in the sweep's dtype
         self.sources = torch.device("cpu") if sources == "host" else self.model.device  # where theta_sft/_aligned live
@@ -78,7 +79,8 @@ class ResidentModel:
 
     def ratios(self, candidate: Candidate) -> dict[str, float]:
         """The ratio of every parameter, resolved by the merge plan on the checkpoints' tensor names."""
-        spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, extrapolate=self.extrapolate)
+        spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, extrapolate=self.extrapolate,
+                                    allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
         with build_plan(spec) as plan:
             by_stored_name = {t.name: plan.ratio_of(t.name) for t in plan.tensors}
             fused = [name for name in self.parameters if self.stored_name[name] not in by_stored_name]

@@ -10,7 +10,7 @@ read or written through a symbolic link.
 A line holds the candidate (``candidate_id``, ``label``, ``kind`` and its ratio fields under ``candidate``), what
 it was measured against (``context``, ``sft``, ``aligned``, ``extrapolate``, ``dtype``), the evaluation's fields
 at top level (``reward``, ``tasks``, ``primary``, ``directions``, ``seconds``, ``stderr``, ``primary_stderr``,
-``cost``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and for a
+``cost``, ``items``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and for a
 stage of successive halving ``share``: the share of the evaluation data it saw (no ``share``: all of it). A stage has
 a context of its own (:func:`taxcut.sweep.halving.stage_context`), so that only full-data results count as a
 candidate's result, and keeps its item statistics under ``stats`` for the next stage to add items to.
@@ -33,7 +33,8 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.spec.candidates import Candidate
 
-_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds", "stderr", "primary_stderr", "cost")
+_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds", "stderr", "primary_stderr", "cost",
+                    "items")
 _CANDIDATE_KEYS = ("label", "kind")
 
 
@@ -55,6 +56,7 @@ class ResultRecord:
     inputs: dict[str, Any] | None = None  # the models' weights_identity when measured (export checks it)
     share: float = 1.0  # the share of the evaluation data it saw (successive halving's stages; 1: all of it)
     stats: dict[str, Any] | None = None  # a stage's item statistics (Measurement.to_json), grown by the next stage
+    allow_tokenizer_mismatch: bool = False  # the sweep allowed models whose tokenizers differ (export does too)
 
     @property
     def label(self) -> str:
@@ -75,6 +77,7 @@ class ResultRecord:
             **evaluation, "finished": self.finished, "taxcut_version": self.taxcut_version,
             **({"inputs": self.inputs} if self.inputs is not None else {}),
             **({"share": self.share, "stats": self.stats} if self.share < 1.0 else {}),
+            **({"allow_tokenizer_mismatch": True} if self.allow_tokenizer_mismatch else {}),
         }
 
     @classmethod

@@ -31,7 +31,7 @@ from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.pareto import parse_selection, pareto_front, select, tax
 from taxcut.sweep.cost import CostAccount
 from taxcut.sweep.executor import CandidateBatches, CandidateEvaluation
-from taxcut.sweep.noise import NoisyPoint, noise_aware_front, tax_stderr
+from taxcut.sweep.noise import NoisyPoint, noise_aware_front, paired_tax_stderr
 from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.search import search_candidates
@@ -104,7 +104,8 @@ def _sweep(spec: SweepSpec, suite: EvaluationSuite, progress: bool | None, execu
     def check_plans(candidates: list[Candidate]) -> None:
         for candidate in candidates:  # every plan from the headers first: a bad candidate fails before any work
             if candidate.model is None:
-                build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate)).close()
+                build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate,
+                                                allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch)).close()
 
     book = strategy = None
     if uses_strategy(spec):  # the adaptive grid and/or successive halving (taxcut.sweep.strategy)
@@ -271,10 +272,18 @@ def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | Non
         id=candidate.id, label=candidate.label, kind=candidate.kind, mean_alpha=mean_alpha,
         reward=reward.reward if reward else math.nan, reward_stderr=reward.reward_stderr if reward else math.nan,
         tax=tax(result.primary, baseline.primary, result.directions), primary=result.primary, scores=result.tasks,
-        tax_stderr=(tax_stderr(result.primary_stderr, [t for t in result.primary if t in baseline.primary])
-                    if result.primary_stderr is not None else math.nan),
-        primary_stderr=result.primary_stderr or {},
+        tax_stderr=_tax_error(result, baseline), primary_stderr=result.primary_stderr or {},
     )
+
+
+def _tax_error(result: EvaluationResult, baseline: EvaluationResult) -> float:
+    """The tax's standard error, paired with the SFT model's per-item scores where both kept them
+    (:func:`taxcut.sweep.noise.paired_tax_stderr`); NaN for a result that recorded no errors."""
+    if result.primary_stderr is None:
+        return math.nan
+    return paired_tax_stderr(result.primary_stderr, [t for t in result.primary if t in baseline.primary],
+                             result.items.tasks if result.items else {},
+                             baseline.items.tasks if baseline.items else {})
 
 
 def _record(spec: SweepSpec, candidate: Candidate, result: EvaluationResult, context: str,
@@ -284,7 +293,7 @@ def _record(spec: SweepSpec, candidate: Candidate, result: EvaluationResult, con
         sft=str(as_recorded(spec.sft)), aligned=str(as_recorded(spec.aligned)), context=context,
         extrapolate=spec.extrapolate, dtype=spec.dtype,
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), taxcut_version=__version__,
-        inputs=identity,
+        inputs=identity, allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch,
     )
 
 
@@ -319,12 +328,14 @@ def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: 
     if unchecked:
         print(f"taxcut: warning: {where}: its scores cannot be checked against today's weights ({unchecked}); "
               "exporting it as --force asks", file=sys.stderr)
-    spec = record.candidate.merge_spec(sft, aligned, out=out, extrapolate=record.extrapolate)
+    spec = record.candidate.merge_spec(sft, aligned, out=out, extrapolate=record.extrapolate,
+                                       allow_tokenizer_mismatch=record.allow_tokenizer_mismatch)  # as swept
     if record.dtype:
         spec = spec.model_copy(update={"dtype": record.dtype})
     exported = {"results": str(results.resolve()), "line": number, "candidate": record.candidate_id,
                 "label": record.label, "inputs_verified": not (unchecked or changed),
-                "verified_by": None if unchecked or changed else verify, "forced_despite": unchecked or changed}
+                "verified_by": None if unchecked or changed else verify, "forced_despite": unchecked or changed,
+                **({"allow_tokenizer_mismatch": True} if record.allow_tokenizer_mismatch else {})}
     return merge(spec, overwrite=overwrite, protect=[("results file", results)], provenance={"exported": exported})
 
 
