@@ -233,24 +233,10 @@ def _publish_lock(target: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    while True:
-        handle = _open_plain_lock(path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError as exc:  # a file system without locks: rely on the no-replace rename alone
-            os.close(handle)
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-            yield
-            return
-        held = os.fstat(handle)
-        try:
-            current = os.stat(path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-            break
-        os.close(handle)  # released and unlinked by its holder while this run waited: lock the new one
+    handle = _locked_handle(path, wait=True)
+    if handle is None:  # a file system without locks: rely on the no-replace rename alone
+        yield
+        return
     try:
         yield
     finally:
@@ -505,27 +491,10 @@ def hold_lock(path: Path) -> Iterator[None]:
     if fcntl is None:
         yield
         return
-    while True:
-        handle = _open_plain_lock(path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = _holder(handle) if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
-            os.close(handle)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise LockHeld(holder) from None
-            if exc.errno not in _NO_LOCKS:
-                raise
-            yield
-            return
-        held = os.fstat(handle)
-        try:
-            current = os.lstat(path)
-        except FileNotFoundError:
-            current = None
-        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
-            break
-        os.close(handle)  # unlinked by its last holder between our open and our lock: lock the new one
+    handle = _locked_handle(path, wait=False)
+    if handle is None:
+        yield
+        return
     try:
         os.ftruncate(handle, 0)
         os.write(handle, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
@@ -537,6 +506,34 @@ def hold_lock(path: Path) -> Iterator[None]:
             pass
         finally:
             os.close(handle)
+
+
+
+def _locked_handle(path: Path, *, wait: bool) -> int | None:
+    """An open handle on the plain lock file ``path`` holding its exclusive ``flock``; None where the file system
+    has no locks. ``wait``: block until it is free; else raise :class:`LockHeld` at once, naming its holder. The
+    lock taken is re-checked to be the file still at the path (its last holder unlinks it when done)."""
+    while True:
+        handle = _open_plain_lock(path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            busy = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+            holder = _holder(handle) if busy else None
+            os.close(handle)
+            if busy:
+                raise LockHeld(holder) from None
+            if exc.errno not in _NO_LOCKS:
+                raise
+            return None
+        held = os.fstat(handle)
+        try:
+            current = os.lstat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return handle
+        os.close(handle)  # unlinked by its holder between our open and our lock: lock the new one
 
 
 def _open_plain_lock(path: Path, flags: int) -> int:
