@@ -16,35 +16,53 @@ infinite error (a mean of one item) is never beaten beyond the noise.
 **Dominance beyond the noise.** Candidate ``j`` dominates ``i`` beyond the noise at level ``alpha`` when a
 one-sided z-test finds ``j`` better on *each* axis:
 
-    reward_j - reward_i >= z * sqrt(se_r(i)^2 + se_r(j)^2)   and   tax_i - tax_j >= z * sqrt(se_t(i)^2 + se_t(j)^2)
+    reward_j - reward_i >= z * se(reward_j - reward_i)   and   tax_i - tax_j >= z * se(tax_i - tax_j)
 
 with ``z`` the standard normal's ``1 - alpha`` quantile (1.645 at the default ``alpha = 0.05``), and the two points
 not equal. Both tests must reject, so by the intersection-union principle the combined test has level ``alpha``.
 A candidate is **on the front within the noise** when no candidate dominates it beyond the noise: these are the
-candidates the data cannot rule out, a superset of the strict front. Errors are taken as independent: candidates
-measured on the same items are positively correlated, which only makes the test conservative.
+candidates the data cannot rule out, a superset of the strict front.
+
+The error of a difference is **paired** where both points carry per-item scores (:attr:`NoisyPoint.items`) for
+the axis on exactly the same items: the paired z test on the per-item differences
+(:func:`taxcut.evaluation.paired.paired_difference`), which the items' common difficulty (and, with per-item
+sampling streams, their common random numbers) no longer inflates. For the reward, the standard error of the
+per-item reward differences. For the tax, both taxed against the same SFT scores (:attr:`NoisyPoint.baseline`,
+equal on both sides) over the same tasks: the SFT model cancels, so ``tax_i - tax_j`` is the mean over the T tasks
+of the difference of the two candidates' task scores (its sign set by each task's direction, which leaves the error
+alone), with error ``sqrt(sum_t se_t^2) / T``, ``se_t`` the paired error of task ``t``'s per-item score differences
+-- every counted task must have them, else the whole axis falls back. **The fallback** (a point without per-item
+scores, other items, another baseline): ``sqrt(se_i^2 + se_j^2)``, the errors taken as independent; candidates
+measured on the same items are positively correlated, so this only makes the test conservative. The paired
+test's level is ``alpha`` as the normal approximation holds (about 30 items up); on a single common item the error
+is infinite and nothing is beaten.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
-from taxcut.evaluation.paired import ItemScores, paired_difference
+from taxcut.evaluation.paired import ItemScores, PerItem, paired_difference
 
 NOISE_LEVEL = 0.05  # the one-sided level of the noise-aware front and of halving's drops
 
 
 @dataclass(frozen=True)
 class NoisyPoint:
-    """A measured candidate: reward (higher is better) and tax (lower is better), each with its standard error."""
+    """A measured candidate: reward (higher is better) and tax (lower is better), each with its standard error;
+    optionally its per-item scores, the SFT model's its tax was measured against, and the ``tasks`` the tax counts,
+    so that comparisons pair on the items (the module's rule). They take no part in equality."""
 
     reward: float
     tax: float
     reward_stderr: float = 0.0
     tax_stderr: float = 0.0
+    items: PerItem | None = field(default=None, compare=False, repr=False)
+    baseline: PerItem | None = field(default=None, compare=False, repr=False)
+    tasks: tuple[str, ...] = field(default=(), compare=False)
 
 
 def z_value(level: float = NOISE_LEVEL) -> float:
@@ -81,9 +99,39 @@ def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LE
     if (j.reward, j.tax) == (i.reward, i.tax):
         return False
     z = z_value(level)
-    reward_noise = z * math.hypot(_known(i.reward_stderr), _known(j.reward_stderr))
-    tax_noise = z * math.hypot(_known(i.tax_stderr), _known(j.tax_stderr))
-    return j.reward - i.reward >= reward_noise and i.tax - j.tax >= tax_noise
+    reward_error = _paired_reward_error(j, i)
+    if reward_error is None:
+        reward_error = math.hypot(_known(i.reward_stderr), _known(j.reward_stderr))
+    tax_error = _paired_tax_error(j, i)
+    if tax_error is None:
+        tax_error = math.hypot(_known(i.tax_stderr), _known(j.tax_stderr))
+    return j.reward - i.reward >= z * reward_error and i.tax - j.tax >= z * tax_error
+
+
+def _paired_error(a: ItemScores | None, b: ItemScores | None) -> float | None:
+    """The paired standard error of ``a - b`` where both scored the same items (one item: infinite), else None."""
+    if a is None or b is None or a.items != b.items or not a.items:
+        return None
+    return paired_difference(a, b)[1]
+
+
+def _paired_reward_error(j: NoisyPoint, i: NoisyPoint) -> float | None:
+    """The standard error of ``reward_j - reward_i`` paired on their items; None: the fallback rule applies."""
+    if j.items is None or i.items is None:
+        return None
+    return _paired_error(j.items.reward, i.items.reward)
+
+
+def _paired_tax_error(j: NoisyPoint, i: NoisyPoint) -> float | None:
+    """The standard error of ``tax_i - tax_j`` paired on every counted task's items (the SFT model cancels, so
+    both must be taxed against the same one); None: the fallback rule applies."""
+    if (j.items is None or i.items is None or j.baseline is None or not j.tasks or j.tasks != i.tasks
+            or j.baseline != i.baseline):
+        return None
+    errors = [_paired_error(j.items.tasks.get(name), i.items.tasks.get(name)) for name in j.tasks]
+    if any(error is None for error in errors):
+        return None
+    return math.sqrt(sum(error ** 2 for error in errors)) / len(errors)
 
 
 def noise_aware_front(points: Sequence[NoisyPoint], level: float = NOISE_LEVEL) -> list[bool]:

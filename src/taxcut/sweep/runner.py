@@ -224,7 +224,7 @@ def summarize(records: list[ResultRecord], context: str, candidates: list[Candid
             for candidate in candidates if candidate.id in latest]
     for row, on_front in zip(rows, pareto_front([(r.reward, r.tax) for r in rows])):
         row.pareto = on_front
-    points = [NoisyPoint(r.reward, r.tax, r.reward_stderr, r.tax_stderr) for r in rows]
+    points = [_noisy_point(r, latest[r.id].result, baseline.result) for r in rows]
     for row, on_front in zip(rows, noise_aware_front(points)):  # the front with error bars (taxcut.sweep.noise)
         row.pareto_within_noise = on_front
     out.mkdir(parents=True, exist_ok=True)
@@ -274,6 +274,12 @@ def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | Non
         tax=tax(result.primary, baseline.primary, result.directions), primary=result.primary, scores=result.tasks,
         tax_stderr=_tax_error(result, baseline), primary_stderr=result.primary_stderr or {},
     )
+
+
+def _noisy_point(row: SweepRow, result: EvaluationResult, baseline: EvaluationResult) -> NoisyPoint:
+    """A row's point with the per-item scores that pair its comparisons (:mod:`taxcut.sweep.noise`)."""
+    return NoisyPoint(row.reward, row.tax, row.reward_stderr, row.tax_stderr, items=result.items,
+                      baseline=baseline.items, tasks=tuple(t for t in result.primary if t in baseline.primary))
 
 
 def _tax_error(result: EvaluationResult, baseline: EvaluationResult) -> float:
