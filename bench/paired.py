@@ -1,4 +1,4 @@
-"""Paired against unpaired standard errors of neighbouring candidates' differences (PERFORMANCE.md target 8).
+"""Paired against unpaired standard errors of neighbouring candidates' differences.
 
 Candidates of a sweep answer the same prompts and questions and, with per-item sampling streams
 (:mod:`taxcut.evaluation.item_sampling`), draw the same random numbers for the same (prompt, sample) item, so the
@@ -16,7 +16,7 @@ pair (a, a + 0.1), a = 0.0 .. 0.9, reads the per-item scores each result kept (`
   ``se_t = sqrt(se_a,t^2 + se_b,t^2)`` from each candidate's recorded primary error;
 - per axis, the median over the pairs of paired / unpaired (pairs whose unpaired error is 0 are left out).
 
-Target (PERFORMANCE.md, 8. paired comparisons): paired <= 0.5x unpaired, for reward and for tax.
+Target: paired <= 0.5x unpaired, for reward and for tax.
 
     .venv/bin/python bench/paired.py                    # lab seed 0 (built and cached first)
     .venv/bin/python bench/paired.py --seeds 0 1 2
