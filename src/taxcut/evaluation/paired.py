@@ -122,6 +122,29 @@ def paired_difference(a: ItemScores, b: ItemScores) -> tuple[float, float, int]:
     return mean, math.sqrt(variance / n), n
 
 
+def cautious_paired_error(a: ItemScores, b: ItemScores) -> float:
+    """The paired standard error of ``a - b`` that a decision on few items uses (halving's early stages): the
+    per-item differences plus one pseudo-difference each way, as large as the largest difference seen (when the
+    two agree on every item: the scores' range, or 1 when every score is equal), so that two models agreeing on
+    every item seen so far, or apart on three yes/no items out of forty, are not read as surely equal or surely
+    apart -- the paired counterpart of Laplace's rule
+    (:func:`taxcut.evaluation.stats.cautious_stderr`); it tends to the paired error as the items grow. Fewer
+    than two common items: infinite; none: NaN."""
+    theirs = b.as_dict()
+    pairs = [(value, theirs[key]) for key, value in zip(a.items, a.values) if key in theirs]
+    if not pairs:
+        return math.nan
+    if len(pairs) < 2:
+        return math.inf
+    differences = [x - y for x, y in pairs]
+    pooled = [v for pair in pairs for v in pair]
+    spread = max(abs(d) for d in differences) or (max(pooled) - min(pooled)) or 1.0
+    differences += [spread, -spread]
+    n = len(differences)
+    mean = sum(differences) / n
+    return math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1) / n)
+
+
 def mcnemar_p(a: ItemScores, b: ItemScores) -> float:
     """McNemar's exact two-sided p-value for yes/no (0/1) scores on the items both saw: with ``k`` items only ``a``
     got right and ``m`` only ``b`` did, ``min(1, 2 P(X <= min(k, m)))`` for ``X ~ Binomial(k + m, 1/2)``; 1 when

@@ -4,8 +4,11 @@ Every candidate is first measured on a seeded share of the items (``start``, 1/8
 evaluator's seeded order, :mod:`taxcut.evaluation.subset`). At each stage, a candidate that another candidate (or a
 fully evaluated one) dominates beyond the noise (:func:`taxcut.sweep.noise.dominates_beyond_noise`, one-sided on
 each axis at ``level``, with the cautious errors of few items: :func:`taxcut.evaluation.stats.cautious_stderr`) is
-dropped; the survivors' share grows by ``factor`` -- by measuring only the items they
-have not seen yet and merging them in, so a survivor costs one full evaluation in all -- up to the whole data.
+dropped (two candidates measured on the same items are compared by their per-item differences, the paired test of
+:mod:`taxcut.sweep.noise`, with one pseudo-difference each way for few items:
+:func:`taxcut.evaluation.paired.cautious_paired_error`); the survivors' share grows by ``factor`` -- by measuring
+only the items they have not seen yet and merging them in, so a survivor costs one full evaluation in all -- up to
+the whole data.
 The SFT model, the tax's baseline, is never dropped, and at each stage the tax is measured against it on the same
 items; nor is the aligned model (the sweep keeps it): the two models the user brought frame the front. Whatever
 survives the last stage is on the front within the noise and has been measured in full.
@@ -39,7 +42,8 @@ from taxcut.evaluation.result import EvaluationResult
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.subset import DataPart, share_count
 from taxcut.spec.candidates import Candidate
-from taxcut.sweep.noise import NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, hypervolume, tax_stderr, z_value
+from taxcut.sweep.noise import (NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, hypervolume, paired_reward_error,
+                                paired_tax_error, paired_tax_stderr, z_value)
 from taxcut.sweep.pareto import tax
 
 NEGLIGIBLE_GAIN = 0.01  # halving's default tolerance: a best case under 1% of the front's hypervolume is dropped
@@ -121,15 +125,20 @@ def stage_context(context: str, share: float, seed: int) -> str:
     return hashlib.sha256(f"{context}:share={share:g}:seed={seed}".encode()).hexdigest()[:16]
 
 
-def noisy_point(result: EvaluationResult, baseline: EvaluationResult) -> NoisyPoint:
-    """A result's reward and tax (against ``baseline``) with their standard errors (see :mod:`taxcut.sweep.noise`)."""
+def noisy_point(result: EvaluationResult, baseline: EvaluationResult, *, cautious: bool = False) -> NoisyPoint:
+    """A result's reward and tax (against ``baseline``) with their standard errors, the tax's paired with the
+    baseline's per-item scores, and the per-item scores that pair comparisons (see :mod:`taxcut.sweep.noise`).
+    ``cautious``: ``result`` is a stage's (few items), its errors the cautious ones."""
     reward = result.reward
-    counted = [name for name in result.primary if name in baseline.primary]
+    counted = tuple(name for name in result.primary if name in baseline.primary)
     return NoisyPoint(
         reward=reward.reward if reward else float("nan"),
         tax=tax(result.primary, baseline.primary, result.directions),
         reward_stderr=reward.reward_stderr if reward else 0.0,
-        tax_stderr=tax_stderr(result.primary_stderr or {}, counted),
+        tax_stderr=paired_tax_stderr(result.primary_stderr or {}, counted,
+                                     result.items.tasks if result.items else {},
+                                     baseline.items.tasks if baseline.items else {}, cautious=cautious),
+        items=result.items, baseline=baseline.items, tasks=counted,
     )
 
 
@@ -165,17 +174,18 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
     for share in settings.shares()[:-1]:
         staged = _measure_stage([*survivors, baseline], share, evaluate, book, settings.seed, settings.sizes)
         base = staged[baseline.id].result(cautious=True)
-        points = {c.id: noisy_point(staged[c.id].result(cautious=True), base) for c in survivors}
+        points = {c.id: noisy_point(staged[c.id].result(cautious=True), base, cautious=True) for c in survivors}
         outcome.points.update(points)
-        rivals = {**points, baseline.id: noisy_point(base, base)}
+        rivals = {**points, baseline.id: noisy_point(base, base, cautious=True)}
         for candidate in finished:  # measured in full by an earlier run: its stage, as then
             if share in book.shares(candidate.id):
-                rivals[candidate.id] = noisy_point(book.stage(candidate.id, share).result(cautious=True), base)
+                rivals[candidate.id] = noisy_point(book.stage(candidate.id, share).result(cautious=True), base,
+                                                   cautious=True)
         kept = []
         for candidate in survivors:
             others = [p for cid, p in rivals.items() if cid != candidate.id] + champions
-            if candidate.id not in protected and any(dominates_beyond_noise(r, points[candidate.id], settings.level)
-                                                     for r in others):
+            if candidate.id not in protected and any(
+                    dominates_beyond_noise(r, points[candidate.id], settings.level, cautious=True) for r in others):
                 outcome.dropped[candidate.id] = share
             else:
                 kept.append(candidate)
@@ -191,21 +201,40 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
     return outcome
 
 
-def best_case_gain(point: NoisyPoint, others: Sequence[NoisyPoint], level: float = NOISE_LEVEL) -> float:
+def best_case_gain(point: NoisyPoint, others: Sequence[NoisyPoint], level: float = NOISE_LEVEL, *,
+                   cautious: bool = False) -> float:
     """The share of the front's hypervolume that ``point`` adds at best: its corner ``(reward + z se_r, tax -
     z se_t)`` added to ``others`` (as measured), over the hypervolume of ``others`` with that corner, both from the
-    nadir of ``others`` and ``point``. An infinite error gives 1 (anything is possible); no front to compare gives 1."""
+    nadir of ``others`` and ``point``. An infinite error gives 1 (anything is possible); no front to compare gives 1.
+
+    A rival measured on the same items (:mod:`taxcut.sweep.noise`'s pairing) is set against the corner by the
+    error of its *difference* to ``point`` instead: moved by ``z (se_own - se_paired)`` on each axis that pairs,
+    so that what separates the two is the paired error, not ``point``'s own (``cautious``: the few-items paired
+    error, :func:`taxcut.evaluation.paired.cautious_paired_error`)."""
     z = z_value(level)
     corner = (point.reward + z * point.reward_stderr, point.tax - z * point.tax_stderr)
     if not all(math.isfinite(v) for v in corner):
         return 1.0
-    front = [(p.reward, p.tax) for p in others if math.isfinite(p.reward) and math.isfinite(p.tax)]
-    everything = [*front, (point.reward, point.tax)]
+    measured = [p for p in others if math.isfinite(p.reward) and math.isfinite(p.tax)]
+    everything = [*((p.reward, p.tax) for p in measured), (point.reward, point.tax)]
+    front = [(r, t) for r, t in (_as_paired(p, point, z, cautious) for p in measured)
+             if math.isfinite(r) and math.isfinite(t)]
     reference = (min(r for r, _ in everything), max(t for _, t in everything))
     whole = hypervolume([*front, corner], reference)
     if whole <= 0.0:
         return 1.0
     return (whole - hypervolume(front, reference)) / whole
+
+
+def _as_paired(rival: NoisyPoint, point: NoisyPoint, z: float, cautious: bool) -> tuple[float, float]:
+    """``rival``'s (reward, tax) as :func:`best_case_gain` sets it against ``point``'s corner: moved on each axis
+    where the two pair by ``z`` times (``point``'s own error - the paired error of their difference); an infinite
+    paired error moves it out of the way."""
+    reward_error = paired_reward_error(rival, point, cautious)
+    tax_error = paired_tax_error(rival, point, cautious)
+    reward = rival.reward if reward_error is None else rival.reward + z * (point.reward_stderr - reward_error)
+    taxed = rival.tax if tax_error is None else rival.tax - z * (point.tax_stderr - tax_error)
+    return reward, taxed
 
 
 def _drop_negligible(survivors: list[Candidate], protected: Collection[str], rivals: dict[str, NoisyPoint],
@@ -221,7 +250,7 @@ def _drop_negligible(survivors: list[Candidate], protected: Collection[str], riv
             if candidate.id in protected:
                 continue
             others = [p for cid, p in standing.items() if cid != candidate.id] + list(champions)
-            gains[candidate.id] = best_case_gain(standing[candidate.id], others, settings.level)
+            gains[candidate.id] = best_case_gain(standing[candidate.id], others, settings.level, cautious=True)
         if not gains:
             return survivors
         weakest = min(gains, key=lambda cid: (gains[cid], cid))

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
 
-from taxcut.evaluation.paired import ItemScores, PerItem, paired_difference
+from taxcut.evaluation.paired import ItemScores, PerItem, cautious_paired_error, paired_difference
 
 NOISE_LEVEL = 0.05  # the one-sided level of the noise-aware front and of halving's drops
 
@@ -79,56 +79,62 @@ def tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str]) -> float:
 
 
 def paired_tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str], items: Mapping[str, ItemScores],
-                      baseline_items: Mapping[str, ItemScores]) -> float:
+                      baseline_items: Mapping[str, ItemScores], *, cautious: bool = False) -> float:
     """:func:`tax_stderr` with each task's error paired where both sides kept its per-item scores (``items``,
-    ``baseline_items``) and share items; other tasks keep their own error from ``stderrs``."""
+    ``baseline_items``) and share items; other tasks keep their own error from ``stderrs``. ``cautious``: the
+    error a decision on few items uses (:func:`taxcut.evaluation.paired.cautious_paired_error`)."""
     names = list(tasks)
     errors = dict(stderrs)
     for name in names:
         if name in items and name in baseline_items:
-            _, error, common = paired_difference(items[name], baseline_items[name])
-            if common:
+            error = _paired_error(items[name], baseline_items[name], cautious, same_items=False)
+            if error is not None and not math.isnan(error):
                 errors[name] = error
     return tax_stderr(errors, names)
 
 
-def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LEVEL) -> bool:
-    """Whether ``j`` dominates ``i`` beyond the noise (the module's rule: a one-sided test on each axis)."""
+def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LEVEL, *,
+                           cautious: bool = False) -> bool:
+    """Whether ``j`` dominates ``i`` beyond the noise (the module's rule: a one-sided test on each axis).
+    ``cautious``: points measured on few items (halving's stages); paired errors are then
+    :func:`taxcut.evaluation.paired.cautious_paired_error`'s."""
     if not all(math.isfinite(v) for v in (j.reward, j.tax, i.reward, i.tax)):
         return False
     if (j.reward, j.tax) == (i.reward, i.tax):
         return False
     z = z_value(level)
-    reward_error = _paired_reward_error(j, i)
+    reward_error = paired_reward_error(j, i, cautious)
     if reward_error is None:
         reward_error = math.hypot(_known(i.reward_stderr), _known(j.reward_stderr))
-    tax_error = _paired_tax_error(j, i)
+    tax_error = paired_tax_error(j, i, cautious)
     if tax_error is None:
         tax_error = math.hypot(_known(i.tax_stderr), _known(j.tax_stderr))
     return j.reward - i.reward >= z * reward_error and i.tax - j.tax >= z * tax_error
 
 
-def _paired_error(a: ItemScores | None, b: ItemScores | None) -> float | None:
-    """The paired standard error of ``a - b`` where both scored the same items (one item: infinite), else None."""
-    if a is None or b is None or a.items != b.items or not a.items:
+def _paired_error(a: ItemScores | None, b: ItemScores | None, cautious: bool = False, *,
+                  same_items: bool = True) -> float | None:
+    """The paired standard error of ``a - b`` where both scored the same items (``same_items=False``: on the
+    items both saw; one item: infinite), else None; ``cautious``: the few-items error."""
+    if a is None or b is None or not a.items or (same_items and a.items != b.items):
         return None
-    return paired_difference(a, b)[1]
+    return cautious_paired_error(a, b) if cautious else paired_difference(a, b)[1]
 
 
-def _paired_reward_error(j: NoisyPoint, i: NoisyPoint) -> float | None:
+def paired_reward_error(j: NoisyPoint, i: NoisyPoint, cautious: bool = False) -> float | None:
     """The standard error of ``reward_j - reward_i`` paired on their items; None: the fallback rule applies."""
     if j.items is None or i.items is None:
         return None
-    return _paired_error(j.items.reward, i.items.reward)
+    return _paired_error(j.items.reward, i.items.reward, cautious)
 
 
-def _paired_tax_error(j: NoisyPoint, i: NoisyPoint) -> float | None:
+def paired_tax_error(j: NoisyPoint, i: NoisyPoint, cautious: bool = False) -> float | None:
     """The standard error of ``tax_i - tax_j`` paired on every counted task's items (the SFT model cancels, so
     both must be taxed against the same one); None: the fallback rule applies."""
     if (j.items is None or i.items is None or j.baseline is None or not j.tasks or j.tasks != i.tasks
             or j.baseline != i.baseline):
         return None
-    errors = [_paired_error(j.items.tasks.get(name), i.items.tasks.get(name)) for name in j.tasks]
+    errors = [_paired_error(j.items.tasks.get(name), i.items.tasks.get(name), cautious) for name in j.tasks]
     if any(error is None for error in errors):
         return None
     return math.sqrt(sum(error ** 2 for error in errors)) / len(errors)
