@@ -18,8 +18,14 @@ pair (a, a + 0.1), a = 0.0 .. 0.9, reads the per-item scores each result kept (`
 
 Target: paired <= 0.5x unpaired, for reward and for tax.
 
+``--step 0.05`` pairs closer neighbours (a and a + 0.05). ``--results FILE ...`` reads the MA results from sweeps
+already run (e.g. the reference sweeps of ``bench/sweep_cost.py``, whose 21-point grid holds both steps) instead of
+running the grid again: a setting per file, named by its folder.
+
     .venv/bin/python bench/paired.py                    # lab seed 0 (built and cached first)
     .venv/bin/python bench/paired.py --seeds 0 1 2
+    .venv/bin/python bench/paired.py --real-model bench/.cache/real_model/full/sweep.yaml --seeds
+    .venv/bin/python bench/paired.py --seeds --step 0.05 --results SWEEP_COST_OUT/*/reference/results.jsonl
     .venv/bin/python bench/paired.py --quick            # the quick lab: a smoke run, its figures mean nothing
 """
 
@@ -31,6 +37,8 @@ import statistics
 import tempfile
 from pathlib import Path
 
+import yaml
+
 from taxcut.evaluation.paired import ItemScores, paired_difference
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.lab.build import LabConfig, build_lab
@@ -39,18 +47,21 @@ from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.results import ResultsStore
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
-GRID = [round(0.1 * i, 1) for i in range(11)]
 TARGET = 0.5
 
 
-def ma_results(spec: SweepSpec) -> dict[float, EvaluationResult]:
-    """The full-data result of MA at each a of :data:`GRID`, by an ordinary sweep of ``spec``'s evaluation."""
+def ma_results(spec: SweepSpec, grid: list[float]) -> dict[float, EvaluationResult]:
+    """The full-data result of MA at each a of ``grid``, by an ordinary sweep of ``spec``'s evaluation."""
     data = spec.model_dump(mode="json", exclude_defaults=True)
-    data["candidates"] = {"grid": GRID}
+    data["candidates"] = {"grid": grid}
     report = run_sweep(SweepSpec.model_validate(data), progress=False)
-    records = [r for r in ResultsStore(report.out / RESULTS_FILE).records()
-               if r.share >= 1.0 and r.kind == "MA"]
-    return {round(r.mean_alpha, 1): r.result for r in records}
+    return results_from_file(report.out / RESULTS_FILE)
+
+
+def results_from_file(path: Path) -> dict[float, EvaluationResult]:
+    """The full-data MA results of a sweep's results file, by a (to 2 decimals)."""
+    return {round(r.mean_alpha, 2): r.result for r in ResultsStore(path).records()
+            if r.share >= 1.0 and r.kind == "MA"}
 
 
 def _ratio(paired: float, unpaired: float) -> float:
@@ -93,15 +104,18 @@ def _combined(errors: list[float]) -> float:
     return math.sqrt(sum(e * e for e in errors)) / len(errors)
 
 
-def report(setting: str, results: dict[float, EvaluationResult]) -> dict[str, list[float]]:
+def report(setting: str, results: dict[float, EvaluationResult], step: float) -> dict[str, list[float]]:
     ratios: dict[str, list[float]] = {"reward": [], "tax": []}
-    for a, b in zip(GRID, GRID[1:]):
+    for a in sorted(results):
+        b = round(a + step, 2)
+        if b not in results:
+            continue
         ra, rb = results[a], results[b]
         dr, pr, ur, n = reward_pair(ra, rb)
         dt, pt, ut, tasks = tax_pair(ra, rb)
         ratios["reward"].append(_ratio(pr, ur))
         ratios["tax"].append(_ratio(pt, ut))
-        print(f"| {setting} | {a:.1f} -> {b:.1f} | {dr:+.4f} | {pr:.4f} | {ur:.4f} | {_ratio(pr, ur):.3f} | {n} | "
+        print(f"| {setting} | {a:.2f} -> {b:.2f} | {dr:+.4f} | {pr:.4f} | {ur:.4f} | {_ratio(pr, ur):.3f} | {n} | "
               f"{100 * dt:+.2f} | {100 * pt:.2f} | {100 * ut:.2f} | {_ratio(pt, ut):.3f} | {tasks} |", flush=True)
     return ratios
 
@@ -116,18 +130,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--quick", action="store_true", help="the quick lab (a smoke run)")
     parser.add_argument("--out", type=Path, help="where the sweeps go (default: a temporary folder)")
+    parser.add_argument("--step", type=float, default=0.1, help="the neighbours' distance in a (0.1 or 0.05)")
+    parser.add_argument("--results", type=Path, nargs="*", default=[], help="results files of sweeps already run")
+    parser.add_argument("--real-model", type=Path, help="the sweep.yaml of bench/real_model.py's fixture")
     args = parser.parse_args()
+    grid = [round(args.step * i, 2) for i in range(round(1 / args.step) + 1)]
     out = args.out or Path(tempfile.mkdtemp(prefix="taxcut-paired-"))
     print("| setting | pair | reward diff | paired se | unpaired se | ratio | items | tax diff (points) | "
           "paired se | unpaired se | ratio | tasks paired |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     ratios: dict[str, list[float]] = {"reward": [], "tax": []}
+    settings = []
     for seed in args.seeds:
         config = LabConfig.quick(seed) if args.quick else LabConfig(seed=seed)
         lab = build_lab(config, log=lambda *_: None)
         setting = f"lab{' quick' if args.quick else ''} seed {seed}"
-        spec = demo_sweep_spec(lab, out / setting.replace(" ", "-"))
-        for axis, values in report(setting, ma_results(spec)).items():
+        settings.append((setting, lambda s=setting, lab=lab: ma_results(
+            demo_sweep_spec(lab, out / s.replace(" ", "-")), grid)))
+    if args.real_model is not None:
+        data = yaml.safe_load(args.real_model.read_text())
+        data.update(candidates={}, out=str(out / "real-model"))
+        settings.append(("real model", lambda: ma_results(SweepSpec.model_validate(data), grid)))
+    for path in args.results:
+        settings.append((path.parent.parent.name or str(path), lambda path=path: results_from_file(path)))
+    for setting, results in settings:
+        for axis, values in report(setting, results(), args.step).items():
             ratios[axis] += values
     print(f"\nmedian paired / unpaired over {len(ratios['reward'])} neighbouring pairs (target <= {TARGET}x):")
     for axis, values in ratios.items():
