@@ -7,7 +7,19 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.taxcut-installed
 
-.PHONY: setup test test-fast demo bench clean
+.PHONY: setup test test-fast demo bench clean parity-env
+
+# mergekit (LGPL-3.0) only for the parity tests, in its own venv (never beside taxcut): tests marked `parity` run its
+# `mergekit-yaml` from there and skip, saying why, when it is absent. `make test` builds it when CI=true.
+PARITY_VENV  := .venv-parity
+PARITY_STAMP := $(PARITY_VENV)/.mergekit-installed
+parity-env: $(PARITY_STAMP)
+
+$(PARITY_STAMP): constraints.txt
+	test -x $(PARITY_VENV)/bin/python || $(PYTHON) -m venv $(PARITY_VENV)
+	$(PARITY_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints.txt torch
+	$(PARITY_VENV)/bin/python -m pip --disable-pip-version-check install -q -c constraints.txt mergekit==0.1.5
+	touch $(PARITY_STAMP)
 
 setup: $(STAMP)
 
@@ -20,6 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
 test: setup
+	@if [ "$$CI" = "true" ]; then $(MAKE) --no-print-directory parity-env; fi
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
@@ -34,4 +47,4 @@ bench: setup
 	$(PY) bench/merge_speed.py
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(PARITY_VENV) build dist src/*.egg-info .pytest_cache

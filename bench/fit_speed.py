@@ -1,4 +1,4 @@
-"""HMA fit step against a plain fine-tuning step of the same model and batch (../shared PERFORMANCE.md, figure 4).
+"""HMA fit step against a plain fine-tuning step of the same model and batch (target: bench/README.md).
 
 Each mode runs in its own process on the same data: ``hma`` runs ``taxcut.hma.fit.fit_ratios`` (only the K block
 logits train; weights are materialised from theta_sft and theta_aligned each step); ``plain`` runs the lab's

@@ -30,7 +30,7 @@ family's other seconds (fits, search overhead) as a share of one evaluation's me
 front (its non-dominated points) with error bars, and, per family, its hypervolume against the 16-proposal block
 search's with the same paired interval.
 
-Targets (issue 20): the best family that is not a search reaches >= 1.05x MA's hypervolume on every lab seed and
+Targets (bench/README.md): the best family that is not a search reaches >= 1.05x MA's hypervolume on every lab seed and
 >= 1.0x on the real model, and at least the block search's hypervolume with at most a third of its evaluations.
 
     .venv/bin/python bench/fronts.py                              # lab seeds 0 1 2
@@ -69,7 +69,7 @@ from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 A = [0.4, 0.6, 0.8]
 PROFILE = [0.5, 0.7, 0.9]
 LINES_GRID = {"alpha": [0.0, 0.2, 0.4, 0.6], "beta": [0.2, 0.4, 0.6, 0.8, 1.0]}
-LINES_FIVE = [[0.0, 0.6], [0.2, 0.6], [0.2, 1.0], [0.4, 0.6], [0.6, 0.4]]
+LINES_FIVE = [[0.0, 0.6], [0.0, 1.0], [0.2, 1.0], [0.4, 1.0], [0.6, 0.6]]  # the front of a 12-point grid, seed 0
 RETAIN_FREE = [0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 RETAIN_FIXED = [0.3, 3.0]
 SEARCH_BUDGET = 16
@@ -264,15 +264,16 @@ def lab_setting(seed: int, quick: bool, work: Path) -> Setting:
         from hma_lab import sample  # the bench folder is not a package
 
         fit_set = sample(lab, folder, "fit", prompts=200, keep=300, seed=1000 + seed)
-        return str(fit_set), str(lab_retain(lab)) if lab_retain(lab) else None
+        return str(fit_set), str(lab_retain(lab))
 
     return setting, seed, base, inputs
 
 
-def lab_retain(lab) -> Path | None:
-    """The lab's retain split (capability texts drawn with another seed than the evaluation's), if it has one."""
-    found = getattr(lab, "retain", None)
-    return Path(found) if found is not None and Path(found).is_file() else None
+def lab_retain(lab) -> Path:
+    """The lab's retain split: capability texts drawn with another seed than the evaluation's, none of its items."""
+    from taxcut.lab.retain import retain_set
+
+    return retain_set(lab)
 
 
 def real_setting(sweep_yaml: Path) -> Setting:

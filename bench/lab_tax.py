@@ -1,4 +1,4 @@
-"""The lab's alignment tax on several seeds, and how averaging compares with early stopping (issue: the lab).
+"""The lab's alignment tax on several seeds, and how averaging compares with early stopping.
 
 For each seed: build (or reuse from the cache) the lab, run the demo's sweep, and print
 - the tax: mean capability accuracy of SFT and of the aligned model (last RAFT checkpoint), and the drop in points;

@@ -1,4 +1,4 @@
-"""Merge throughput against the I/O floor, and peak memory (../shared PERFORMANCE.md, figures 1 and 2).
+"""Merge throughput against the I/O floor, and peak memory (targets: bench/README.md).
 
 Generates (once, cached in bench/.cache) a ~1B-parameter Llama pair in bfloat16 (hidden 2048, intermediate 5504,
 16 layers, vocab 32000, untied, 4 shards of ~500 MB) with random weights, then, with a warm page cache, measures

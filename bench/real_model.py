@@ -1,4 +1,4 @@
-"""A real-model benchmark (issue 12, item 6): SmolLM2-135M-Instruct, a DPO-aligned descendant, a taxcut sweep.
+"""A real-model benchmark: SmolLM2-135M-Instruct, a DPO-aligned descendant, a taxcut sweep.
 
 Stages, each cached under bench/.cache/real_model (a rerun skips what is done) and each run as a child process
 so that its wall time and peak RSS are its own:

@@ -1,4 +1,4 @@
-"""Greedy soup and AdaMerging on the alignment lab (issue: the toolkit).
+"""Greedy soup and AdaMerging on the alignment lab.
 
 From the lab's SFT model (seed 0, cached), three short fine-tunes, each on one capability (upper-casing, reversal,
 facts) mixed with a little of the others; then, on the lab's held-out tasks (exact match): each fine-tune alone,

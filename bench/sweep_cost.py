@@ -1,4 +1,4 @@
-"""Evaluation spent per front (PERFORMANCE.md figure 6; issue 14): the adaptive grid and successive halving
+"""Evaluation spent per front (target: bench/README.md): the adaptive grid and successive halving
 against the default grid, by hypervolume and by cost.
 
 For each lab seed (and, with ``--real-model``, the real-model fixture of ``bench/real_model.py``):
@@ -26,7 +26,7 @@ so by default its front and cost are read from the reference's results (``--run-
   candidates (the SFT model among them) as the strategy measured in full -- what an oracle that knew the
   reference's results could reach at that count.
 
-Target (PERFORMANCE.md): within 2% of the reference hypervolume at no more than 40% of the default grid's cost.
+Target: within 2% of the reference hypervolume at no more than 40% of the default grid's cost.
 
     .venv/bin/python bench/sweep_cost.py                       # lab seeds 0 1 2 (the labs are built and cached first)
     .venv/bin/python bench/sweep_cost.py --quick --seeds 0     # the quick lab: a smoke run in a minute or two

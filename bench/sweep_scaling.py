@@ -1,4 +1,4 @@
-"""Scale-out overhead (../shared PERFORMANCE.md, figure 7), measured side by side in one run.
+"""Scale-out overhead (target: bench/README.md), measured side by side in one run.
 
 The quick lab's sweep (the demo's: MA grid of 11, three block profiles, one RAFT checkpoint; 15 candidates) runs
 three times into fresh folders: in this process, then on a local Ray cluster with 1 and with 2 workers. For each

@@ -1,4 +1,4 @@
-"""Sweep speed (../shared PERFORMANCE.md, figures 3 and 5), measured side by side in one run.
+"""Sweep speed (targets: bench/README.md), measured side by side in one run.
 
 1. Candidate swap: setting the resident model to a new ratio vector (``ResidentModel.apply``: plan from the
    headers, then one blocked pass over the weights) against one ``torch.add`` pass over all parameters

@@ -1,4 +1,4 @@
-"""The toolkit engine's peak memory with N inputs (issue: the toolkit; figure 2 of ../shared PERFORMANCE.md).
+"""The toolkit engine's peak memory with N inputs (target: bench/README.md).
 
 On bench/merge_speed.py's cached ~1B bfloat16 Llama pair, a ``linear`` soup of N = 2 and N = 4 inputs (the pair
 repeated) runs in a subprocess that reports its own peak RSS. ``linear`` is elementwise, so it streams 4 MB chunks

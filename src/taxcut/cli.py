@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--sft", type=Path, required=True)
     fit.add_argument("--aligned", type=Path, required=True)
     fit.add_argument("--data", type=Path, required=True, help="the fit set (JSONL: prompt, response)")
+    fit.add_argument("--retain", type=Path, metavar="FILE",
+                     help="the retain set of the tax term W * KL(SFT || merged) (JSONL: text, or prompt and optional "
+                     "response; no labels; disjoint from your evaluation items); see --retain-weight")
     _add_settings_options(fit, FitSettings)  # --alpha, --blocks, ..., --device: one flag per field
     fit.add_argument("--out", type=_out, required=True, help="the ratios file (a merge spec) to write")
     fit.add_argument("--allow-tokenizer-mismatch", action="store_true",
@@ -173,6 +176,8 @@ def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
     ratio.add_argument("--alpha", type=float, help="one ratio for every tensor (MA)")
     ratio.add_argument("--alphas", type=_floats, metavar="A1,A2,...", help="one ratio per block of layers (HMA)")
     ratio.add_argument("--layer-alphas", type=_floats, metavar="A1,...,AL", help="one ratio per decoder layer")
+    ratio.add_argument("--profile", type=_floats, metavar="ALPHA,BETA",
+                       help="depth profile (LiNeS): layer l of L gets clip(ALPHA + BETA * l / (L - 1), 0, 1)")
     parser.add_argument("--block-bounds", type=_bounds, metavar="0-7,8-15,...",
                         help="explicit blocks for --alphas: first-last layer of each, inclusive")
     parser.add_argument("--rule", action="append", type=_rule, metavar="GLOB=A", dest="rules",
@@ -192,7 +197,7 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
     overrides: dict[str, Any] = {}
     if args.out is not None:  # an empty --out (an unset shell variable) is refused, never the current folder
         destination_path(args.out, "--out")
-    for name in ("sft", "aligned", "out", "alpha", "alphas", "layer_alphas", "block_bounds", "extrapolate",
+    for name in ("sft", "aligned", "out", "alpha", "alphas", "layer_alphas", "profile", "block_bounds", "extrapolate",
                  "dtype", "max_shard_size", "files_from", "rules", "allow_tokenizer_mismatch"):
         value = getattr(args, name)
         if value is not None:
@@ -208,12 +213,15 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
 def merge_spec_from_args(args: argparse.Namespace):
     """The spec that ``merge``/``plan``/``export-mergekit`` act on: a toolkit spec (a file with ``method:``; only
     the output flags apply) or a merge spec with the flags laid over it."""
-    if args.spec is None or "method" not in read_spec_file(args.spec):
+    fields = read_spec_file(args.spec) if args.spec is not None else {}
+    if args.spec is None or ("method" not in fields and "merge_method" not in fields):
         return spec_from_args(args)
+    from taxcut.spec.mergekit_config import MergekitConfig, is_mergekit_config
     from taxcut.spec.toolkit import ToolkitSpec
 
     averaging_only = [flag for flag, name in (("--sft", "sft"), ("--aligned", "aligned"), ("--alpha", "alpha"),
                                               ("--alphas", "alphas"), ("--layer-alphas", "layer_alphas"),
+                                              ("--profile", "profile"),
                                               ("--block-bounds", "block_bounds"), ("--rule", "rules"),
                                               ("--extrapolate", "extrapolate"), ("--files-from", "files_from"))
                       if getattr(args, name, None) is not None]
@@ -227,6 +235,10 @@ def merge_spec_from_args(args: argparse.Namespace):
                  (("out", getattr(args, "out", None)), ("dtype", getattr(args, "dtype", None)),
                   ("max_shard_size", getattr(args, "max_shard_size", None)),
                   ("allow_tokenizer_mismatch", getattr(args, "allow_tokenizer_mismatch", None))) if value is not None}
+    if is_mergekit_config(fields):  # a mergekit config as it is: --dtype is its out_dtype (its dtype: the working one)
+        if "dtype" in overrides:
+            overrides["out_dtype"] = overrides.pop("dtype")
+        return MergekitConfig.from_yaml(args.spec, overrides)
     return ToolkitSpec.from_yaml(args.spec, overrides)
 
 
@@ -331,27 +343,33 @@ def _run_sample(args: argparse.Namespace) -> int:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from taxcut.hma.candidates import eps_search
+    from taxcut.hma.candidates import eps_search, retain_search
     from taxcut.hma.fit import fit_ratios
     from taxcut.hma.ratios_file import ratios_spec, write_ratios
 
     settings = _settings_from_args(FitSettings, args)
-    searched = eps_search(settings)  # --eps E1,E2,...: one fit and one ratios file per eps
-    outs = [args.out] if len(searched) == 1 else [
-        args.out.with_name(f"{args.out.stem}-eps{one.eps:g}{args.out.suffix}") for one in searched]
-    inputs = [("sft", args.sft), ("aligned", args.aligned), ("data", args.data)]
+    if args.retain is None and any(w > 0 for w in settings.retain_weights()):
+        raise TaxcutError("--retain-weight above 0 needs --retain FILE, the retain set (JSONL text or prompts)")
+    # --eps E1,E2,... and --retain-weight W1,W2,...: one fit and one ratios file per (eps, W)
+    fits = [one for at_eps in eps_search(settings) for one in retain_search(at_eps)]
+    by_eps, by_weight = len(eps_search(settings)) > 1, len(retain_search(settings)) > 1
+    outs = [args.out.with_name(args.out.stem + (f"-eps{one.eps:g}" if by_eps else "")
+                               + (f"-w{one.retain_weight:g}" if by_weight else "") + args.out.suffix) for one in fits]
+    inputs = [("sft", args.sft), ("aligned", args.aligned), ("data", args.data), ("retain", args.retain)]
     for out in outs:
         check_destination(out, overwrite=args.overwrite, inputs=inputs, kind="ratios file", folder=False)
-    for one, out in zip(searched, outs):
+    for one, out in zip(fits, outs):
         result = fit_ratios(args.sft, args.aligned, args.data, one,
-                            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch)
+                            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch, retain=args.retain)
         if not result.is_main_process:
             continue
         write_ratios(out, ratios_spec(result, result.settings, args.sft, args.aligned, args.data,
-                                      allow_tokenizer_mismatch=args.allow_tokenizer_mismatch),
+                                      allow_tokenizer_mismatch=args.allow_tokenizer_mismatch, retain=args.retain),
                      overwrite=args.overwrite, inputs=inputs)
-        print(f"wrote {out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {settings.alpha}, eps "
-              f"{result.settings.eps:.4g}); merge it with: taxcut merge {out} --out DIR")
+        weight = f", W {one.retain_weight:g}" if args.retain is not None else ""
+        mean = settings.alpha if settings.mean == "fixed" else f"{sum(result.alphas) / len(result.alphas):.4f}"
+        print(f"wrote {out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {mean}, eps "
+              f"{result.settings.eps:.4g}{weight}); merge it with: taxcut merge {out} --out DIR")
     return 0
 
 
@@ -414,6 +432,7 @@ def _run_export_mergekit(args: argparse.Namespace) -> int:
 
 def _run_lab_build(args: argparse.Namespace) -> int:
     from taxcut.lab.build import LabConfig, build_lab
+    from taxcut.lab.retain import retain_set
 
     config = LabConfig.quick(args.seed) if args.quick else LabConfig(seed=args.seed)
     lab = build_lab(config, args.out)
@@ -422,6 +441,7 @@ def _run_lab_build(args: argparse.Namespace) -> int:
     print(f"  aligned: {lab.aligned} (RAFT checkpoints: {', '.join(p.name for p in lab.checkpoints)})")
     print(f"  tasks:   {', '.join(str(lab.data / f'{t}.jsonl') for t in lab.capability_tasks)}")
     print(f"  reward:  prompts {lab.data / 'chat_prompts.jsonl'}, function taxcut.lab.tasks:reward")
+    print(f"  retain:  {retain_set(lab)} (for taxcut fit --retain; none of it an evaluation item)")
     return 0
 
 

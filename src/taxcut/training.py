@@ -46,7 +46,9 @@ class Coefficients:
 
 class Interpolated(torch.nn.Module):
     """HMA's weight, computed on access: ``(1 - a_k) * theta_sft + a_k * theta_aligned`` (theta_sft is the module's
-    original parameter; ``a_k = holder.values[block]``)."""
+    original parameter; ``a_k = holder.values[block]``), with the arithmetic of
+    :func:`taxcut.methods.interpolation.interpolate` (0 + (1 - a) * sft, then a * aligned added fused), so the
+    fitted model is bit for bit the merge of its ratios file."""
 
     def __init__(self, aligned: torch.Tensor, holder: Coefficients, block: int):
         super().__init__()
@@ -54,7 +56,8 @@ class Interpolated(torch.nn.Module):
 
     def forward(self, sft: torch.Tensor) -> torch.Tensor:
         ratio = self.holder.values[self.block]
-        return (sft * (1 - ratio) + self.aligned * ratio).to(sft.dtype)
+        keep = torch.addcmul(sft.new_zeros(()), sft, 1 - ratio)
+        return torch.addcmul(keep, self.aligned, ratio).to(sft.dtype)
 
 
 class TaskVectorSum(torch.nn.Module):

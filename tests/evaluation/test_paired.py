@@ -153,14 +153,15 @@ def test_a_sweep_records_items_and_pairs_the_tax_error(llama_pair, tmp_path):
         assert sum(reward["values"]) / 12 == pytest.approx(line["reward"]["reward"], abs=1e-5)
         assert mc["items"] == list(range(8)) and set(mc["values"]) <= {0.0, 1.0}
         assert sum(mc["values"]) / 8 == pytest.approx(line["primary"]["mc"])
-        assert "text" not in line["items"]["tasks"]  # a per-token NLL is no item mean: no item scores
+        text = line["items"]["tasks"]["text"]  # each text's NLL over the mean token count: their mean is the nll
+        assert text["items"] == list(range(4))
+        assert sum(text["values"]) / 4 == pytest.approx(line["primary"]["text"], rel=5e-6)
     sft, aligned = report.rows
-    # the SFT row: mc paired with itself is exact; text (no item scores) keeps its own error, as before
-    assert sft.tax == 0.0 and sft.tax_stderr == pytest.approx(lines[0]["primary_stderr"]["text"] / 2)
-    mc_sft = ItemScores.from_json(lines[0]["items"]["tasks"]["mc"])
-    mc_aligned = ItemScores.from_json(lines[1]["items"]["tasks"]["mc"])
-    paired_mc = paired_difference(mc_aligned, mc_sft)[1]
-    assert aligned.tax_stderr == pytest.approx(math.hypot(paired_mc, lines[1]["primary_stderr"]["text"]) / 2)
+    # the SFT row: both tasks paired with themselves are exact
+    assert (sft.tax, sft.tax_stderr) == (0.0, 0.0)
+    paired = [paired_difference(ItemScores.from_json(lines[1]["items"]["tasks"][name]),
+                                ItemScores.from_json(lines[0]["items"]["tasks"][name]))[1] for name in ("mc", "text")]
+    assert aligned.tax_stderr == pytest.approx(math.hypot(*paired) / 2)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "data").iterdir()} == hashes
 
 

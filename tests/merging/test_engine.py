@@ -6,7 +6,6 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from models import build_pair, load_weights
@@ -20,8 +19,10 @@ ARCHS = ["llama", "qwen2", "gpt2", "gpt_neox"]
 
 
 def reference(sft: torch.Tensor, aligned: torch.Tensor, alpha: float, dtype: torch.dtype | None = None) -> torch.Tensor:
-    merged = np.float32(1.0 - alpha) * sft.float().numpy() + np.float32(alpha) * aligned.float().numpy()
-    return torch.from_numpy(merged).to(dtype or sft.dtype)
+    """mergekit's linear on whole tensors: 0 + (1 - a) * sft, then a * aligned added fused (addcmul), in float32."""
+    merged = torch.zeros(sft.shape, dtype=torch.float32)
+    merged.addcmul_(sft.float(), torch.tensor(1.0 - alpha)).addcmul_(aligned.float(), torch.tensor(alpha))
+    return merged.to(dtype or sft.dtype)
 
 
 def recovered_ratio(sft: torch.Tensor, aligned: torch.Tensor, merged: torch.Tensor) -> float:

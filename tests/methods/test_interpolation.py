@@ -8,10 +8,32 @@ from taxcut.methods.interpolation import BLOCK_ELEMENTS, all_finite, interpolate
 
 
 def reference(sft: torch.Tensor, aligned: torch.Tensor, alpha: float, dtype: torch.dtype) -> torch.Tensor:
-    """(1 - a) * sft + a * aligned in float32 with numpy, then cast like the output."""
-    s, t = sft.float().numpy(), aligned.float().numpy()
-    merged = np.float32(1.0 - alpha) * s + np.float32(alpha) * t
-    return torch.from_numpy(merged).to(dtype)
+    """mergekit's linear on whole tensors (0 + (1 - a) * sft, then a * aligned added fused by addcmul) in float32,
+    then cast like the output."""
+    merged = torch.zeros(sft.shape, dtype=torch.float32)
+    merged.addcmul_(sft.float(), torch.tensor(1.0 - alpha)).addcmul_(aligned.float(), torch.tensor(alpha))
+    return merged.to(dtype)
+
+
+def test_within_one_float32_ulp_of_the_exact_value():
+    """Independent of torch's kernels: float64 products of the float32 weights are exact, so the float32 result is
+    the exact value rounded once (FMA) or, at worst, twice: within one ulp."""
+    generator = torch.Generator().manual_seed(1)
+    sft, aligned = torch.randn(100_000, generator=generator), torch.randn(100_000, generator=generator)
+    out = torch.empty(100_000)
+    interpolate(sft, aligned, 0.3, out)
+    s, t = sft.double().numpy(), aligned.double().numpy()
+    exact = np.float64(np.float32(np.float32(0.7) * s)) + np.float64(np.float32(0.3)) * t
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    assert (np.abs(out.double().numpy() - exact) <= ulp).all()
+
+
+def test_negative_zero_products_become_positive_zero_as_in_mergekit():
+    """mergekit starts from zeros: 0 + (-0) is +0, so a = 1 over a negative sft gives +0 where aligned is -0."""
+    sft, aligned = torch.tensor([-1.0, -0.0]), torch.tensor([-0.0, -0.0])
+    out = torch.empty(2)
+    interpolate(sft, aligned, 1.0, out)
+    assert not torch.signbit(out).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

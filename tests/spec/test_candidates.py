@@ -16,7 +16,7 @@ from taxcut.spec.sweep import SweepSpec
 
 
 def test_one_declaration_of_the_ratio_fields():
-    assert RATIO_FIELDS == ("alpha", "alphas", "block_bounds", "layer_alphas", "rules")
+    assert RATIO_FIELDS == ("alpha", "alphas", "block_bounds", "layer_alphas", "profile", "rules")
     for model in (MergeSpec, Candidate):
         assert issubclass(model, RatioFields)
         assert not set(RATIO_FIELDS) & set(vars(model).get("__annotations__", {}))  # inherited, not redeclared
@@ -33,7 +33,8 @@ def test_ids_do_not_change_so_old_results_files_resume():
 
 
 def test_kinds_are_a_closed_set():
-    assert set(typing.get_args(CandidateKind)) == {"MA", "scoped-MA", "blocks", "layers", "model", "HMA", "search"}
+    assert set(typing.get_args(CandidateKind)) == {"MA", "scoped-MA", "blocks", "layers", "LiNeS", "model", "HMA",
+                                                   "search"}
     with pytest.raises(ValueError, match="kind"):
         Candidate(label="x", kind="ma", alpha=0.5)
 

@@ -84,7 +84,7 @@ def test_the_paper_preset_and_its_overrides():
 
 def test_the_sweeps_hma_section_shares_the_options():
     shared = set(FitOptions.model_fields)
-    assert set(HmaGrid.model_fields) == shared | {"data", "mean_alphas"}
+    assert set(HmaGrid.model_fields) == shared | {"data", "mean_alphas", "retain"}
     assert set(FitSettings.model_fields) == shared | {"alpha", "device"}
     grid = HmaGrid(data="fit.jsonl", mean_alphas=[0.3, 0.7], lr=0.2, reg=0.5)
     settings = grid.settings(0.7, "cpu")
@@ -120,8 +120,10 @@ def test_a_ratios_file_written_before_reads_and_round_trips(tmp_path):
     before = yaml.safe_load(RATIOS_FILE_OF_TODAY)["fit"]
     settings = again["fit"].pop("settings")
     assert settings == {**before.pop("settings"), "preset": "taxcut", "normalize": "aligned", "loss": "response",
-                        "draw": 1.0}  # fitted before 'normalize' existed: the aligned share; new settings' defaults
-    assert again["fit"] == {**before, "adjustments": []}
+                        "draw": 1.0, "retain_weight": 0.0, "granularity": "block", "mean": "fixed"}  # fitted before
+    # 'normalize' existed: the aligned share; new settings' defaults (no retention term: today's fit)
+    assert again["fit"] == {**before, "adjustments": [], "retain": None, "retain_kl_first": None,
+                            "retain_kl_last": None}
     assert list(again)[:2] == ["sft", "aligned"]
 
 

@@ -76,8 +76,9 @@ class ItemScores:
 @dataclass(frozen=True)
 class PerItem:
     """A model's per-item scores: the reward's over (prompt, sample), and each task's primary metric's over its
-    records (tasks whose metric is not a mean of item scores -- corpus BLEU, a per-token NLL, lm-eval -- have
-    none)."""
+    records (an lm-eval task's: its documents). Corpus BLEU keeps each record's sentence BLEU, ``nll`` each text's
+    NLL over the mean token count (:mod:`taxcut.evaluation.tasks`); a metric with no per-item form (perplexity, an
+    lm-eval metric the harness does not average over documents) has none."""
 
     reward: ItemScores | None = None
     tasks: dict[str, ItemScores] = field(default_factory=dict)

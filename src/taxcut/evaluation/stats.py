@@ -15,7 +15,8 @@ The standard error of each metric, and the rule it follows:
 - corpus BLEU, which has no closed form: the standard deviation of BLEU over bootstrap resamples of the items
   (``BOOTSTRAP_RESAMPLES``, seeded, so the same items always give the same error).
 
-A score reported without its items (an lm-evaluation-harness task) is a :class:`Reported` value with no error.
+A score reported without its items (an lm-evaluation-harness metric the harness does not average over
+documents) is a :class:`Reported` value with no error.
 """
 
 from __future__ import annotations
@@ -216,6 +217,16 @@ def bleu_statistics(hypotheses: Sequence[str], references: Sequence[Sequence[str
     streams = [[refs[i] if i < len(refs) else refs[0] for refs in references] for i in range(width)]
     stats = BLEU()._extract_corpus_statistics(list(hypotheses), streams)
     return CorpusBleu(tuple(tuple(int(v) for v in item) for item in stats))
+
+
+def sentence_bleu_scores(stat: CorpusBleu) -> list[float]:
+    """Each item's own BLEU (0-1) from its statistics, as ``sacrebleu.sentence_bleu`` scores a sentence (``exp``
+    smoothing, effective order): the per-item score paired comparisons use, since corpus BLEU does not split into
+    item scores (their mean is not the corpus BLEU; :class:`CorpusBleu` over the items is)."""
+    from sacrebleu.metrics import BLEU
+
+    sentence = BLEU(effective_order=True)
+    return [sentence._compute_score_from_stats(list(item)).score / 100.0 for item in stat.items]
 
 
 def _bleu_of(items: Sequence[Sequence[int]]) -> float:

@@ -45,8 +45,9 @@ class EvaluationSuite:
 
     def measure(self, model, tokenizer, part: DataPart = FULL) -> Measurement:
         """Every evaluator's statistics on ``part`` of its items (all of them by default; see
-        :mod:`taxcut.evaluation.subset`) and what it cost. A task that reports no items (lm-eval) is measured in
-        full, on the whole data only. Per-item scores are kept where an evaluator gives them (``measure_items``)."""
+        :mod:`taxcut.evaluation.subset`) and what it cost; an lm-eval task's items are its documents. A task that
+        reports no items is measured in full, on the whole data only. Per-item scores are kept where an evaluator
+        gives them (``measure_items``)."""
         with metered() as meter:
             reward = reward_items = None
             if self.reward is not None:
@@ -56,8 +57,10 @@ class EvaluationSuite:
             task_items: dict[str, ItemScores] = {}
             for task in self.tasks:
                 if hasattr(task, "measure_items"):
-                    tasks[task.name], task_items[task.name] = task.measure_items(
+                    tasks[task.name], scores = task.measure_items(
                         model, tokenizer, part.items(f"task:{task.name}", len(task.records)))
+                    if scores is not None:  # a metric that is no mean of item scores keeps none (lm-eval)
+                        task_items[task.name] = scores
                 elif hasattr(task, "measure"):
                     tasks[task.name] = task.measure(model, tokenizer, part.items(f"task:{task.name}",
                                                                                  len(task.records)))
@@ -80,6 +83,10 @@ class EvaluationSuite:
         data["measurement"] = MEASUREMENT_VERSION
         if self.spec.reward and self.spec.reward.do_sample:  # sampled responses follow the scheme's random streams
             data["sampling_scheme"] = SAMPLING_SCHEME
+        if any(task.type == "lm_eval" for task in self.spec.tasks):  # per-document few-shot draws
+            from taxcut.evaluation.lmeval import FEWSHOT_SCHEME
+
+            data["lm_eval_fewshot_scheme"] = FEWSHOT_SCHEME
         files = []
         if self.spec.reward:
             files.append(self.spec.reward.prompts)

@@ -22,9 +22,11 @@ context plus choice, a perplexity text (a cut text would be scored as something 
 the encoding the evaluation makes anyway, before the model runs.
 
 Each task's ``measure`` gives its metrics as statistics over any subset of its records, with their standard errors
-(:mod:`taxcut.evaluation.stats`); ``evaluate`` is their values on all of them. A task whose metrics are means of
-item scores (multiple choice, generation) also has ``measure_items``: the statistics and its primary metric's score
-of each record, keyed by the record's index (:class:`taxcut.evaluation.paired.ItemScores`), for paired comparisons.
+(:mod:`taxcut.evaluation.stats`); ``evaluate`` is their values on all of them. ``measure_items`` also gives the
+primary metric's score of each record, keyed by the record's index (:class:`taxcut.evaluation.paired.ItemScores`),
+for paired comparisons: a right answer's 1 or 0, a generation's score; for BLEU each record's sentence BLEU (corpus
+BLEU does not split into items); for ``nll`` each text's NLL over the mean token count of all texts (their mean is
+the task's ``nll``); none for ``perplexity``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from taxcut.evaluation.generation import GenerationSettings, generate, render_pr
 from taxcut.evaluation.loglik import encode_pair, score_continuations
 from taxcut.evaluation.metrics import contains_answer, exact_match, stop_at, token_f1
 from taxcut.evaluation.paired import ItemScores
-from taxcut.evaluation.stats import Mean, Ratio, Statistic, bleu_statistics
+from taxcut.evaluation.stats import Mean, Ratio, Statistic, bleu_statistics, sentence_bleu_scores
 from taxcut.spec.evaluation import metric_problem
 
 _CONTEXT_FIELDS = ("context", "question", "prompt")
@@ -168,11 +170,18 @@ class BleuTask:
 
     def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
         """Corpus ``bleu`` over the records ``items`` (default: all), from each record's n-gram statistics."""
+        return self.measure_items(model, tokenizer, items)[0]
+
+    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
+                      ) -> tuple[dict[str, Statistic], ItemScores]:
+        """:meth:`measure`, and each record's sentence BLEU (:func:`~taxcut.evaluation.stats.sentence_bleu_scores`:
+        corpus BLEU does not split into item scores; the corpus score stays the statistic's)."""
         numbers, records = _chosen(self.records, items)
         predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
                               self.stop, numbers)
         references = [_as_list(r.get("references", r.get("reference"))) for r in records]
-        return {"bleu": bleu_statistics([p.strip() for p in predictions], references)}
+        bleu = bleu_statistics([p.strip() for p in predictions], references)
+        return {"bleu": bleu}, _primary_items(self, numbers, {"bleu": sentence_bleu_scores(bleu)})
 
 
 @dataclass
@@ -194,12 +203,29 @@ class PerplexityTask:
 
     def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
         """``nll`` per token and ``perplexity`` over the records ``items`` (default: all)."""
+        return self.measure_items(model, tokenizer, items)[0]
+
+    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
+                      ) -> tuple[dict[str, Statistic], ItemScores | None]:
+        """:meth:`measure`, and for ``nll`` each text's NLL (summed over its tokens) over the mean token count of
+        all the task's texts: the same in any subset, their mean over all texts is the task's ``nll``, and the
+        paired error of their differences is the delta-method error of a difference of ``nll`` (both models
+        score the same tokens). ``perplexity`` keeps no per-item scores (it is no mean of item scores)."""
         numbers, records = _chosen(self.records, items)
         sequences = [encode_pair(tokenizer, "", str(r["text"])) for r in records]
         scored = score_continuations(model, tokenizer, sequences, self.batch_size, what="a text",
                                      labels=[f"{self.path}, record {number}" for number in numbers])
         pairs = [(-s.logprob, float(s.tokens)) for s in scored]  # (an item's NLL, its tokens)
-        return {"nll": Ratio.of(pairs), "perplexity": Ratio.of(pairs, exp=True)}
+        stats = {"nll": Ratio.of(pairs), "perplexity": Ratio.of(pairs, exp=True)}
+        if self.primary_metric != "nll":
+            return stats, None
+        scale = self._mean_tokens(tokenizer)
+        return stats, _primary_items(self, numbers, {"nll": [nll / scale for nll, _ in pairs]})
+
+    def _mean_tokens(self, tokenizer) -> float:
+        """The mean number of scored tokens over all the task's texts (tokenizing only; no model runs)."""
+        counts = [len(ids) - start for ids, start in (encode_pair(tokenizer, "", str(r["text"])) for r in self.records)]
+        return max(sum(counts) / len(counts), 1.0) if counts else 1.0
 
 
 def _chosen(records: list[dict], items: Sequence[int] | None) -> tuple[list[int], list[dict]]:

@@ -91,3 +91,14 @@ def paper_reg_weights(layers: Sequence[tuple[int, int]], num_layers: int, blocks
     for layer, block in layers:
         weights[block] += scale * peak / (abs(layer - num_layers / 2) + 1)
     return weights
+
+
+def free_ratios(logits: torch.Tensor) -> torch.Tensor:
+    """``--mean free``: each ratio ``sigmoid(s_k)`` on its own, within [0, 1] -- a tax term can pull them all
+    toward the SFT model, which a mean held at ``a`` forbids."""
+    return torch.sigmoid(logits)
+
+
+def free_initial_logits(alpha: float, count: int) -> torch.Tensor:
+    """``logit(a)`` for every ratio: the free fit starts at model averaging too."""
+    return torch.full((count,), math.log(alpha / (1 - alpha)), dtype=torch.float32)

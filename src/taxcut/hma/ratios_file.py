@@ -19,13 +19,18 @@ CONVENTION = ("a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned (
 
 
 def ratios_spec(result: FitResult, settings: FitSettings, sft: Path, aligned: Path, data: Path, *,
-                allow_tokenizer_mismatch: bool = False) -> MergeSpec:
+                allow_tokenizer_mismatch: bool = False, retain: Path | None = None) -> MergeSpec:
+    """The ratios file's spec; with a retention term (``settings.retain_weight`` W > 0) its retain set and the KL
+    at the first and last step are recorded beside W."""
     step = max(1, len(result.losses) // 500)  # a readable loss curve, at most ~500 points
     record = FitRecord(
         method=METHOD, convention=CONVENTION, settings=settings, data=str(data.resolve()), steps=len(result.losses),
         loss_first=result.losses[0] if result.losses else None,
         loss_last=result.losses[-1] if result.losses else None,
         loss_curve=result.losses[::step], adjustments=result.adjustments,
+        retain=str(retain.resolve()) if retain is not None and result.retain_kl else None,
+        retain_kl_first=result.retain_kl[0] if result.retain_kl else None,
+        retain_kl_last=result.retain_kl[-1] if result.retain_kl else None,
     )
     return MergeSpec(sft=as_recorded(sft), aligned=as_recorded(aligned), alphas=result.alphas,
                      block_bounds=result.block_bounds, rules=result.rules, fit=record,

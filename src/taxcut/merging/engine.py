@@ -226,6 +226,7 @@ def _card_yaml(request) -> str:
         if record.get(key):
             record[key] = display_name(record[key])
     for model in record.get("models") or []:
-        model["path"] = display_name(model["path"])
+        key = "path" if "path" in model else "model"  # a mergekit config names its models under 'model'
+        model[key] = display_name(model[key])
     record.pop("out", None)
     return yaml.safe_dump({k: v for k, v in record.items() if v not in (None, [], {})}, sort_keys=False)

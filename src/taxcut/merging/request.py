@@ -3,17 +3,22 @@ the inputs with their roles, the method's validated parameters, and the output s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from taxcut.errors import TaxcutError
 from taxcut.io.hub import as_recorded
+from taxcut.merging.mergekit_input import mergekit_request
 from taxcut.methods.registry import method_for_spec
 from taxcut.methods.request import MergeRequest, ModelInput
+from taxcut.spec.mergekit_config import MergekitConfig
 from taxcut.spec.toolkit import ToolkitSpec
 
 
 def request_for(spec: Any) -> MergeRequest:
     """The request of a toolkit spec (a named method over N models) or of a spec owned by a method (MA/HMA)."""
+    if isinstance(spec, MergekitConfig):
+        return mergekit_request(spec)
     method = method_for_spec(spec)
     if isinstance(spec, ToolkitSpec):
         request = _toolkit_request(method, spec)
@@ -50,6 +55,13 @@ def spec_record(request: MergeRequest) -> dict[str, Any]:
         record.update(models=models, parameters=request.parameters.dump())
         if request.base is not None:
             record["base"] = str(as_recorded(request.base.path))
+        return record
+    if isinstance(spec, MergekitConfig):  # the config as written, its models by resolved path or Hub commit
+        record = spec.model_dump(mode="json", exclude_none=True)
+        recorded = {name: str(as_recorded(Path(name))) for name in spec.inputs()}
+        record["models"] = [{**m, "model": recorded[m["model"]]} for m in record["models"]]
+        if spec.base_model is not None:
+            record["base_model"] = recorded[spec.base_model]
         return record
     paths = {key: getattr(spec, key).expanduser().resolve() if key == "out" else as_recorded(getattr(spec, key))
              for key in ("sft", "aligned", "out") if getattr(spec, key, None) is not None}

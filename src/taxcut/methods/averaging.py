@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from taxcut.errors import TaxcutError
+from taxcut.methods.mergekit_twin import MergekitParameter
 from taxcut.methods.parameters import MethodParameters, PerBlock
 from taxcut.methods.registry import MergeMethod, TensorSite, register
 
@@ -41,6 +42,22 @@ class Linear(MergeMethod):
 
     def mergekit(self, plan) -> dict:
         return {"merge_method": "linear", "parameters": {"normalize": plan.request.parameters.normalize}}
+
+    mergekit_parameters = (MergekitParameter("weight", float, "input"), MergekitParameter("normalize", bool,
+                                                                                            default=True))
+
+    def mergekit_merge(self, tensors, base_index, values, site):
+        """mergekit's ``linear``: ``sum_i w_i * x_i`` in float32 (float64 for float64 inputs), divided by
+        ``sum_i w_i`` last when ``normalize``, cast back to the working dtype."""
+        first = tensors[0]
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        weight = torch.tensor(values["weight"], dtype=dtype)
+        result = torch.zeros_like(first, dtype=dtype)
+        for tensor, coefficient in zip(tensors, weight.unbind(0)):
+            result.addcmul_(tensor, coefficient)
+        if values["normalize"]:
+            result.div_(weight.sum())
+        return result.to(first.dtype)
 
 
 @register

@@ -8,7 +8,8 @@ Ratios (``alpha``, ``alphas``, ``layer_alphas``), and any list-valued method par
   explicit ``block_bounds`` are given; embeddings (token and position) take the first block's value and everything
   after the layers (final norm, lm_head) the mean of the K values (the block mean, what HMA holds at a; not the
   mean over the layers, which weighs each block by its size: :attr:`BlockValues.layer_mean`);
-- one value per decoder layer: the same, with one-layer blocks;
+- one value per decoder layer: the same, with one-layer blocks (a depth profile too: it is resolved to one value
+  per layer);
 - name rules (``match`` glob or ``regex``, first match wins) override all of that. A tied embedding is matched by
   the name of the head it also serves as.
 

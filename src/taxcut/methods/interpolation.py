@@ -5,8 +5,11 @@ Model averaging (MA) from "Mitigating the Alignment Tax of RLHF" (Lin et al., EM
     theta(a) = (1 - a) * theta_sft + a * theta_aligned      (a weighs the ALIGNED model; a > 1 is ExPO)
 
 The arithmetic is done in float32 on cache-sized blocks and cast to the output's dtype: for bfloat16 models this
-is several times faster than converting whole tensors, and the result is bit-for-bit that of the plain float32
-expression ``(1 - a) * sft.float() + a * aligned.float()`` cast to the output dtype.
+is several times faster than converting whole tensors. It is the arithmetic of mergekit's ``linear`` (0.1.5):
+``x = 0 + (1 - a) * sft`` then ``x += a * aligned`` as a fused multiply-add (``addcmul``, one rounding), with both
+weights rounded to float32 first. So an MA/HMA merge and the mergekit config ``taxcut export-mergekit`` writes for
+it give the same bytes, whichever tool runs that config; rounding the two products apart would differ by an ulp
+in about one element of five.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ def interpolate(
     sft: torch.Tensor, aligned: torch.Tensor, alpha: float, out: torch.Tensor, *,
     scratch: torch.Tensor | None = None, check_finite: bool = True,
 ) -> bool:
-    """Write ``(1 - alpha) * sft + alpha * aligned`` into ``out``; return whether every result is finite.
+    """Write ``(1 - alpha) * sft + alpha * aligned`` into ``out`` (mergekit's ``linear`` arithmetic, see the module);
+    return whether every result is finite.
 
     ``sft``, ``aligned`` and ``out`` have the same number of elements (any float dtypes, any shapes); the inputs are
     not modified. ``out`` must be contiguous. ``scratch``, a float32 tensor of ``2 * BLOCK_ELEMENTS`` elements on
@@ -39,31 +43,28 @@ def interpolate(
     if scratch is None:
         scratch = torch.empty(2 * min(BLOCK_ELEMENTS, total), dtype=torch.float32, device=out.device)
     left, right = scratch.chunk(2)
-    keep, take = 1.0 - alpha, alpha
+    zero, keep, take = (torch.tensor(v, dtype=torch.float32) for v in (0.0, 1.0 - alpha, alpha))  # CPU scalars
     finite = True
     for start in range(0, total, BLOCK_ELEMENTS):
         stop = min(total, start + BLOCK_ELEMENTS)
-        x, y = left[: stop - start], right[: stop - start]
-        _scaled(sft_flat[start:stop], keep, x)
-        _scaled(aligned_flat[start:stop], take, y)
         result = out_flat[start:stop]
-        if result.dtype == torch.float32:
-            torch.add(x, y, out=result)
-        else:
-            x.add_(y)
+        x = result if result.dtype == torch.float32 else left[: stop - start]
+        # mergekit's zeros.addcmul_(sft, 1 - a): its + 0 turns a -0 product into +0, byte for byte
+        torch.addcmul(zero, _float32(sft_flat[start:stop], left[: stop - start]), keep, out=x)
+        x.addcmul_(_float32(aligned_flat[start:stop], right[: stop - start]), take)
+        if x is not result:
             result.copy_(x)
         # checking the cast result catches NaN/Inf from the inputs (they survive the cast) and a cast that overflows
         finite = finite and (not check_finite or all_finite(result))
     return finite
 
 
-def _scaled(values: torch.Tensor, factor: float, out: torch.Tensor) -> None:
-    """``out = float32(values) * factor``, one pass when ``values`` is already float32 and on ``out``'s device."""
-    if values.dtype == torch.float32 and values.device == out.device:
-        torch.mul(values, factor, out=out)
-    else:
-        out.copy_(values, non_blocking=True)  # from pinned host memory: asynchronous, ordered before the multiply
-        out.mul_(factor)
+def _float32(values: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """``values`` as float32 on ``buffer``'s device: themselves when they already are, else copied into ``buffer``."""
+    if values.dtype == torch.float32 and values.device == buffer.device:
+        return values
+    buffer.copy_(values, non_blocking=True)  # from pinned host memory: asynchronous, ordered before the arithmetic
+    return buffer
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

@@ -12,14 +12,18 @@ cast last). The paper's reference code weighs the SFT model instead: its ``alpha
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import torch
 
 from taxcut.methods.block_values import BlockValues
 from taxcut.methods.interpolation import interpolate
 from taxcut.methods.parameters import MethodParameters
 from taxcut.methods.registry import MergeMethod, register
 from taxcut.methods.request import MergeRequest, ModelInput
-from taxcut.spec.merge import MergeSpec, RatioFields, spec_from_dict
+from taxcut.spec.merge import MergeSpec, RatioFields, profile_ratios, spec_from_dict
+from taxcut.spec.mergekit_config import evaluate_setting, layer_t
 
 RATIO = "alpha"  # the name of the per-tensor ratio
 
@@ -57,6 +61,10 @@ class ModelAveraging(MergeMethod):
 
     def block_values(self, parameters, layout, tied_head_of):
         p = parameters
+        if p.profile is not None:  # LiNeS: the per-layer ratios, once L is known (then exactly as layer_alphas)
+            layers = profile_ratios(*p.profile, layout.num_layers) if layout.num_layers else None
+            return {RATIO: BlockValues(layout, field="profile", layers=layers, rules=p.rules,
+                                       tied_head_of=tied_head_of, noun="ratio")}
         field = "alpha" if p.alpha is not None else "alphas" if p.alphas is not None else "layer_alphas"
         return {RATIO: BlockValues(layout, field=field, value=p.alpha, blocks=p.alphas, block_bounds=p.block_bounds,
                                    layers=p.layer_alphas, rules=p.rules, tied_head_of=tied_head_of, noun="ratio")}
@@ -89,36 +97,72 @@ class ModelAveraging(MergeMethod):
         return f"averaging with a = {parameters.alpha:g} overflows; choose a wider 'dtype' (float32) or a smaller ratio"
 
     def mergekit(self, plan) -> dict:
-        """mergekit's ``linear`` merge of the two models with one weight per decoder layer (a list of L values:
-        mergekit's gradient interpolation then gives layer i exactly value i) and explicit ``filter`` entries for
-        tensors outside the layers (mergekit gives them a gradient's *first* value; taxcut gives embeddings the first
-        block's ratio and the head side the mean) and for name rules inside the layers (by full name)."""
+        """mergekit's ``linear`` merge of the two models, weights ``1 - a`` and ``a``, computing the same bytes as
+        :func:`interpolate` (its arithmetic is mergekit's): one weight per decoder layer as a gradient list, and
+        ``filter`` entries, first, for every tensor the gradient would not give its exact float32 weight: tensors
+        outside the layers (mergekit gives them a gradient's *first* value; taxcut gives embeddings the first
+        block's ratio and the head side the mean), name rules inside the layers (by full name) and the layers where
+        mergekit's ``t * (n - 1)`` misses the layer's index by a rounding (from 23 layers on; by layer prefix).
+        The working ``dtype`` is float32, as taxcut's, and ``out_dtype`` the output's."""
         per_layer = plan.resolver.layer_values
-        exceptions, outside = {}, {}
+        gradient = [(_weight(a, 0), _weight(a, 1)) for a in per_layer]
+        exceptions, outside, layers = {}, {}, {}
         for tensor in plan.tensors:
-            ratio = tensor.decision.value
-            if tensor.site.layer is None:
+            ratio, layer = tensor.decision.value, tensor.site.layer
+            if layer is None:
                 outside[tensor.name.removesuffix(".weight").removesuffix(".bias")] = ratio
-            elif per_layer and ratio != per_layer[tensor.site.layer]:
+            elif per_layer and ratio != per_layer[layer]:
                 exceptions[tensor.name] = ratio
+            elif per_layer and not _gradient_exact(gradient, ratio, layer):
+                layers[_layer_filter(plan, layer) or tensor.name] = ratio
 
-        def weights(take) -> list:
-            entries = [{"filter": name, "value": take(a)} for name, a in sorted(exceptions.items())]
-            entries += [{"filter": name, "value": take(a)} for name, a in sorted(outside.items())]
-            return entries + [{"value": [take(a) for a in per_layer] if per_layer else take(plan.resolver.mean)}]
+        def weights(side: int) -> list:
+            entries = [{"filter": name, "value": _weight(a, side)}
+                       for found in (exceptions, outside, layers) for name, a in sorted(found.items())]
+            return entries + [{"value": [pair[side] for pair in gradient] if per_layer
+                               else _weight(plan.resolver.mean, side)}]
 
         sft, aligned = (checkpoint.source.reference for checkpoint in plan.checkpoints)  # Hub IDs with their commit
         return {
             "comment": "theta = (1 - a) * sft + a * aligned, one weight per layer;\n# tensors whose ratio "
                        "differs (outside the layers, name rules) are listed by name first",
             "merge_method": "linear",
-            "dtype": plan.request.dtype or plan.out_dtype,
+            "dtype": "float32",
+            "out_dtype": plan.request.dtype or plan.out_dtype,
             "parameters": {"normalize": False},
-            "models": [
-                {"model": sft, "parameters": {"weight": weights(lambda a: round(1 - a, 10))}},
-                {"model": aligned, "parameters": {"weight": weights(lambda a: round(a, 10))}},
-            ],
+            "models": [{"model": sft, "parameters": {"weight": weights(0)}},
+                       {"model": aligned, "parameters": {"weight": weights(1)}}],
         }
+
+
+def _float32(value: float) -> float:
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+def _weight(alpha: float, side: int) -> float:
+    """The sft (side 0) or aligned (side 1) weight of ratio ``alpha``, rounded to 10 digits for the reader unless
+    that changes the float32 weight :func:`interpolate` uses (``1 - alpha`` or ``alpha``)."""
+    exact = 1.0 - alpha if side == 0 else alpha
+    shown = round(exact, 10)
+    return shown if _float32(shown) == _float32(exact) else exact
+
+
+def _gradient_exact(gradient: list[tuple[float, float]], alpha: float, layer: int) -> bool:
+    """Whether mergekit's gradient interpolation gives layer ``layer`` exactly the float32 weights of ``alpha``."""
+    t = layer_t(layer, len(gradient))
+    return all(_float32(evaluate_setting("", [pair[side] for pair in gradient], t, float))
+               == _float32(1.0 - alpha if side == 0 else alpha) for side in (0, 1))
+
+
+def _layer_filter(plan, layer: int) -> str | None:
+    """The name prefix of layer ``layer``'s tensors (``model.layers.5.``), if it is a substring of no other tensor's
+    name (mergekit's filters match substrings)."""
+    names = [t.name for t in plan.tensors if t.site.layer == layer]
+    prefix = os.path.commonprefix(names)
+    prefix = prefix[: prefix.rfind(".") + 1]
+    if not prefix or any(prefix in t.name for t in plan.tensors if t.site.layer != layer):
+        return None
+    return prefix
 
 
 def mean_lines(resolver) -> list[str]:

@@ -118,6 +118,16 @@ class MergeMethod:
         """The mergekit configuration that computes the same merge (``taxcut export-mergekit``)."""
         raise TaxcutError(f"method '{self.name}' has no mergekit twin")
 
+    # --- reading mergekit configs (taxcut.methods.mergekit_twin): mergekit's parameters and kernel, if any --------
+
+    mergekit_parameters: ClassVar[tuple] = ()  # MergekitParameter entries; empty: mergekit configs naming it refused
+
+    def mergekit_merge(self, tensors: list[torch.Tensor], base_index: int | None, values: dict[str, Any],
+                       site: TensorSite) -> torch.Tensor:
+        """What mergekit computes for one tensor: ``tensors`` in mergekit's input order and working dtype,
+        ``values`` its parameters resolved for this tensor (per-input ones as lists)."""
+        raise TaxcutError(f"method '{self.name}' does not read mergekit configs")
+
 
 METHODS: dict[str, MergeMethod] = {}
 
@@ -140,6 +150,17 @@ def get_method(name: str) -> MergeMethod:
         hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(sorted(METHODS))}"
         raise TaxcutError(f"unknown merge method {name!r}{hint}")
     return METHODS[name]
+
+
+def mergekit_method(name: str) -> MergeMethod:
+    """The method that runs a mergekit config's ``merge_method``; one that taxcut does not run is refused, listing
+    those it does."""
+    _load_builtin_methods()
+    method = METHODS.get(name)
+    if method is None or not method.mergekit_parameters:
+        readers = ", ".join(sorted(n for n, m in METHODS.items() if m.mergekit_parameters))
+        raise TaxcutError(f"mergekit merge_method {name!r} is not run by taxcut; it runs {readers}")
+    return method
 
 
 def method_for_spec(spec: object) -> MergeMethod:

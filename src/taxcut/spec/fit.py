@@ -67,6 +67,15 @@ class FitOptions(BaseModel):
     warmup: float = Field(0.1, description="share of the steps that warm the learning rate up, then cosine decay "
                                            "(taxcut: 0.1; paper: 0.03)")
     seed: int = Field(0, description="seeds the model's randomness, the draw and the order of the examples")
+    retain_weight: list[float] | float = Field(
+        0.0, description="W: the loss adds W * KL(SFT || merged) of next-token distributions on the retain set "
+        "(taxcut fit --retain FILE), a tax term; several values fit one ratios file each, tracing a front (0: no "
+        "term, today's fit)", json_schema_extra={"metavar": "W | W1,...,WN"})
+    granularity: Literal["block", "layer"] = Field(
+        "block", description="one ratio per block of layers (K = blocks, the paper) or one per decoder layer")
+    mean: Literal["fixed", "free"] = Field(
+        "fixed", description="fixed: the ratios' mean held at a (the paper); free: each ratio sigmoid(s) within "
+        "[0, 1], starting at a")
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +84,8 @@ class FitOptions(BaseModel):
             return {**PRESETS.get(data["preset"], {}), **data}
         return data
 
-    @field_validator("blocks", "eps", "reg", "draw", "epochs", "batch_size", "lr", "warmup", "seed", mode="before")
+    @field_validator("blocks", "eps", "reg", "draw", "epochs", "batch_size", "lr", "warmup", "seed", "retain_weight",
+                     mode="before")
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
@@ -105,6 +115,16 @@ class FitOptions(BaseModel):
         if not all(math.isfinite(v) and v >= 0 for v in values):
             raise ValueError("must be non-negative finite numbers")
         return values[0] if len(values) == 1 else values  # one eps is a number, a search a list
+
+    @field_validator("retain_weight")
+    @classmethod
+    def _retain_weights(cls, value: list[float] | float) -> list[float] | float:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("give at least one value")
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError("must be non-negative finite numbers")
+        return values[0] if len(values) == 1 else values  # one W is a number, a front a list
 
     @field_validator("draw")
     @classmethod
@@ -141,6 +161,10 @@ class FitOptions(BaseModel):
     def eps_values(self) -> list[float]:
         """The eps values to fit at: one, or the values of an eps search."""
         return self.eps if isinstance(self.eps, list) else [self.eps]
+
+    def retain_weights(self) -> list[float]:
+        """The retention weights W to fit at: one, or the values of a front."""
+        return self.retain_weight if isinstance(self.retain_weight, list) else [self.retain_weight]
 
     def options(self) -> dict[str, Any]:
         """The fields of :class:`FitOptions` only (what a sweep's ``hma:`` section shares with ``taxcut fit``)."""
@@ -210,6 +234,9 @@ class FitRecord(BaseModel):
     convention: str | None = None
     settings: FitSettings | None = None
     data: str | None = None  # the fit set
+    retain: str | None = None  # the retain set of the KL term (settings.retain_weight is its W)
+    retain_kl_first: float | None = None  # KL(SFT || merged) on the retain batches, first and last step
+    retain_kl_last: float | None = None
     steps: int | None = None
     loss_first: float | None = None
     loss_last: float | None = None

@@ -3,7 +3,7 @@
 Ratios follow taxcut's convention: ``a`` weighs the ALIGNED model, ``theta = (1 - a) * sft + a * aligned``
 (the paper's reference code weighs the SFT model instead; its ``alpha=0.2`` is our ``a=0.8``).
 
-Exactly one of three ways gives the ratio of the decoder layers:
+Exactly one of four ways gives the ratio of the decoder layers:
 
 - ``alpha``: one ratio for every tensor (model averaging, MA);
 - ``alphas: [a1, ..., aK]``: one ratio per block of contiguous decoder layers (heterogeneous model averaging, HMA).
@@ -11,10 +11,14 @@ Exactly one of three ways gives the ratio of the decoder layers:
   ``floor(k * L / K + 1/2)`` for k = 1..K-1; for 32 layers and K = 3 that is 0-10 / 11-20 / 21-31 as in the paper.
   ``block_bounds: [[0, 7], [8, 15], [16, 25]]`` (first and last layer of each block, inclusive) gives any other
   split, e.g. the paper's 26-layer one;
-- ``layer_alphas``: one ratio per decoder layer.
+- ``layer_alphas``: one ratio per decoder layer;
+- ``profile: [alpha, beta]``: a depth profile as LiNeS (Wang et al., ICLR 2025, arXiv 2410.17146) scales the
+  update: layer l of L gets ``clip(alpha + beta * l / (L - 1), 0, 1)``, l = 0 the bottom (L = 1: ``alpha``)
+  (:func:`profile_ratios`); it is resolved to ``layer_alphas`` once L is known.
 
 Tensors outside the decoder layers: with ``alpha`` they get ``alpha``; otherwise embeddings get the first block's
-(first layer's) ratio and everything else (final norm, lm_head) the mean ratio. ``rules`` override all of that:
+(first layer's) ratio and everything else (final norm, lm_head) the mean ratio -- for a ``profile``, ``alpha`` and
+the mean of its per-layer ratios (measured: see :attr:`RatioFields.profile`). ``rules`` override all of that:
 a list of ``{match: GLOB | regex: REGEX, alpha: A}`` tried in order against each tensor name, first match wins.
 """
 
@@ -103,6 +107,13 @@ class RatioFields(BaseModel):
     alphas: list[float] | None = None
     block_bounds: list[tuple[int, int]] | None = None
     layer_alphas: list[float] | None = None
+    profile: list[float] | None = None
+    """``[alpha, beta]``: layer l of L gets ``clip(alpha + beta * l / (L - 1), 0, 1)`` (LiNeS), i.e. exactly
+    ``layer_alphas`` of those ratios: embeddings (the bottom) get ``alpha``, final norm and lm_head the mean of the
+    per-layer ratios; a tied embedding/lm_head, one tensor, gets ``alpha``. Measured on the lab (seed 0, 12 profiles,
+    alpha 0-0.6 x beta 0.2-1; hypervolume relative to MA's): this 1.080, the mean everywhere 1.079, ``alpha``
+    everywhere (LiNeS's code, whose heads are not merged) 1.055, the SFT model's 0.996 -- the head side needs
+    the aligned model's weights more than the bottom layers do."""
     rules: list[NameRule] = []
 
     def ratio_fields(self) -> dict[str, Any]:
@@ -117,12 +128,32 @@ class RatioFields(BaseModel):
         """The mean ratio ``a`` of the decoder layers (HMA keeps this equal to MA's ``a``); None without ratios."""
         if self.alpha is not None:
             return self.alpha
+        if self.profile is not None:
+            return profile_mean(*self.profile)
         values = self.alphas if self.alphas is not None else self.layer_alphas
         return sum(values) / len(values) if values else None
 
 
-RATIO_FIELDS = tuple(RatioFields.model_fields)  # alpha, alphas, block_bounds, layer_alphas, rules
-ONE_RATIO_PER = ("alpha", "alphas", "layer_alphas")  # the three ways of giving the layers' ratios: exactly one
+RATIO_FIELDS = tuple(RatioFields.model_fields)  # alpha, alphas, block_bounds, layer_alphas, profile, rules
+ONE_RATIO_PER = ("alpha", "alphas", "layer_alphas", "profile")  # the ways of giving the layers' ratios: exactly one
+
+
+def profile_ratios(alpha: float, beta: float, num_layers: int) -> list[float]:
+    """The ratio of each of ``num_layers`` decoder layers under the depth profile ``[alpha, beta]`` (LiNeS):
+    ``clip(alpha + beta * l / (L - 1), 0, 1)``, bottom (l = 0) first; one layer gets ``alpha``."""
+    if num_layers == 1:
+        return [min(1.0, max(0.0, alpha))]
+    return [min(1.0, max(0.0, alpha + beta * layer / (num_layers - 1))) for layer in range(num_layers)]
+
+
+def profile_mean(alpha: float, beta: float) -> float:
+    """The mean ratio of a depth profile, without the number of layers: the mean of the clipped line over depth
+    [0, 1]. Exactly the mean over any L >= 2 layers when nothing is clipped (``alpha + beta / 2``)."""
+    def at(x: float) -> float:
+        return min(1.0, max(0.0, alpha + beta * x))
+
+    cuts = sorted({0.0, 1.0, *(x for x in ((-alpha / beta, (1 - alpha) / beta) if beta else ()) if 0 < x < 1)})
+    return sum((right - left) * (at(left) + at(right)) / 2 for left, right in zip(cuts, cuts[1:]))
 
 
 class MergeSpec(RatioFields):
@@ -152,8 +183,8 @@ class MergeSpec(RatioFields):
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("alpha", "alphas", "layer_alphas", "max_shard_size", "extrapolate", "allow_tokenizer_mismatch",
-                     mode="before")
+    @field_validator("alpha", "alphas", "layer_alphas", "profile", "max_shard_size", "extrapolate",
+                     "allow_tokenizer_mismatch", mode="before")
     @classmethod
     def _no_booleans(cls, value: Any, info) -> Any:
         values = value if isinstance(value, list) else [value]
@@ -170,13 +201,15 @@ class MergeSpec(RatioFields):
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of 'alpha', 'alphas' (per block) or 'layer_alphas' (per layer); got "
-                + (", ".join(repr(g) for g in given) or "none")
+                + (", ".join(repr(g) for g in given) or "none") + " (or 'profile: [alpha, beta]', a depth profile)"
             )
         for field_name, values in (("alphas", self.alphas), ("layer_alphas", self.layer_alphas)):
             if values is not None and not values:
                 raise ValueError(f"'{field_name}' is empty: give at least one ratio")
         if self.block_bounds is not None:
             self._check_block_bounds()
+        if self.profile is not None:
+            self._check_profile()
         for where, value in self._all_ratios():
             if not math.isfinite(value):
                 raise ValueError(f"{where} = {value} is not a finite number")
@@ -201,6 +234,18 @@ class MergeSpec(RatioFields):
                     f"list [first, last] inclusive (this block should start at {expected_first})"
                 )
             expected_first = last + 1
+
+    def _check_profile(self) -> None:
+        """``[alpha, beta]``, finite, alpha in [0, 1]; any beta (the ratios are clipped to [0, 1], so
+        'extrapolate' does not apply)."""
+        if len(self.profile) != 2:
+            raise ValueError(f"'profile' has {len(self.profile)} values: give two, [alpha, beta] (bottom layer's "
+                             "ratio, and how much it rises to the top layer)")
+        for name, value in zip(("alpha", "beta"), self.profile):
+            if not math.isfinite(value):
+                raise ValueError(f"'profile' {name} = {value} is not a finite number")
+        if not 0.0 <= self.profile[0] <= 1.0:
+            raise ValueError(f"'profile' alpha = {self.profile[0]} is outside [0, 1]: it is the bottom layer's ratio")
 
     def _all_ratios(self) -> list[tuple[str, float]]:
         found: list[tuple[str, float]] = []

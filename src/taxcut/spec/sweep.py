@@ -19,20 +19,31 @@ from taxcut.spec.merge import (
 
 
 class SearchSpec(BaseModel):
-    """A black-box multi-objective search over the K block ratios (optuna, extra ``taxcut[search]``) that measures
-    reward and tax directly, ``budget`` candidates in all (resumable through the results file). Each round asks
-    ``batch`` proposals, evaluates them in parallel and tells their results (default: one per worker of the
-    sweep's executor; set it to make the proposals independent of the cluster's size)."""
+    """A black-box multi-objective search (optuna, extra ``taxcut[search]``) over the K block ratios (``space:
+    blocks``, each in [low, high]) or a LiNeS depth profile (``space: profile``: alpha in [low, high], beta in
+    [-1, 1]; :mod:`taxcut.sweep.search`) that measures reward and tax directly, ``budget`` candidates in all
+    (resumable through the results file). Each round asks ``batch`` proposals, evaluates them in parallel and
+    tells their results (default: one per worker of the sweep's executor; set it to make the proposals
+    independent of the cluster's size)."""
 
     model_config = ConfigDict(extra="forbid")
 
     budget: int = 20
+    space: Literal["blocks", "profile"] = "blocks"
     blocks: int = 3
     sampler: Literal["nsga2", "tpe"] = "nsga2"
     seed: int = 0
     low: float = 0.0
     high: float = 1.0
     batch: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _space(self) -> SearchSpec:
+        if self.space == "profile" and "blocks" in self.model_fields_set:
+            raise ValueError("'blocks' applies to 'space: blocks' (a profile has two parameters, alpha and beta)")
+        if not 0.0 <= self.low < self.high <= 1.0 and self.space == "profile":
+            raise ValueError("'low' and 'high' bound the profile's alpha, a ratio: give 0 <= low < high <= 1")
+        return self
 
 
 class SweepSpec(BaseModel):
@@ -74,6 +85,8 @@ class SweepSpec(BaseModel):
     def _candidates_are_valid_merges(self) -> SweepSpec:
         if self.evaluation.reward is None or not self.evaluation.tasks:
             raise ValueError("a sweep measures reward and tax: its 'evaluation' needs a 'reward' section and 'tasks'")
+        if self.candidates.mergekit is not None:  # its config read once, its models named by role
+            self.candidates.mergekit.bind(self.sft, self.aligned)
         for candidate in expand_grid(self.candidates):
             if candidate.model is not None:
                 continue
@@ -95,8 +108,11 @@ class SweepSpec(BaseModel):
                 if isinstance(grid.get(key), list):
                     relative = model_relative if key == "models" else file_relative  # a Hub ID stays as written
                     grid[key] = [relative(m, path.parent) for m in grid[key]]
-            if isinstance(grid.get("hma"), dict) and "data" in grid["hma"]:
-                grid["hma"]["data"] = file_relative(grid["hma"]["data"], path.parent)
+            for key in ("data", "retain"):
+                if isinstance(grid.get("hma"), dict) and grid["hma"].get(key) is not None:
+                    grid["hma"][key] = file_relative(grid["hma"][key], path.parent)
+            if isinstance(grid.get("mergekit"), dict) and grid["mergekit"].get("config") is not None:
+                grid["mergekit"]["config"] = file_relative(grid["mergekit"]["config"], path.parent)
         data.update(overrides or {})
         spec = spec_from_dict(data, source=str(path), model=cls)
         spec = spec.model_copy(update={"evaluation": spec.evaluation.relative_to(path.parent)})

@@ -1,7 +1,8 @@
 """The adaptive ratio grid: evaluate the ratios where the front is still uncertain, not a fixed grid.
 
 A **family** is a path of candidates indexed by ``a`` from the SFT model (``a = 0``) to the aligned model
-(``a = 1``): MA (one ratio ``a``), a block or layer profile ``p`` moved along ``a`` (:func:`profile_at`), or HMA
+(``a = 1``): MA (one ratio ``a``), a block or layer profile ``p`` moved along ``a`` (:func:`profile_at`; a LiNeS
+depth profile ``[alpha, beta]`` the same way, :func:`lines_at`), or HMA
 fitted at mean ratio ``a``. Each family starts from a few ratios (MA: 0, 0.5, 1; a profile: its own mean; HMA: its
 ``mean_alphas``); then, one round at a time, the strategy evaluates the midpoint of the segment between two
 neighbouring ratios of a family that can still add the most to the front:
@@ -63,6 +64,21 @@ def profile_at(profile: Sequence[float], a: float) -> list[float]:
     else:
         values = [p + (1.0 - p) * (a - mean) / (1.0 - mean) if mean < 1 else 1.0 for p in profile]
     return [round(v, RATIO_DIGITS) for v in values]
+
+
+def lines_at(profile: Sequence[float], a: float) -> list[float]:
+    """The depth profile ``[alpha, beta]`` moved to mean ratio ``a`` as :func:`profile_at` moves a block pattern:
+    its bottom and top ratios (``alpha``, ``alpha + beta`` clipped to [0, 1]) are moved together, so the profile
+    stays a line with every ratio in [0, 1] and its mean (:func:`taxcut.spec.merge.profile_mean`) is ``a``."""
+    alpha, beta = profile
+    bottom, top = profile_at([alpha, min(1.0, max(0.0, alpha + beta))], a)
+    return [bottom, round(top - bottom, RATIO_DIGITS)]
+
+
+def lines_mean(profile: Sequence[float]) -> float:
+    """Where a depth profile stands on its :func:`lines_at` path: the mean of its bottom and (clipped) top ratio."""
+    alpha, beta = profile
+    return (alpha + min(1.0, max(0.0, alpha + beta))) / 2
 
 
 def segment_gain(left: NoisyPoint, right: NoisyPoint, front: Sequence[tuple[float, float]],

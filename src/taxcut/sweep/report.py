@@ -75,6 +75,7 @@ def _plus_minus(value: float, error: float) -> str:
 KIND_STYLES: dict[CandidateKind, tuple[str, str]] = {
     "MA": ("o", "MA (one a)"), "scoped-MA": ("v", "MA, HMA's scope (no learning)"),
     "blocks": ("s", "block profiles"), "layers": ("^", "layer profiles"),
+    "LiNeS": ("h", "LiNeS depth profiles (Wang et al. 2025)"),
     "HMA": ("D", "HMA (learned)"), "model": ("x", "checkpoints as they are"), "search": ("P", "black-box search"),
 }
 

@@ -12,6 +12,7 @@ copies do not fit the GPU (see README, "Scaling out").
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from taxcut.io.hub import model_path  # a Hub ID's snapshot in the cache
 from taxcut.io.parameters import checkpoint_names, read_parameters
 from taxcut.methods.interpolation import BLOCK_ELEMENTS, interpolate
 from taxcut.io.layers import detect_layers
+from taxcut.merging.engine import run_merge
 from taxcut.merging.plan import build_plan
 from taxcut.spec.candidates import Candidate
 
@@ -97,11 +99,25 @@ class ResidentModel:
             self._load(Path(candidate.model))
             self.current = candidate.id
             return
+        if candidate.mergekit is not None:
+            self._merge_and_load(candidate)
+            self.current = candidate.id
+            return
         with torch.no_grad():
             for name, ratio in self.ratios(candidate).items():
                 interpolate(self.sft[name], self.aligned[name], ratio, self.parameters[name].data,
                             scratch=self._scratch, check_finite=False)
         self.current = candidate.id
+
+    def _merge_and_load(self, candidate: Candidate) -> None:
+        """A mergekit candidate: merged by the engine into a temporary folder exactly as ``taxcut merge`` merges its
+        config (mergekit's methods rank, sort and normalise whole tensors, which the in-place kernel does not), then
+        loaded like a checkpoint."""
+        with tempfile.TemporaryDirectory(prefix="taxcut-mergekit-") as folder:
+            spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, out=Path(folder) / "candidate",
+                                        allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
+            run_merge(build_plan(spec), progress=False, log=lambda _: None)
+            self._load(Path(folder) / "candidate")
 
     def _load(self, folder: Path) -> None:
         """Copy another checkpoint of the same architecture into the live parameters, one tensor at a time (no

@@ -20,7 +20,7 @@ from taxcut.evaluation.loading import pick_device
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.execution import Executor, open_executor
-from taxcut.hma.candidates import hma_candidates
+from taxcut.hma.candidates import check_retain_set, hma_candidates
 from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.io.destination import claim_folder, staged_file
 from taxcut.io.publish import LockHeld, hold_lock, probe_lock
@@ -34,7 +34,7 @@ from taxcut.sweep.executor import CandidateBatches, CandidateEvaluation
 from taxcut.sweep.noise import NoisyPoint, noise_aware_front, paired_tax_stderr
 from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.results import ResultRecord, ResultsStore
-from taxcut.sweep.search import search_candidates
+from taxcut.sweep.search import fits_search, search_candidates
 from taxcut.sweep.strategy import (
     ResultsBook, StrategyReport, SweepStrategy, item_counts, measure_part, sweep_cost, uses_strategy,
 )
@@ -73,6 +73,8 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
             return run_sweep(spec, progress=progress, executor=executor)
     device = pick_device(spec.device) if not executor.remote else "cpu"  # remote workers load their own models
     suite = EvaluationSuite.from_spec(spec.evaluation, device=device)  # bad data files fail before anything else
+    if spec.candidates.hma is not None and spec.candidates.hma.retain is not None:
+        check_retain_set(spec)  # disjoint from every evaluation item, before any work
     claim_folder(spec.out, inputs=sweep_inputs(spec), kind="sweep results", entries=list(SWEEP_FILES))
     with _sweep_lock(spec.out):
         _refuse_linked_reports(spec.out)  # again: made while the data loaded
@@ -138,10 +140,7 @@ def _sweep(spec: SweepSpec, suite: EvaluationSuite, progress: bool | None, execu
         evaluate_all(fitted)
         candidates += fitted
     if spec.search is not None:
-        bounds = spec.search
-        done = [r for r in latest.values() if r.kind == "search"  # earlier proposals that fit this search
-                and len(r.candidate.alphas or []) == bounds.blocks
-                and all(bounds.low <= a <= bounds.high for a in r.candidate.alphas)]
+        done = [r for r in latest.values() if fits_search(r.candidate, spec.search)]  # earlier proposals of it
         candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate,
                                         batch=executor.workers)
     _write_report_file(spec.out / "sweep.yaml", lambda path: path.write_text(spec.to_yaml()))
@@ -244,8 +243,11 @@ def sweep_inputs(spec: SweepSpec) -> list[tuple[str, Path | None]]:
     found += spec.evaluation.input_files()
     found += [(f"candidate {Path(m).name}", Path(m)) for m in spec.candidates.models]
     found += [(f"ratios file {Path(f).name}", Path(f)) for f in spec.candidates.ratio_files]
+    if spec.candidates.mergekit is not None:
+        found.append(("mergekit config", spec.candidates.mergekit.config))
     if spec.candidates.hma is not None:
         found.append(("HMA fit set", spec.candidates.hma.data))
+        found.append(("HMA retain set", spec.candidates.hma.retain))
     return found
 
 
@@ -336,7 +338,7 @@ def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: 
               "exporting it as --force asks", file=sys.stderr)
     spec = record.candidate.merge_spec(sft, aligned, out=out, extrapolate=record.extrapolate,
                                        allow_tokenizer_mismatch=record.allow_tokenizer_mismatch)  # as swept
-    if record.dtype:
+    if record.dtype and record.candidate.mergekit is None:  # a mergekit config keeps its own dtypes, as `merge`
         spec = spec.model_copy(update={"dtype": record.dtype})
     exported = {"results": str(results.resolve()), "line": number, "candidate": record.candidate_id,
                 "label": record.label, "inputs_verified": not (unchecked or changed),

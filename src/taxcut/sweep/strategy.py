@@ -2,7 +2,8 @@
 (in full, or by successive halving), through one batch-evaluating function.
 
 - ``candidates: {strategy: grid}`` (the default) evaluates the grid as given; ``strategy: adaptive`` runs
-  :mod:`taxcut.sweep.adaptive` over the MA family, each block or layer pattern as a profile family, and HMA (fitted
+  :mod:`taxcut.sweep.adaptive` over the MA family, each block or layer pattern and each LiNeS depth profile as a
+  profile family, and HMA (fitted
   at the ratios it picks), with the checkpoints and ratios files as fixed points.
 - ``evaluation: {fidelity: full}`` (the default) measures each candidate on all the data; ``fidelity: halving``
   runs :mod:`taxcut.sweep.halving` on every batch.
@@ -23,9 +24,9 @@ from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.subset import FULL, DataPart
 from taxcut.evaluation.suite import EvaluationSuite
-from taxcut.spec.candidates import Candidate, expand_grid, ma_candidate
+from taxcut.spec.candidates import Candidate, expand_grid, ma_candidate, profile_candidate
 from taxcut.spec.sweep import SweepSpec
-from taxcut.sweep.adaptive import AdaptiveOutcome, Family, adaptive_search, profile_at
+from taxcut.sweep.adaptive import AdaptiveOutcome, Family, adaptive_search, lines_at, lines_mean, profile_at
 from taxcut.sweep.cost import CostAccount, cost_account
 from taxcut.sweep.halving import EvaluateBatch, HalvingSettings, noisy_point, stage_context, successive_halving
 from taxcut.sweep.noise import NoisyPoint
@@ -182,8 +183,8 @@ class SweepStrategy:
         return sum(record.share for record in last if record is not None)
 
     def families(self) -> tuple[list[Family], list[Candidate]]:
-        """The adaptive grid's families (MA, each block or layer pattern, HMA) and its fixed candidates
-        (checkpoints, ratios files)."""
+        """The adaptive grid's families (MA, each block or layer pattern, each depth profile, HMA) and its fixed
+        candidates (checkpoints, ratios files)."""
         grid = self.spec.candidates
         rules = [rule.model_dump(exclude_none=True) for rule in grid.rules]
         ends = {0.0: self.baseline, 1.0: self.aligned}
@@ -203,11 +204,14 @@ class SweepStrategy:
                 lambda a, p=pattern: Candidate(label=f"layers {_short(profile_at(p, a))}", kind="layers",
                                                layer_alphas=profile_at(p, a), rules=rules)),
                 (sum(pattern) / len(pattern),)))
+        for profile in grid.all_profiles():  # a depth profile: a path at its shape, as a block pattern's
+            families.append(Family(f"LiNeS {_short(profile)}", path(
+                lambda a, p=profile: profile_candidate(lines_at(p, a), rules)), (lines_mean(profile),)))
         if grid.hma is not None:
             start = tuple(grid.hma.mean_alphas) if "mean_alphas" in grid.hma.model_fields_set else (0.5,)
             families.append(Family("HMA", path(self._hma_at), start))
-        fixed = [c for c in expand_grid(grid.model_copy(update={"grid": [], "block_patterns": [],
-                                                                 "layer_patterns": []}))[1:]]
+        fixed = [c for c in expand_grid(grid.model_copy(update={"grid": [], "block_patterns": [], "layer_patterns": [],
+                                                                 "profiles": [], "profile_grid": None}))[1:]]
         return families, fixed
 
     def _hma_at(self, a: float) -> Candidate:
