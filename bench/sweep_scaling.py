@@ -31,7 +31,7 @@ import torch
 from taxcut.execution import LocalExecutor
 from taxcut.lab.build import LabConfig, build_lab
 from taxcut.lab.demo import demo_sweep_spec
-from taxcut.spec.executor import RaySettings
+from taxcut.spec.execution import RaySettings
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
 CACHE = Path(__file__).parent / ".cache"

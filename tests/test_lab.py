@@ -101,3 +101,12 @@ def test_summary_in_plain_words():
     assert "raised the mean reward from +0.00 to +1.00 (+1.00) and cost 100.0 points" in text
     assert "a = 0.5: keeps    50% of the reward gain for    25% of the tax" in text
     assert "Early stopping at raft-1" in text and "keeping 25.0 points more capability than early stopping" in text
+
+
+def test_the_summary_sets_each_lines_profile_against_ma_at_its_reward():
+    rows = [row(kind="MA", mean_alpha=a / 10, reward=a / 10, tax=(a / 10) ** 2, label=f"MA a={a / 10:g}")
+            for a in range(11)]
+    rows.append(row(kind="LiNeS", mean_alpha=0.7, reward=0.75, tax=0.3, label="LiNeS a=0.2 b=1"))
+    # MA reaches reward 0.75 halfway between a = 0.7 (tax 0.49) and a = 0.8 (tax 0.64): 56.5 points
+    assert ("LiNeS alpha=0.2, beta=1 (the aligned share rising with depth): reward +0.75, tax 30.0 points vs MA's "
+            "56.5 at that reward.") in summarize(rows)

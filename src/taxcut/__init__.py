@@ -19,27 +19,62 @@ Quick use::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
 from taxcut.errors import TaxcutError
 from taxcut.spec import MergeSpec, NameRule
 from taxcut.version import __version__
 
+if TYPE_CHECKING:  # `import taxcut` stays light: the planner and the toolkit specs load on first use
+    from taxcut.merging.plan import MergePlan
+    from taxcut.spec.mergekit_config import MergekitConfig
+    from taxcut.spec.toolkit import ToolkitSpec
 
-def plan(spec):
-    """Resolve ``spec`` (a :class:`MergeSpec` or a toolkit spec) against the inputs' headers (no weights read) and
-    return the :class:`~taxcut.merging.plan.MergePlan`."""
+AnyMergeSpec = Union[MergeSpec, "ToolkitSpec", "MergekitConfig"]
+"""What :func:`plan` and :func:`merge` take: an MA/HMA spec, a toolkit spec (a named method over N models), or a
+mergekit configuration."""
+
+
+def plan(spec: AnyMergeSpec) -> MergePlan:
+    """Resolve ``spec`` against the inputs' headers, reading no weights.
+
+    Args:
+        spec: the merge to plan (:class:`MergeSpec`, a toolkit spec or a mergekit configuration).
+
+    Returns:
+        The :class:`~taxcut.merging.plan.MergePlan`: which tensor gets which method and ratio
+        (``render()`` shows it); close it, or use it as a context manager, to release the files it holds open.
+
+    Raises:
+        TaxcutError: inputs that do not fit together (tensors, shapes, tokenizers) or a spec that names none of
+            their tensors, in one line.
+    """
     from taxcut.merging.plan import build_plan  # noqa: PLC0415 - `import taxcut` stays light
 
     return build_plan(spec)
 
 
-def merge(spec, *, overwrite: bool = False, progress: bool | None = None, protect=(), provenance=None):
-    """Write the merged model described by ``spec`` (a :class:`MergeSpec` or a toolkit spec) to its ``out`` folder
-    and return that path.
+def merge(spec: AnyMergeSpec, *, overwrite: bool = False, progress: bool | None = None,
+          protect: Sequence[tuple[str, Path]] = (), provenance: dict[str, Any] | None = None) -> Path:
+    """Write the merged model described by ``spec`` to its ``out`` folder.
 
     Elementwise methods stream chunk by chunk (peak memory does not grow with the model); everything is written
-    into a staging folder beside the destination and renamed into place only when complete. ``protect``: more
-    (role, path) pairs the destination must stay clear of, such as the spec file; ``provenance``: more fields for
-    the provenance file.
+    into a staging folder beside the destination and renamed into place only when complete.
+
+    Args:
+        spec: the merge (:class:`MergeSpec`, a toolkit spec or a mergekit configuration), with its ``out``.
+        overwrite: replace a destination that holds an earlier taxcut output (never anything else).
+        progress: show a progress bar (None: only on a terminal).
+        protect: more (role, path) pairs the destination must stay clear of, such as the spec file.
+        provenance: more fields for the provenance file written beside the weights.
+
+    Returns:
+        The destination folder, complete.
+
+    Raises:
+        TaxcutError: bad input or a destination taxcut may not write, in one line; nothing is left half-written.
     """
     from taxcut.merging.engine import run_merge  # noqa: PLC0415 - `import taxcut` stays light
     from taxcut.merging.plan import build_plan  # noqa: PLC0415

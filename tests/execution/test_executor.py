@@ -13,7 +13,7 @@ import yaml
 from taxcut import TaxcutError
 from taxcut.cli import main
 from taxcut.execution import LocalExecutor, open_executor
-from taxcut.spec.executor import ExecutorSpec, RaySettings
+from taxcut.spec.execution import ExecutorSpec, RaySettings
 from taxcut.spec.sweep import SweepSpec
 
 TESTS = Path(__file__).parents[1]

@@ -19,7 +19,7 @@ import yaml
 
 from taxcut.execution import LocalExecutor
 from taxcut.lab.build import LabConfig, build_lab
-from taxcut.spec.executor import RaySettings
+from taxcut.spec.execution import RaySettings
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 

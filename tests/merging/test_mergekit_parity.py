@@ -92,3 +92,31 @@ def test_taxcut_equals_mergekit(models, tmp_path, name):
         assert tensor.dtype == theirs[tensor_name].dtype, tensor_name
         difference = (tensor.double() - theirs[tensor_name].double()).abs().max().item()
         assert difference <= 1e-6, f"{tensor_name}: {difference}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair, ratios", [
+    ("llama", {"alphas": [0.2, 0.55, 0.8], "rules": [{"match": "*.mlp.down_proj.weight", "alpha": 0.35}]}),
+    ("qwen2_bf16_tied", {"profile": [0.3, 0.6]}),
+])
+def test_mergekit_runs_the_exported_config_to_the_same_bytes(models, tmp_path, capsys, pair, ratios):
+    """taxcut's MA/HMA kernel is mergekit's linear arithmetic: the config `export-mergekit` writes, run by mergekit
+    itself, gives every tensor of the taxcut merge bit for bit (fp32 and bf16)."""
+    sft, aligned = (models["base"], models["first"]) if pair == "llama" else (models["qbase"], models["qtuned"])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"sft": sft, "aligned": aligned, **ratios}))
+    assert main(["merge", str(spec), "--out", str(tmp_path / "taxcut"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["export-mergekit", str(spec)]) == 0
+    config = tmp_path / "exported.yml"
+    config.write_text(capsys.readouterr().out)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
+    done = subprocess.run([str(MERGEKIT), str(config), str(tmp_path / "mergekit")], capture_output=True, text=True,
+                          env={**env, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs, ours = load_weights(tmp_path / "mergekit"), load_weights(tmp_path / "taxcut")
+    assert set(ours) <= set(theirs)
+    for tensor_name, tensor in ours.items():
+        assert tensor.dtype == theirs[tensor_name].dtype, tensor_name
+        assert torch.equal(tensor.view(torch.int16 if tensor.itemsize == 2 else torch.int32),
+                           theirs[tensor_name].view(torch.int16 if tensor.itemsize == 2 else torch.int32)), tensor_name

@@ -28,12 +28,15 @@ def test_within_one_float32_ulp_of_the_exact_value():
     assert (np.abs(out.double().numpy() - exact) <= ulp).all()
 
 
-def test_negative_zero_products_become_positive_zero_as_in_mergekit():
-    """mergekit starts from zeros: 0 + (-0) is +0, so a = 1 over a negative sft gives +0 where aligned is -0."""
-    sft, aligned = torch.tensor([-1.0, -0.0]), torch.tensor([-0.0, -0.0])
-    out = torch.empty(2)
-    interpolate(sft, aligned, 1.0, out)
-    assert not torch.signbit(out).any()
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 1.0])
+def test_negative_zeros_come_out_as_in_mergekit(alpha):
+    """mergekit starts from zeros: 0 + (-0) is +0, so where both products are -0 (a = 1 over a negative sft and a -0
+    aligned, -0 in both at 0 < a < 1, ...) the result is +0, byte for byte."""
+    sft, aligned = torch.tensor([-1.0, -0.0, -0.0, -2.0, 3.0]), torch.tensor([-0.0, -0.0, -4.0, -0.0, -0.0])
+    out = torch.empty(5)
+    interpolate(sft, aligned, alpha, out)
+    assert torch.equal(out.view(torch.int32), reference(sft, aligned, alpha, torch.float32).view(torch.int32))
+    assert not torch.signbit(out[1])  # -0 in both inputs
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

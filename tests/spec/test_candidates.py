@@ -34,7 +34,7 @@ def test_ids_do_not_change_so_old_results_files_resume():
 
 def test_kinds_are_a_closed_set():
     assert set(typing.get_args(CandidateKind)) == {"MA", "scoped-MA", "blocks", "layers", "LiNeS", "model", "HMA",
-                                                   "search"}
+                                                   "search", "mergekit"}
     with pytest.raises(ValueError, match="kind"):
         Candidate(label="x", kind="ma", alpha=0.5)
 

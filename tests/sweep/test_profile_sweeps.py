@@ -236,3 +236,22 @@ def test_lines_has_its_own_marker_on_the_plot(tmp_path):
                          ("LiNeS a=0.2 b=0.6", "LiNeS", 0.5, 0.8, 0.1)])]
     plot_front(rows, tmp_path / "front.png")
     assert (tmp_path / "front.png").stat().st_size > 0
+
+
+def test_a_sweep_without_candidates_measures_the_recommended_profiles_and_one_with_them_lists_its_own(tmp_path):
+    from taxcut.spec.candidates import RECOMMENDED_PROFILES
+    from taxcut.spec.sweep import SweepSpec
+
+    evaluation = {"reward": {"prompts": "p.jsonl", "function": "m:f"},
+                  "tasks": [{"name": "t", "type": "multiple_choice", "path": "x.jsonl"}]}
+    base = {"sft": "sft", "aligned": "aligned", "out": "out", "evaluation": evaluation}
+    bare = SweepSpec.model_validate(base)
+    assert bare.candidates.profiles == RECOMMENDED_PROFILES
+    labels = [c.label for c in expand_grid(bare.candidates)]
+    assert "LiNeS a=0.2 b=1" in labels and "MA a=0.5" in labels
+    listed = SweepSpec.model_validate({**base, "candidates": {"grid": [0.5]}})
+    assert listed.candidates.profiles == []
+    # the YAML round trip keeps the difference
+    again = SweepSpec.model_validate(bare.model_dump(mode="json", exclude_defaults=True))
+    assert again.candidates.profiles == RECOMMENDED_PROFILES
+    assert SweepSpec.model_validate(listed.model_dump(mode="json", exclude_defaults=True)).candidates.profiles == []

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.data import prompt_problem, read_jsonl
@@ -47,8 +48,21 @@ from taxcut.spec.evaluation import metric_problem
 _CONTEXT_FIELDS = ("context", "question", "prompt")
 
 
+class MeasuredTask:
+    """What every task shares: :meth:`measure` and :meth:`evaluate` from the task's ``measure_items`` (the
+    statistics of its metrics over some records, and the primary metric's score of each)."""
+
+    def evaluate(self, model, tokenizer) -> dict[str, float]:
+        """Every metric's value over all the records."""
+        return _values(self.measure(model, tokenizer))
+
+    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
+        """Every metric's statistic over the records ``items`` (default: all)."""
+        return self.measure_items(model, tokenizer, items)[0]
+
+
 @dataclass
-class MultipleChoiceTask:
+class MultipleChoiceTask(MeasuredTask):
     name: str
     path: Path
     limit: int | None = None
@@ -74,16 +88,10 @@ class MultipleChoiceTask:
             return choices.index(answer)
         raise TaxcutError(f"{self.path}, record {number}: 'answer' must be a choice index or one of the choices")
 
-    def evaluate(self, model, tokenizer) -> dict[str, float]:
-        return _values(self.measure(model, tokenizer))
-
-    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
-        """``acc`` and ``acc_norm`` over the records ``items`` (default: all), as shares of right answers."""
-        return self.measure_items(model, tokenizer, items)[0]
-
     def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
                       ) -> tuple[dict[str, Statistic], ItemScores]:
-        """:meth:`measure`, and the primary metric's score (right: 1, wrong: 0) of each record."""
+        """``acc`` and ``acc_norm`` over the records ``items`` (default: all), as shares of right answers, and the
+        primary metric's score (right: 1, wrong: 0) of each record."""
         numbers, records = _chosen(self.records, items)
         answers = [self.answers[n - 1] for n in numbers]
         contexts, chats = _render(self.path, records, tokenizer, _CONTEXT_FIELDS, numbers)
@@ -109,7 +117,11 @@ class MultipleChoiceTask:
 
 
 @dataclass
-class GenerationTask:
+class GreedyTask(MeasuredTask):
+    """The shape of a task scored on greedy generations: records with a prompt (or chat messages) and gold texts
+    (``gold``: its one-text and list fields), a generation per record up to a ``stop`` string; a subclass says how
+    to score the generations (:meth:`score`)."""
+
     name: str
     path: Path
     limit: int | None = None
@@ -118,20 +130,16 @@ class GenerationTask:
     stop: list[str] = field(default_factory=lambda: ["\n"])
     primary_metric: str = "exact_match"
     higher_is_better: bool = True
-    kind = "generation"
+    kind: ClassVar[str]
+    gold: ClassVar[tuple[str, str]]  # e.g. ("answer", "answers")
+    what: ClassVar[str]  # how errors name the file's kind
 
     def __post_init__(self) -> None:
         _check_metric(self)
-        self.records = read_jsonl(self.path, needs=[("prompt", "messages"), ("answer", "answers")],
-                                  what="generation task", limit=self.limit, check=_chat_problem(("prompt",)))
-        _require_some(self.path, self.records, ("answers", "answer"))
-
-    def evaluate(self, model, tokenizer) -> dict[str, float]:
-        return _values(self.measure(model, tokenizer))
-
-    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
-        """``exact_match``, ``f1`` and ``contains`` over the records ``items`` (default: all)."""
-        return self.measure_items(model, tokenizer, items)[0]
+        one, many = self.gold
+        self.records = read_jsonl(self.path, needs=[("prompt", "messages"), (one, many)], what=self.what,
+                                  limit=self.limit, check=_chat_problem(("prompt",)))
+        _require_some(self.path, self.records, (many, one))
 
     def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
                       ) -> tuple[dict[str, Statistic], ItemScores]:
@@ -139,53 +147,52 @@ class GenerationTask:
         numbers, records = _chosen(self.records, items)
         predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
                               self.stop, numbers)
-        golds = [_as_list(r.get("answers", r.get("answer"))) for r in records]
+        one, many = self.gold
+        stats, scores = self.score(predictions, [_as_list(r.get(many, r.get(one))) for r in records])
+        return stats, _primary_items(self, numbers, scores)
+
+    def score(self, predictions: list[str], golds: list[list[str]]
+              ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
+        """The statistics of the generations, and each record's score by metric."""
+        raise NotImplementedError
+
+
+@dataclass
+class GenerationTask(GreedyTask):
+    """``exact_match``, ``f1`` and ``contains`` of each generation against the record's answers."""
+
+    kind = "generation"
+    gold = ("answer", "answers")
+    what = "generation task"
+
+    def score(self, predictions: list[str], golds: list[list[str]]
+              ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
         pairs = list(zip(predictions, golds))
         scores = {"exact_match": [exact_match(p, g) for p, g in pairs], "f1": [token_f1(p, g) for p, g in pairs],
                   "contains": [contains_answer(p, g) for p, g in pairs]}
-        stats = {metric: Mean.of(values, binary=metric != "f1") for metric, values in scores.items()}
-        return stats, _primary_items(self, numbers, scores)
+        return {metric: Mean.of(values, binary=metric != "f1") for metric, values in scores.items()}, scores
 
 
 @dataclass
-class BleuTask:
-    name: str
-    path: Path
-    limit: int | None = None
+class BleuTask(GreedyTask):
+    """Corpus ``bleu`` against the records' references, from each record's n-gram statistics; the item scores are
+    each record's sentence BLEU (:func:`~taxcut.evaluation.stats.sentence_bleu_scores`: corpus BLEU does not split
+    into item scores; the corpus score stays the statistic's)."""
+
     max_new_tokens: int = 64
-    batch_size: int = 16
-    stop: list[str] = field(default_factory=lambda: ["\n"])
     primary_metric: str = "bleu"
-    higher_is_better: bool = True
     kind = "bleu"
+    gold = ("reference", "references")
+    what = "BLEU task"
 
-    def __post_init__(self) -> None:
-        _check_metric(self)
-        self.records = read_jsonl(self.path, needs=[("prompt", "messages"), ("reference", "references")],
-                                  what="BLEU task", limit=self.limit, check=_chat_problem(("prompt",)))
-        _require_some(self.path, self.records, ("references", "reference"))
-
-    def evaluate(self, model, tokenizer) -> dict[str, float]:
-        return _values(self.measure(model, tokenizer))
-
-    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
-        """Corpus ``bleu`` over the records ``items`` (default: all), from each record's n-gram statistics."""
-        return self.measure_items(model, tokenizer, items)[0]
-
-    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
-                      ) -> tuple[dict[str, Statistic], ItemScores]:
-        """:meth:`measure`, and each record's sentence BLEU (:func:`~taxcut.evaluation.stats.sentence_bleu_scores`:
-        corpus BLEU does not split into item scores; the corpus score stays the statistic's)."""
-        numbers, records = _chosen(self.records, items)
-        predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
-                              self.stop, numbers)
-        references = [_as_list(r.get("references", r.get("reference"))) for r in records]
-        bleu = bleu_statistics([p.strip() for p in predictions], references)
-        return {"bleu": bleu}, _primary_items(self, numbers, {"bleu": sentence_bleu_scores(bleu)})
+    def score(self, predictions: list[str], golds: list[list[str]]
+              ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
+        bleu = bleu_statistics([p.strip() for p in predictions], golds)
+        return {"bleu": bleu}, {"bleu": sentence_bleu_scores(bleu)}
 
 
 @dataclass
-class PerplexityTask:
+class PerplexityTask(MeasuredTask):
     name: str
     path: Path
     limit: int | None = None
@@ -198,16 +205,9 @@ class PerplexityTask:
         _check_metric(self)
         self.records = read_jsonl(self.path, needs=[("text",)], what="perplexity task", limit=self.limit)
 
-    def evaluate(self, model, tokenizer) -> dict[str, float]:
-        return _values(self.measure(model, tokenizer))
-
-    def measure(self, model, tokenizer, items: Sequence[int] | None = None) -> dict[str, Statistic]:
-        """``nll`` per token and ``perplexity`` over the records ``items`` (default: all)."""
-        return self.measure_items(model, tokenizer, items)[0]
-
     def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
                       ) -> tuple[dict[str, Statistic], ItemScores | None]:
-        """:meth:`measure`, and for ``nll`` each text's NLL (summed over its tokens) over the mean token count of
+        """``nll`` per token and ``perplexity`` over the records ``items`` (default: all), and for ``nll`` each text's NLL (summed over its tokens) over the mean token count of
         all the task's texts: the same in any subset, their mean over all texts is the task's ``nll``, and the
         paired error of their differences is the delta-method error of a difference of ``nll`` (both models
         score the same tokens). ``perplexity`` keeps no per-item scores (it is no mean of item scores)."""

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from taxcut.spec.executor import ExecutorSpec
+from taxcut.spec.execution import ExecutorSpec
 
 Item = TypeVar("Item")
 Output = TypeVar("Output")
@@ -38,14 +38,29 @@ class Timings:
 
 
 class Executor(Protocol):
-    """Runs a work on items and yields ``(item, output)`` as each finishes, in any order."""
+    """Runs a work on items and yields ``(item, output)`` as each finishes, in any order.
+
+    Attributes:
+        workers: how many items run at once (a search proposes this many per round).
+        remote: whether items run in other processes (the caller's own models are then not shared).
+        timings: the seconds each finished item took, busy and round trip.
+    """
 
     workers: int
-    remote: bool  # whether items run in other processes (the caller's own models are then not shared)
+    remote: bool
     timings: Timings
 
     def map(self, work: Work[Item, Output], items: Iterable[Item]) -> Iterator[tuple[Item, Output]]:
-        """Every item's output, as each finishes; an error of the work is raised here, as it was raised there."""
+        """Run ``work`` on every item.
+
+        Args:
+            work: what each worker sets up once (kept while the next call's work is equal) and runs per item.
+            items: the items, each handed to one worker.
+
+        Returns:
+            An iterator of ``(item, output)`` as each item finishes, in any order; an error of the work is raised
+            here, as it was raised there.
+        """
 
     def close(self) -> None:
         """Release the workers (and a Ray instance the executor started)."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from taxcut.errors import TaxcutError, first_line
 from taxcut.execution.executor import Item, Output, Timings, Work
-from taxcut.spec.executor import RaySettings
+from taxcut.spec.execution import RaySettings
 
 MISSING = "the Ray executor needs the extra: pip install 'taxcut[ray]'"
 

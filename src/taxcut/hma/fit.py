@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,189 +72,271 @@ class FitResult:
     is_main_process: bool = True  # under `accelerate launch`, only the main process writes the ratios file
 
 
-def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log=print,
+def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log: Callable[[str], object] = print,
                keep_weights: bool = False, allow_tokenizer_mismatch: bool = False,
                retain: Path | None = None) -> FitResult:
-    """Learn the block ratios at one eps and one retention weight W (on the retain set ``retain``, see
-    :mod:`taxcut.hma.retain`); ``keep_weights`` also returns the fitted weights by stored name (for checks);
-    ``allow_tokenizer_mismatch`` fits models whose tokenizer files give the same text other ids."""
-    if isinstance(settings.eps, list):
-        raise TaxcutError(f"eps {settings.eps}: a fit takes one eps; fit each of settings.eps_values() "
-                          "(as taxcut fit --eps E1,E2,... does)")
-    if isinstance(settings.retain_weight, list):
-        raise TaxcutError(f"retain_weight {settings.retain_weight}: a fit takes one W; fit each of "
-                          "settings.retain_weights() (as taxcut fit --retain-weight W1,W2,... does)")
-    weight = settings.retain_weight
-    if weight > 0 and retain is None:
-        raise TaxcutError(f"--retain-weight {weight:g} needs a retain set: give --retain FILE (JSONL text or prompts)")
-    adjustments = []
-    records = read_jsonl(data, needs=[("prompt",), ("response",)], what="fit set")  # bad data fails before loading
-    retain_records = read_retain_set(retain) if retain is not None else None
-    if settings.granularity == "block":  # K known before loading: an eps too small is said at once
-        settings = _bounded(settings, settings.blocks, adjustments, log)
-    allow = {"allow_tokenizer_mismatch": allow_tokenizer_mismatch}
-    build_plan(MergeSpec(sft=sft, aligned=aligned, alpha=settings.alpha, **allow)).close()
-    torch.manual_seed(settings.seed)  # the pair checked from headers (tokenizers too) before any model is loaded
-    from accelerate import Accelerator
+    """Learn the HMA block ratios of a pair at one eps and one retention weight W.
 
-    accelerator = Accelerator(cpu=pick_device(settings.device).type == "cpu")
-    device = accelerator.device
+    The recipe, in named steps: check the inputs, set up the two models, the blocks and the data, train the K
+    block logits, return the result (the caller writes the ratios file, :mod:`taxcut.hma.ratios_file`).
 
-    # 1. the two models: the SFT model's parameters are theta_sft; theta_aligned is kept beside them
-    model = load_causal_lm(sft, device=device)
-    model.requires_grad_(False)
-    tokenizer = load_tokenizer(aligned)
-    aligned_params = dict(load_causal_lm(aligned, device=device).named_parameters())
-    params = dict(model.named_parameters())
-    stored = checkpoint_names(model)
-    for label, folder, tensors in (("SFT", sft, params), ("aligned", aligned, aligned_params)):
-        _refuse_non_finite(tensors, stored, f"{label} model ({folder})")
+    Args:
+        sft: the SFT model's folder (``a = 0``); its parameters are theta_sft.
+        aligned: the aligned model's folder (``a = 1``); its tokenizer encodes the fit set.
+        data: the fit set, JSONL records with ``prompt`` and ``response`` (:mod:`taxcut.hma.sample` draws one).
+        settings: one eps and one W (a list of either is refused: fit each of its values).
+        log: receives the progress lines and every adjustment the fit makes beyond its settings.
+        keep_weights: also return the fitted weights by stored name (for checks).
+        allow_tokenizer_mismatch: fit models whose tokenizer files give the same text other ids.
+        retain: the retain set (JSONL text or prompts, :mod:`taxcut.hma.retain`) of the W * KL term; needed when
+            ``settings.retain_weight`` > 0.
 
-    # 2. which ratio each parameter follows: the plan of the ratios file we are about to write
-    num_layers = detect_layers(stored.values()).num_layers
-    if settings.granularity == "block" and num_layers < settings.blocks:
-        raise TaxcutError(f"--blocks {settings.blocks}: the model has only {num_layers} decoder layers")
-    blocks = settings.blocks if settings.granularity == "block" else num_layers  # layer: one ratio per layer
-    settings = _bounded(settings, blocks, adjustments, log)
-    bounds = split_blocks(num_layers, blocks)
-    rules = (paper_scope_rules(params, stored, settings.alpha) if settings.scope == "paper"
-             else head_rules(stored, settings.alpha))
-    spec = MergeSpec(sft=sft, aligned=aligned, alphas=[settings.alpha] * blocks, block_bounds=bounds,
-                     rules=rules, **allow)
-    with build_plan(spec) as plan:
-        decision = {t.name: t.decision for t in plan.tensors}
-    fused = [name for name in params if stored[name] not in decision]
-    if fused:
-        raise TaxcutError(f"parameter '{fused[0]}' is fused from several stored tensors (e.g. mixture-of-experts "
-                          "weights); taxcut fit does not support this architecture yet")
-    trainable = {name: decision[stored[name]].block for name in params
-                 if decision[stored[name]].block is not None}
-    context = model_context(model, tokenizer)
-    retained = []  # the retain batches with the SFT log-probabilities: before any weight changes
-    if weight > 0:
-        retained = _retain_batches(model, tokenizer, retain_records, retain, context, settings, adjustments, log,
-                                   device)
-    with torch.no_grad():  # weights whose ratio does not train (rules, the mean): set once, in place, as merge does
-        for name, parameter in params.items():
-            if name not in trainable:
-                alpha = decision[stored[name]].alpha
-                if not interpolate(parameter.detach().clone(), aligned_params[name].detach(), alpha, parameter.data):
-                    raise TaxcutError(f"tensor '{stored[name]}': its average at a = {alpha} is not finite in "
-                                      f"{str(parameter.dtype).removeprefix('torch.')}; load the models in float32")
-    holder = Coefficients()
-    parametrize_weights(model, {name: Interpolated(aligned_params[name].detach(), holder, block)
-                                for name, block in trainable.items()})
-    recompute_layers(model)
+    Returns:
+        The :class:`FitResult`: the ratios, the blocks and rules the ratios file records, the settings as fitted,
+        and the loss and ratios after every step.
 
-    # 3. the fit set: prompt + response, the loss on the response tokens or on all of them; a random draw of it
-    examples, cut = encode_fit_set(tokenizer, records, data, context, settings.loss)
-    if cut:  # the paper's fit cuts at its max length too; the ratios file says how many were cut
-        shown = ", ".join(str(n) for n in cut[:10]) + (", ..." if len(cut) > 10 else "")
-        adjustments.append(f"{len(cut)} of {len(examples)} fit examples are longer than the model's context of "
-                           f"{context} tokens: their responses were cut to fit (records {shown} of {data})")
-        log(f"fit: {adjustments[-1]}")
-    rng = random.Random(settings.seed)
-    if settings.draw < 1:
-        examples = rng.sample(examples, max(1, round(settings.draw * len(examples))))
+    Raises:
+        TaxcutError: bad settings, data or models, named in one line, before any model is loaded where it can be.
+    """
+    recipe = _FitRecipe(settings, log)
+    records, retain_records = recipe.check_inputs(sft, aligned, data, retain, allow_tokenizer_mismatch)
+    recipe.setup_models(sft, aligned)
+    recipe.setup_blocks(sft, aligned, allow_tokenizer_mismatch)
+    recipe.setup_weights(retain_records, retain)
+    recipe.setup_data(records, data)
+    recipe.setup_optimizer()
+    recipe.train()
+    return recipe.result(keep_weights)
 
-    # 4. the only trainable tensor: K block logits, starting at MA; the L1 pull's weights
-    if settings.mean == "free":
-        start = free_initial_logits(settings.alpha, blocks)
-    else:
-        start = initial_logits(settings.alpha, blocks, settings.normalize)
-    logits = start.to(device).requires_grad_()
 
-    def ratios_of(values: torch.Tensor) -> torch.Tensor:  # (K,): mean alpha, or each free in [0, 1]
-        if settings.mean == "free":
-            return free_ratios(values)
-        return block_ratios(values, settings.alpha, settings.eps, settings.normalize)
+class _FitRecipe:
+    """One fit's state, built by named steps in the order :func:`fit_ratios` calls them (torchtune's recipe
+    shape); the order is part of the result: the seeded draws happen in it."""
 
-    reg_weights = settings.reg
-    if settings.reg == "paper":  # per Linear weight, by its layer's distance from the middle
-        layer_of = detect_layers(stored.values()).layer_of
-        linears = [(layer_of[stored[name]], block) for name, block in trainable.items() if params[name].ndim == 2]
-        reg_weights = paper_reg_weights(linears, num_layers, blocks)
-        adjustments.append("reg paper: w_k = " + ", ".join(f"{w:.4g}" for w in reg_weights))
-    elif len(reg_weights) != blocks:  # granularity layer: one weight for every layer, or none per block
-        if len(set(reg_weights)) > 1:
-            raise TaxcutError(f"--reg {','.join(f'{w:g}' for w in reg_weights)}: one weight per block, but "
-                              f"--granularity layer fits {blocks} ratios; give one weight for all, or paper")
-        reg_weights = reg_weights[:1] * blocks
-    optimizer = torch.optim.Adam([logits], lr=settings.lr)
-    processes, rank = accelerator.num_processes, accelerator.process_index
-    global_batch = settings.batch_size * processes  # one step's examples over all processes
-    steps_per_epoch = math.ceil(len(examples) / global_batch)
-    total_steps = max(1, steps_per_epoch * settings.epochs)
-    scheduler = warmup_cosine(optimizer, total_steps, settings.warmup)
-    reg = torch.tensor(reg_weights, device=device)
-    result = FitResult([], bounds, rules, settings, adjustments=adjustments,
-                       is_main_process=accelerator.is_main_process)
-    log(f"fit: {len(examples)} examples, {blocks} blocks {bounds}, a = {settings.alpha}, normalize "
-        f"{settings.normalize}, eps = {settings.eps:g}, scope {settings.scope}, loss on {settings.loss}, "
-        f"{total_steps} steps" + (", mean free" if settings.mean == "free" else "")
-        + (f", retain W = {weight:g} on {len(retained)} batches" if weight > 0 else ""))
-    model.eval()  # no dropout: the weights are the only thing that changes
-    for epoch in range(settings.epochs):
-        order = list(range(len(examples)))
-        rng.shuffle(order)  # the same on every process: same seed, same draws
-        for start in range(0, len(order), global_batch):
-            step = order[start:start + global_batch]
-            step += order[: -len(step) % processes]  # every process takes the same number of examples
-            batch = collate([examples[i] for i in step[rank::processes]], tokenizer.pad_token_id or 0)
-            ratios = ratios_of(logits)  # (K,)
-            holder.values = ratios  # every parametrised weight reads its block's ratio from here
-            output = model(**{k: v.to(device) for k, v in batch.items()}, use_cache=False)
-            loss = output.loss + (reg * (ratios - settings.alpha).abs()).sum()
-            loss.backward()
-            if retained:  # its own backward (one graph at a time); the same batch on every process
-                kept = retained[len(result.losses) % len(retained)]
-                holder.values = ratios_of(logits)  # the same ratios, a graph of their own
-                merged = model(**{k: v.to(device) for k, v in kept.inputs.items()}, use_cache=False).logits
-                kl = retention_kl(merged, kept)
-                (weight * kl).backward()
-                result.retain_kl.append(kl.item())
-            if processes > 1:  # the gradient of the mean over all the step's loss tokens, as one process has it
-                tokens = (batch["labels"][:, 1:] != -100).sum().to(device=device, dtype=torch.float32)
-                logits.grad = (accelerator.reduce(logits.grad * tokens, reduction="sum")
-                               / accelerator.reduce(tokens, reduction="sum"))
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(output.loss.item())
-            result.ratio_history.append(ratios_of(logits.detach()).tolist())
-        log(f"fit: epoch {epoch + 1}: loss {result.losses[0]:.4f} -> {result.losses[-1]:.4f}, ratios "
-            + ", ".join(f"{r:.4f}" for r in result.ratio_history[-1]))
-    final = ratios_of(logits.detach())
-    result.alphas = final.float().cpu().tolist()
-    if keep_weights:
-        holder.values = final
+    def __init__(self, settings: FitSettings, log: Callable[[str], object]):
+        self.settings = settings
+        self.log = log
+        self.adjustments: list[str] = []  # what the fit decided beyond its settings, in the order decided
+
+    def note(self, adjustment: str) -> None:
+        self.adjustments.append(adjustment)
+        self.log(f"fit: {adjustment}")
+
+    def check_inputs(self, sft: Path, aligned: Path, data: Path, retain: Path | None,
+                     allow_tokenizer_mismatch: bool) -> tuple[list[dict], list[dict] | None]:
+        """Settings, data and the pair's headers checked before any model is loaded; the records read."""
+        settings = self.settings
+        if isinstance(settings.eps, list):
+            raise TaxcutError(f"eps {settings.eps}: a fit takes one eps; fit each of settings.eps_values() "
+                              "(as taxcut fit --eps E1,E2,... does)")
+        if isinstance(settings.retain_weight, list):
+            raise TaxcutError(f"retain_weight {settings.retain_weight}: a fit takes one W; fit each of "
+                              "settings.retain_weights() (as taxcut fit --retain-weight W1,W2,... does)")
+        if settings.retain_weight > 0 and retain is None:
+            raise TaxcutError(f"--retain-weight {settings.retain_weight:g} needs a retain set: give --retain FILE "
+                              "(JSONL text or prompts)")
+        records = read_jsonl(data, needs=[("prompt",), ("response",)], what="fit set")  # bad data fails first
+        retain_records = read_retain_set(retain) if retain is not None else None
+        if settings.granularity == "block":  # K known before loading: an eps too small is said at once
+            self.settings = _bounded(settings, settings.blocks, self.note)
+        build_plan(MergeSpec(sft=sft, aligned=aligned, alpha=settings.alpha,
+                             allow_tokenizer_mismatch=allow_tokenizer_mismatch)).close()  # tokenizers too
+        return records, retain_records
+
+    def setup_models(self, sft: Path, aligned: Path) -> None:
+        """The two models: the SFT model's parameters are theta_sft; theta_aligned is kept beside them."""
+        torch.manual_seed(self.settings.seed)
+        from accelerate import Accelerator  # noqa: PLC0415 - loaded only when a fit runs
+
+        self.accelerator = Accelerator(cpu=pick_device(self.settings.device).type == "cpu")
+        self.device = self.accelerator.device
+        self.model = load_causal_lm(sft, device=self.device)
+        self.model.requires_grad_(False)
+        self.tokenizer = load_tokenizer(aligned)
+        self.aligned_params = dict(load_causal_lm(aligned, device=self.device).named_parameters())
+        self.params = dict(self.model.named_parameters())
+        self.stored = checkpoint_names(self.model)
+        for label, folder, tensors in (("SFT", sft, self.params), ("aligned", aligned, self.aligned_params)):
+            _refuse_non_finite(tensors, self.stored, f"{label} model ({folder})")
+
+    def setup_blocks(self, sft: Path, aligned: Path, allow_tokenizer_mismatch: bool) -> None:
+        """Which ratio each parameter follows: the plan of the ratios file the fit's result writes."""
+        settings, stored = self.settings, self.stored
+        self.num_layers = detect_layers(stored.values()).num_layers
+        if settings.granularity == "block" and self.num_layers < settings.blocks:
+            raise TaxcutError(f"--blocks {settings.blocks}: the model has only {self.num_layers} decoder layers")
+        self.blocks = settings.blocks if settings.granularity == "block" else self.num_layers  # one per layer
+        self.settings = settings = _bounded(settings, self.blocks, self.note)
+        self.bounds = split_blocks(self.num_layers, self.blocks)
+        self.rules = (paper_scope_rules(self.params, stored, settings.alpha) if settings.scope == "paper"
+                      else head_rules(stored, settings.alpha))
+        spec = MergeSpec(sft=sft, aligned=aligned, alphas=[settings.alpha] * self.blocks, block_bounds=self.bounds,
+                         rules=self.rules, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
+        with build_plan(spec) as plan:
+            self.decision = {t.name: t.decision for t in plan.tensors}
+        fused = [name for name in self.params if stored[name] not in self.decision]
+        if fused:
+            raise TaxcutError(f"parameter '{fused[0]}' is fused from several stored tensors (e.g. mixture-of-"
+                              "experts weights); taxcut fit does not support this architecture yet")
+        self.trainable = {name: self.decision[stored[name]].block for name in self.params
+                          if self.decision[stored[name]].block is not None}
+
+    def setup_weights(self, retain_records: list[dict] | None, retain: Path | None) -> None:
+        """The retain batches with the SFT log-probabilities (before any weight changes), then the weights: those
+        whose ratio does not train set once, in place, as merge does; the others parametrised by the blocks."""
+        self.context = model_context(self.model, self.tokenizer)
+        self.retained = []
+        if self.settings.retain_weight > 0:
+            self.retained = _retain_batches(self.model, self.tokenizer, retain_records, retain, self.context,
+                                            self.settings, self.note, self.log, self.device)
         with torch.no_grad():
-            result.weights = {stored[name]: current_weight(model, name).detach().cpu().clone() for name in params}
-    return result
+            for name, parameter in self.params.items():
+                if name not in self.trainable:
+                    _set_fixed(parameter, self.aligned_params[name], self.decision[self.stored[name]].alpha,
+                               self.stored[name])
+        self.holder = Coefficients()  # every parametrised weight reads its block's ratio from here
+        parametrize_weights(self.model, {name: Interpolated(self.aligned_params[name].detach(), self.holder, block)
+                                         for name, block in self.trainable.items()})
+        recompute_layers(self.model)
+
+    def setup_data(self, records: list[dict], data: Path) -> None:
+        """The fit set: prompt + response, the loss on the response tokens or on all of them; a random draw."""
+        examples, cut = encode_fit_set(self.tokenizer, records, data, self.context, self.settings.loss)
+        if cut:  # the paper's fit cuts at its max length too; the ratios file says how many were cut
+            self.note(f"{len(cut)} of {len(examples)} fit examples are longer than the model's context of "
+                      f"{self.context} tokens: their responses were cut to fit (records {_first(cut)} of {data})")
+        self.rng = random.Random(self.settings.seed)
+        if self.settings.draw < 1:
+            examples = self.rng.sample(examples, max(1, round(self.settings.draw * len(examples))))
+        self.examples = examples
+
+    def setup_optimizer(self) -> None:
+        """The only trainable tensor, K block logits starting at MA; the L1 pull's weights; Adam and its
+        schedule over every process's share of a step."""
+        settings = self.settings
+        start = (free_initial_logits(settings.alpha, self.blocks) if settings.mean == "free"
+                 else initial_logits(settings.alpha, self.blocks, settings.normalize))
+        self.logits = start.to(self.device).requires_grad_()
+        self.reg = torch.tensor(self.reg_weights(), device=self.device)
+        self.optimizer = torch.optim.Adam([self.logits], lr=settings.lr)
+        self.processes, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.global_batch = settings.batch_size * self.processes  # one step's examples over all processes
+        steps_per_epoch = math.ceil(len(self.examples) / self.global_batch)
+        self.total_steps = max(1, steps_per_epoch * settings.epochs)
+        self.scheduler = warmup_cosine(self.optimizer, self.total_steps, settings.warmup)
+
+    def reg_weights(self) -> list[float]:
+        """The L1 pull's weight of each block: as given, the same for every layer, or the paper's."""
+        reg_weights = self.settings.reg
+        if reg_weights == "paper":  # per Linear weight, by its layer's distance from the middle
+            layer_of = detect_layers(self.stored.values()).layer_of
+            linears = [(layer_of[self.stored[name]], block) for name, block in self.trainable.items()
+                       if self.params[name].ndim == 2]
+            reg_weights = paper_reg_weights(linears, self.num_layers, self.blocks)
+            self.adjustments.append("reg paper: w_k = " + ", ".join(f"{w:.4g}" for w in reg_weights))
+        elif len(reg_weights) != self.blocks:  # granularity layer: one weight for every layer, or none per block
+            if len(set(reg_weights)) > 1:
+                raise TaxcutError(f"--reg {','.join(f'{w:g}' for w in reg_weights)}: one weight per block, but "
+                                  f"--granularity layer fits {self.blocks} ratios; give one weight for all, or paper")
+            reg_weights = reg_weights[:1] * self.blocks
+        return reg_weights
+
+    def ratios(self, logits: torch.Tensor) -> torch.Tensor:
+        """(K,) ratios of the logits: mean ``a``, or each free in [0, 1]."""
+        if self.settings.mean == "free":
+            return free_ratios(logits)
+        return block_ratios(logits, self.settings.alpha, self.settings.eps, self.settings.normalize)
+
+    def train(self) -> None:
+        """Every epoch in a shuffled order, the same on every process (same seed, same draws)."""
+        settings = self.settings
+        self.out = FitResult([], self.bounds, self.rules, settings, adjustments=self.adjustments,
+                             is_main_process=self.accelerator.is_main_process)
+        weight = settings.retain_weight
+        self.log(f"fit: {len(self.examples)} examples, {self.blocks} blocks {self.bounds}, a = {settings.alpha}, "
+                 f"normalize {settings.normalize}, eps = {settings.eps:g}, scope {settings.scope}, loss on "
+                 f"{settings.loss}, {self.total_steps} steps" + (", mean free" if settings.mean == "free" else "")
+                 + (f", retain W = {weight:g} on {len(self.retained)} batches" if weight > 0 else ""))
+        self.model.eval()  # no dropout: the weights are the only thing that changes
+        for epoch in range(settings.epochs):
+            order = list(range(len(self.examples)))
+            self.rng.shuffle(order)
+            for start in range(0, len(order), self.global_batch):
+                step = order[start:start + self.global_batch]
+                step += order[: -len(step) % self.processes]  # every process takes the same number of examples
+                self.train_step([self.examples[i] for i in step[self.rank::self.processes]])
+            self.log(f"fit: epoch {epoch + 1}: loss {self.out.losses[0]:.4f} -> {self.out.losses[-1]:.4f}, "
+                     "ratios " + ", ".join(f"{r:.4f}" for r in self.out.ratio_history[-1]))
+
+    def train_step(self, examples: list[tuple[list[int], int]]) -> None:
+        """One step on this process's share of the step's examples: the loss and L1 pull, the retain term, the
+        gradient combined over processes, the update."""
+        batch = collate(examples, self.tokenizer.pad_token_id or 0)
+        ratios = self.ratios(self.logits)  # (K,)
+        self.holder.values = ratios
+        output = self.model(**{k: v.to(self.device) for k, v in batch.items()}, use_cache=False)
+        loss = output.loss + (self.reg * (ratios - self.settings.alpha).abs()).sum()
+        loss.backward()
+        if self.retained:  # its own backward (one graph at a time); the same batch on every process
+            kept = self.retained[len(self.out.losses) % len(self.retained)]
+            self.holder.values = self.ratios(self.logits)  # the same ratios, a graph of their own
+            merged = self.model(**{k: v.to(self.device) for k, v in kept.inputs.items()}, use_cache=False).logits
+            kl = retention_kl(merged, kept)
+            (self.settings.retain_weight * kl).backward()
+            self.out.retain_kl.append(kl.item())
+        if self.processes > 1:  # the gradient of the mean over all the step's loss tokens, as one process has it
+            tokens = (batch["labels"][:, 1:] != -100).sum().to(device=self.device, dtype=torch.float32)
+            self.logits.grad = (self.accelerator.reduce(self.logits.grad * tokens, reduction="sum")
+                                / self.accelerator.reduce(tokens, reduction="sum"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.out.losses.append(output.loss.item())
+        self.out.ratio_history.append(self.ratios(self.logits.detach()).tolist())
+
+    def result(self, keep_weights: bool) -> FitResult:
+        """The final ratios (and, when asked, the fitted weights by stored name)."""
+        final = self.ratios(self.logits.detach())
+        self.out.alphas = final.float().cpu().tolist()
+        if keep_weights:
+            self.holder.values = final
+            with torch.no_grad():
+                self.out.weights = {self.stored[name]: current_weight(self.model, name).detach().cpu().clone()
+                                    for name in self.params}
+        return self.out
 
 
-def _bounded(settings: FitSettings, blocks: int, adjustments: list[str], log) -> FitSettings:
+def _first(numbers: list[int]) -> str:
+    """Up to ten record numbers, for a message."""
+    return ", ".join(str(n) for n in numbers[:10]) + (", ..." if len(numbers) > 10 else "")
+
+
+def _set_fixed(parameter: torch.Tensor, aligned: torch.Tensor, alpha: float, name: str) -> None:
+    """A weight whose ratio does not train, set in place to its average at ``alpha`` (refused if not finite)."""
+    if not interpolate(parameter.detach().clone(), aligned.detach(), alpha, parameter.data):
+        raise TaxcutError(f"tensor '{name}': its average at a = {alpha} is not finite in "
+                          f"{str(parameter.dtype).removeprefix('torch.')}; load the models in float32")
+
+
+def _bounded(settings: FitSettings, blocks: int, note: Callable[[str], None]) -> FitSettings:
     """``settings`` with eps raised where it would let one of ``blocks`` ratios leave [0, 1] (said and recorded);
     a free mean has no eps to bound."""
     eps = bounded_eps(settings.alpha, blocks, settings.eps, settings.normalize)
     if settings.mean == "free" or eps == settings.eps:
         return settings
-    adjustments.append(f"eps raised from {settings.eps:g} to {eps:.6g}, the smallest that keeps every block ratio "
-                       f"within [0, 1] (normalize {settings.normalize}, a = {settings.alpha:g}, K = {blocks})")
-    log(f"fit: {adjustments[-1]}")
+    note(f"eps raised from {settings.eps:g} to {eps:.6g}, the smallest that keeps every block ratio "
+         f"within [0, 1] (normalize {settings.normalize}, a = {settings.alpha:g}, K = {blocks})")
     return settings.model_copy(update={"eps": eps})
 
 
-def _retain_batches(model, tokenizer, records, path: Path, context, settings: FitSettings, adjustments, log,
-                    device):
+def _retain_batches(model, tokenizer, records, path: Path, context, settings: FitSettings,
+                    note: Callable[[str], None], log, device):
     """The retain set encoded, cut to the context (said and recorded) and batched with the SFT model's
     log-probabilities (``model`` is still the SFT model)."""
     encoded, cut = encode_retain_set(tokenizer, records, path, context)
     if cut:
-        adjustments.append(f"{len(cut)} of {len(encoded)} retain records are longer than the model's context of "
-                           f"{context} tokens: they were cut to fit (records "
-                           + ", ".join(str(n) for n in cut[:10]) + (", ..." if len(cut) > 10 else "") + f" of {path})")
-        log(f"fit: {adjustments[-1]}")
+        note(f"{len(cut)} of {len(encoded)} retain records are longer than the model's context of {context} "
+             f"tokens: they were cut to fit (records {_first(cut)} of {path})")
     model.eval()
     batches = retain_batches(model, encoded, settings.batch_size, tokenizer.pad_token_id or 0, device)
     log(f"fit: retain set {path}: {len(encoded)} records, SFT log-probabilities cached "

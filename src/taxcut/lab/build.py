@@ -22,6 +22,7 @@ from taxcut.evaluation.loading import no_transformers_bars
 from taxcut.io.destination import staged_folder
 from taxcut.lab import tasks
 from taxcut.lab.tokenizer import build_tokenizer
+from taxcut.training import StageProgress
 
 LAB_FORMAT = 3  # bump when the recipe changes, so that cached labs are rebuilt (2: graded reward, 3: item streams)
 REWARD_FUNCTION = "taxcut.lab.tasks:reward"
@@ -100,8 +101,9 @@ def default_cache() -> Path:
     return Path(base) / "taxcut" / "lab"
 
 
-def build_lab(config: LabConfig, out: Path | None = None, *, log=print) -> Lab:
-    """The lab of ``config``: reused from ``out`` (or the cache) when already built there, built otherwise."""
+def build_lab(config: LabConfig, out: Path | None = None, *, log=print, progress: bool = True) -> Lab:
+    """The lab of ``config``: reused from ``out`` (or the cache) when already built there, built otherwise.
+    ``progress``: show the SFT and RAFT stages' progress on stderr (a bar on a terminal, else a line per ~10%)."""
     folder = Path(out) if out is not None else default_cache() / f"lab-{config.key()}"
     existing = _load(folder, config)
     if existing is not None:
@@ -110,7 +112,7 @@ def build_lab(config: LabConfig, out: Path | None = None, *, log=print) -> Lab:
     if folder.exists() and any(folder.iterdir()):
         raise TaxcutError(f"{folder}: exists and holds something other than this lab; choose another --out")
     with staged_folder(folder, overwrite=False, inputs=[], kind="lab") as staging:
-        timings = _build(config, staging, log)
+        timings = _build(config, staging, log, progress)
     return Lab(folder, config, config.raft_iterations, timings)
 
 
@@ -124,7 +126,7 @@ def _load(folder: Path, config: LabConfig) -> Lab | None:
     return Lab(folder, config, config.raft_iterations, recorded.get("timings", {}))
 
 
-def _build(config: LabConfig, folder: Path, log) -> dict[str, float]:
+def _build(config: LabConfig, folder: Path, log, progress: bool = True) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from taxcut.lab.train import fine_tune, raft
@@ -159,8 +161,9 @@ def _build(config: LabConfig, folder: Path, log) -> dict[str, float]:
     log(f"lab: SFT of a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter Llama, "
         f"{config.sft_steps} steps on {len(mixture)} examples")
     step_started = time.perf_counter()
-    losses = fine_tune(model, tokenizer, mixture, steps=config.sft_steps, batch_size=config.sft_batch,
-                       lr=config.sft_lr, seed=config.seed)
+    with StageProgress("lab: sft", config.sft_steps, enabled=progress) as bar:
+        losses = fine_tune(model, tokenizer, mixture, steps=config.sft_steps, batch_size=config.sft_batch,
+                           lr=config.sft_lr, seed=config.seed, on_step=lambda loss: bar.update(loss=loss))
     timings["sft_seconds"] = time.perf_counter() - step_started
     _save(model, tokenizer, folder / "sft")
     log(f"lab: SFT done in {timings['sft_seconds']:.0f} s (final loss {losses[-1]:.3f})")
@@ -168,13 +171,16 @@ def _build(config: LabConfig, folder: Path, log) -> dict[str, float]:
     step_started = time.perf_counter()
     prompts = [e.prompt for e in rng.sample(chat_train, min(config.raft_prompts, len(chat_train)))]
 
-    def save_checkpoint(iteration: int, stats: dict) -> None:
-        _save(model, tokenizer, folder / f"raft-{iteration}")
-        log(f"lab: RAFT iteration {iteration}: mean sampled reward {stats['sample_reward']:+.3f}")
+    with StageProgress("lab: raft", config.raft_iterations, "iteration", enabled=progress) as bar:
 
-    history = raft(model, tokenizer, prompts, tasks.reward, iterations=config.raft_iterations,
-                   samples=config.raft_samples, epochs=config.raft_epochs, batch_size=config.raft_batch,
-                   lr=config.raft_lr, seed=config.seed, after_iteration=save_checkpoint)
+        def save_checkpoint(iteration: int, stats: dict) -> None:
+            _save(model, tokenizer, folder / f"raft-{iteration}")
+            bar.update(reward=stats["sample_reward"], loss=stats["final_loss"])
+            log(f"lab: RAFT iteration {iteration}: mean sampled reward {stats['sample_reward']:+.3f}")
+
+        history = raft(model, tokenizer, prompts, tasks.reward, iterations=config.raft_iterations,
+                       samples=config.raft_samples, epochs=config.raft_epochs, batch_size=config.raft_batch,
+                       lr=config.raft_lr, seed=config.seed, after_iteration=save_checkpoint)
     timings["raft_seconds"] = time.perf_counter() - step_started
     timings["total_seconds"] = time.perf_counter() - started
     manifest = {"key": config.key(), "format": LAB_FORMAT, "config": asdict(config), "timings": timings,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from taxcut.lab.build import REWARD_FUNCTION, Lab, LabConfig, build_lab
+from taxcut.spec.candidates import RECOMMENDED_PROFILES
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.report import SweepRow
 
@@ -24,6 +25,7 @@ def demo_sweep_spec(lab: Lab, out: Path, *, samples_per_prompt: int = 2) -> Swee
     return SweepSpec.model_validate({
         "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(out),
         "candidates": {"grid": [round(0.1 * i, 1) for i in range(11)], "block_patterns": BLOCK_PROFILES,
+                       "profiles": RECOMMENDED_PROFILES,
                        "models": [str(p) for p in lab.checkpoints[:-1]]},
         "evaluation": {
             "reward": {"prompts": str(lab.data / "chat_prompts.jsonl"), "function": REWARD_FUNCTION,
@@ -99,6 +101,13 @@ def summarize(rows: list[SweepRow]) -> str:
         else:
             lines.append(f"{head}: MA at the same reward pays {100 * matched:.1f} points; here early stopping "
                          f"keeps {100 * (matched - row.tax):.1f} points more.")
+    for row in (r for r in rows if r.kind == "LiNeS"):
+        matched = _ma_tax_at_reward(ma, row.reward)
+        if matched is not None:
+            alpha, beta = (part.split("=")[1] for part in row.label.split()[1:3])
+            lines.append(f"LiNeS alpha={alpha}, beta={beta} (the aligned share rising with depth): reward "
+                         f"{row.reward:+.2f}, tax {100 * row.tax:.1f} points vs MA's {100 * matched:.1f} at that "
+                         "reward.")
     blocks = [r for r in rows if r.kind == "blocks"]
     for row in blocks:
         matched = _ma_tax_at_reward(ma, row.reward)

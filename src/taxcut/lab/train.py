@@ -37,8 +37,9 @@ def length_grouped_batches(encoded, batch_size: int, rng: random.Random):
 
 
 def fine_tune(model, tokenizer, examples: Sequence[Example], *, steps: int, batch_size: int, lr: float,
-              seed: int, warmup: float = 0.05) -> list[float]:
-    """AdamW with linear warm-up and cosine decay; loss on answer tokens only. Returns the loss of every step."""
+              seed: int, warmup: float = 0.05, on_step: Callable[[float], None] | None = None) -> list[float]:
+    """AdamW with linear warm-up and cosine decay; loss on answer tokens only. Returns the loss of every step;
+    ``on_step`` gets each step's loss as it is done (progress)."""
     rng = random.Random(seed)
     encoded = encode(tokenizer, examples)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -54,6 +55,8 @@ def fine_tune(model, tokenizer, examples: Sequence[Example], *, steps: int, batc
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(losses[-1])
     model.eval()
     return losses
 

@@ -12,7 +12,7 @@ from taxcut.methods.averaging import weighted_average
 from taxcut.methods.parameters import MethodParameters
 from taxcut.methods.registry import MergeMethod, register
 from taxcut.methods.request import ModelInput
-from taxcut.spec.executor import ExecutorSpec
+from taxcut.spec.execution import ExecutorSpec
 
 
 class GreedySoupParameters(MethodParameters):

@@ -8,6 +8,8 @@ tensor (``seed`` and the tensor's name), so a merge is reproducible.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar, Literal
 
 import torch
@@ -33,6 +35,15 @@ def _weights(weights: list[float]) -> torch.Tensor:
 def tensor_seed(seed: int, name: str) -> int:
     """The random seed of one tensor: the spec's ``seed`` and the tensor's name."""
     return seed * 1_000_003 + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+@contextmanager
+def seeded_for(seed: int, name: str) -> Iterator[None]:
+    """DARE's random drop, seeded per tensor (:func:`tensor_seed`) inside the block, the global stream untouched
+    after it (mergekit draws from one global stream, so its merges depend on the order of the tensors)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tensor_seed(seed, name))
+        yield
 
 
 def _rescaled(delta: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: float = 1e-7) -> torch.Tensor:
@@ -134,8 +145,7 @@ class _TaskVectorMethod(MergeMethod):
             mask[torch.argsort(magnitudes, descending=True)[:max(1, int(density * delta.numel()))]] = 1
             return _rescaled(delta, mask.reshape_as(delta), rescale)
         work = delta.dtype if delta.dtype == torch.bfloat16 else torch.float32  # no float16 bernoulli on CPU
-        with torch.random.fork_rng(devices=[]):  # seeded per tensor and input: mergekit draws from one global stream
-            torch.manual_seed(tensor_seed(index, name))
+        with seeded_for(index, name):  # seeded per tensor and input
             mask = torch.bernoulli(torch.full_like(delta, density, dtype=work))
         return _rescaled(delta.to(work), mask, rescale).to(delta.dtype)
 
@@ -195,8 +205,7 @@ class DareLinear(_TaskVectorMethod):
     def merge(self, models, base, weights, parameters, site):
         from peft.utils.merge_utils import dare_linear  # as above
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tensor_seed(parameters.seed, site.name))
+        with seeded_for(parameters.seed, site.name):
             merged = dare_linear(task_vectors(models, base), _weights(weights), density=parameters.density)
         return base + parameters.lambda_ * merged
 
@@ -213,8 +222,7 @@ class DareTies(_SignElection):
     def merge(self, models, base, weights, parameters, site):
         from peft.utils.merge_utils import dare_ties  # as above
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tensor_seed(parameters.seed, site.name))
+        with seeded_for(parameters.seed, site.name):
             merged = dare_ties(task_vectors(models, base), _weights(weights), density=parameters.density,
                                majority_sign_method=parameters.majority_sign_method)
         return base + parameters.lambda_ * merged

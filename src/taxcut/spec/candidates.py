@@ -23,6 +23,10 @@ from taxcut.spec.merge import MergeSpec, NameRule, RatioFields
 from taxcut.spec.mergekit_config import MergekitConfig, ScalarOrGradient
 
 DEFAULT_GRID = [round(0.1 * i, 1) for i in range(11)]
+# LiNeS depth profiles [alpha, beta] (a_l = alpha + beta * l / (L - 1), clipped): the front of a 12-profile grid on
+# lab seed 0, checked on lab seeds 1 and 2 and the real model by bench/fronts.py (RESULTS.md); a sweep with no
+# candidates section measures them beside the MA grid
+RECOMMENDED_PROFILES = [[0.0, 0.6], [0.0, 1.0], [0.2, 1.0], [0.4, 1.0], [0.6, 0.6]]
 
 CandidateKind = Literal["MA", "scoped-MA", "blocks", "layers", "LiNeS", "model", "HMA", "search", "mergekit"]
 """MA: one ratio ``a``; scoped-MA: one ratio ``a`` with an HMA fit's scope (e.g. the paper's: embeddings and norms

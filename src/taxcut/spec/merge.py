@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
 from taxcut.io.destination import destination_path
-from taxcut.io.hub import is_hub_id
+from taxcut.io.yaml_file import read_yaml_mapping
 from taxcut.spec.fit import FitRecord
+from taxcut.spec.spec_file import file_relative, model_relative
 
 _SIZE_UNITS = {
     "": 1, "B": 1,
@@ -103,18 +104,27 @@ class RatioFields(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    alpha: float | None = None
-    alphas: list[float] | None = None
-    block_bounds: list[tuple[int, int]] | None = None
-    layer_alphas: list[float] | None = None
-    profile: list[float] | None = None
+    # each description is also the help of its flag (taxcut.cli builds the flags from these fields)
+    alpha: float | None = Field(None, description="one ratio for every tensor (MA)")
+    alphas: list[float] | None = Field(None, description="one ratio per block of layers (HMA)",
+                                       json_schema_extra={"metavar": "A1,A2,..."})
+    block_bounds: list[tuple[int, int]] | None = Field(
+        None, description="explicit blocks for --alphas: first-last layer of each, inclusive",
+        json_schema_extra={"metavar": "0-7,8-15,..."})
+    layer_alphas: list[float] | None = Field(None, description="one ratio per decoder layer",
+                                             json_schema_extra={"metavar": "A1,...,AL"})
+    profile: list[float] | None = Field(
+        None, description="depth profile (LiNeS): layer l of L gets clip(ALPHA + BETA * l / (L - 1), 0, 1)",
+        json_schema_extra={"metavar": "ALPHA,BETA"})
     """``[alpha, beta]``: layer l of L gets ``clip(alpha + beta * l / (L - 1), 0, 1)`` (LiNeS), i.e. exactly
     ``layer_alphas`` of those ratios: embeddings (the bottom) get ``alpha``, final norm and lm_head the mean of the
     per-layer ratios; a tied embedding/lm_head, one tensor, gets ``alpha``. Measured on the lab (seed 0, 12 profiles,
     alpha 0-0.6 x beta 0.2-1; hypervolume relative to MA's): this 1.080, the mean everywhere 1.079, ``alpha``
     everywhere (LiNeS's code, whose heads are not merged) 1.055, the SFT model's 0.996 -- the head side needs
     the aligned model's weights more than the bottom layers do."""
-    rules: list[NameRule] = []
+    rules: list[NameRule] = Field(
+        [], description="give tensors matching GLOB the ratio A (repeatable; first match wins; added before the "
+        "spec's rules)", json_schema_extra={"flag": "--rule", "metavar": "GLOB=A"})
 
     def ratio_fields(self) -> dict[str, Any]:
         """The ratio fields that are set, as plain data (``rules`` only when there are some)."""
@@ -161,15 +171,17 @@ class MergeSpec(RatioFields):
 
     model_config = ConfigDict(extra="forbid")
 
-    sft: Path
-    aligned: Path
-    out: Path | None = None
+    sft: Path = Field(description="the SFT model folder (a = 0)")
+    aligned: Path = Field(description="the aligned (RLHF/DPO) model folder (a = 1)")
+    out: Path | None = Field(None, description="the destination folder")
 
-    extrapolate: bool = False
-    dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    max_shard_size: int | str = "5GB"
-    files_from: Literal["aligned", "sft"] = "aligned"
-    allow_tokenizer_mismatch: bool = False  # merge although the tokenizer files give the same text other ids
+    extrapolate: bool = Field(False, description="allow ratios outside [0, 1] (ExPO)")
+    dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
+        None, description="output dtype (default: the inputs')")
+    max_shard_size: int | str = Field("5GB", description="largest output file, e.g. 5GB or 500MB")
+    files_from: Literal["aligned", "sft"] = Field("aligned", description="whose config/tokenizer files to copy")
+    allow_tokenizer_mismatch: bool = Field(
+        False, description="merge although the models' tokenizer files give the same text other token ids")
     fit: FitRecord | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
 
     @field_validator("max_shard_size")
@@ -301,25 +313,10 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return merged
 
 
-def file_relative(value: Any, folder: Path) -> Any:
-    """A path written in a spec file, made relative to the file's ``folder`` when it is relative (else as is)."""
-    if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-        return str(folder / value)
-    return value
-
-
-def model_relative(value: Any, folder: Path) -> Any:
-    """A model written in a spec file: a Hub repo ID (``org/name[@revision]`` with no such path beside the file)
-    as written, else a path, as :func:`file_relative` makes it."""
-    if isinstance(value, str) and is_hub_id(value, folder):
-        return value
-    return file_relative(value, folder)
-
-
 def read_spec_file(path: Path) -> dict[str, Any]:
     """The fields of a YAML spec file, its relative model paths made relative to the file's folder (a Hub repo ID
     stays as written)."""
-    data = _read_yaml_mapping(path)
+    data = read_yaml_mapping(path)
     for key in ("sft", "aligned"):
         if key in data:
             data[key] = model_relative(data[key], path.parent)
@@ -327,13 +324,6 @@ def read_spec_file(path: Path) -> dict[str, Any]:
         destination_path(data["out"], f"'out' in {path}")  # an empty 'out:' must not become the spec's folder
         data["out"] = file_relative(data["out"], path.parent)
     return data
-
-
-def _read_yaml_mapping(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML file, read within size, alias and nesting limits, or a one-line error."""
-    from taxcut.io.yaml_file import read_yaml_mapping
-
-    return read_yaml_mapping(path)
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "spec", model: type[BaseModel] | None = None):

@@ -30,7 +30,9 @@ from pydantic import BaseModel, ConfigDict, StrictBool, field_validator, model_v
 
 from taxcut.errors import TaxcutError
 from taxcut.io.destination import destination_path
-from taxcut.spec.merge import _read_yaml_mapping, file_relative, model_relative, parse_size, spec_from_dict
+from taxcut.io.yaml_file import read_yaml_mapping
+from taxcut.spec.merge import parse_size, spec_from_dict
+from taxcut.spec.spec_file import file_relative, model_relative
 
 Scalar = Union[StrictBool, int, float, str]
 ScalarOrGradient = Union[Scalar, list[Scalar]]
@@ -150,7 +152,7 @@ class MergekitConfig(BaseModel):
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> MergekitConfig:
         """Read a mergekit config; relative model paths are relative to the file's folder (Hub IDs stay)."""
         path = Path(path)
-        data = _read_yaml_mapping(path)
+        data = read_yaml_mapping(path)
         return cls.from_dict(data, path.parent, overrides, source=str(path))
 
     @classmethod

@@ -10,12 +10,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
-from taxcut.spec.candidates import CandidateGrid, expand_grid
+from taxcut.spec.candidates import RECOMMENDED_PROFILES, CandidateGrid, expand_grid
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.spec.executor import ExecutorSpec
-from taxcut.spec.merge import (
-    _read_yaml_mapping, describe_validation_error, file_relative, model_relative, read_spec_file, spec_from_dict,
-)
+from taxcut.spec.execution import ExecutorSpec
+from taxcut.io.yaml_file import read_yaml_mapping
+from taxcut.spec.merge import describe_validation_error, read_spec_file, spec_from_dict
+from taxcut.spec.spec_file import file_relative, model_relative
 
 
 class SearchSpec(BaseModel):
@@ -54,12 +54,15 @@ class SweepSpec(BaseModel):
     sft: Path
     aligned: Path
     out: Path
-    candidates: CandidateGrid = CandidateGrid()
+    # a sweep without a candidates section: the MA grid and the LiNeS depth profiles that measured best for their
+    # cost (docs/sweeps.md, RESULTS.md); a candidates section lists exactly what it wants (the grid by default)
+    candidates: CandidateGrid = Field(default_factory=lambda: CandidateGrid(profiles=RECOMMENDED_PROFILES))
     evaluation: EvaluationSpec
     extrapolate: bool = False
     search: SearchSpec | None = None
-    select: str | None = None
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    select: str | None = Field(None, description="name the best candidate under a budget, e.g. 'tax<=0.02'",
+                               json_schema_extra={"metavar": "EXPR"})
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the candidates are evaluated")
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
     executor: ExecutorSpec = ExecutorSpec()  # in-process, or Ray workers (taxcut.execution); results do not depend on it
     # how results record the models they were measured on: sampled content hashes, or (full) the weight files'
@@ -125,7 +128,7 @@ class SweepSpec(BaseModel):
 
 def load_evaluation(path: Path) -> EvaluationSpec:
     """An evaluation spec from a YAML file: either a sweep spec (its ``evaluation``) or a bare evaluation spec."""
-    data = _read_yaml_mapping(path)
+    data = read_yaml_mapping(path)
     section = data.get("evaluation", data)
     if not isinstance(section, dict):
         raise TaxcutError(f"{path}: 'evaluation' must be a mapping with 'reward' and/or 'tasks'")

@@ -22,16 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 
 from taxcut.io.destination import destination_path
 from taxcut.spec.evaluation import EvaluationSpec
-from taxcut.spec.merge import (
-    _read_yaml_mapping,
-    file_relative,
-    model_relative,
-    parse_size,
-    spec_from_dict,
-)
+from taxcut.io.yaml_file import read_yaml_mapping
+from taxcut.spec.merge import parse_size, spec_from_dict
+from taxcut.spec.spec_file import file_relative, model_relative
 
 
-class ModelInput(BaseModel):
+class ToolkitModel(BaseModel):
+    """One model of a toolkit spec's ``models`` list: its folder (or Hub ID) and its weight."""
+
     model_config = ConfigDict(extra="forbid")
 
     path: Path
@@ -78,7 +76,7 @@ class ToolkitSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    models: list[ModelInput] = []
+    models: list[ToolkitModel] = []
     checkpoints: CheckpointSelection | None = None
     base: Path | None = None
     parameters: dict[str, Any] = {}
@@ -110,7 +108,7 @@ class ToolkitSpec(BaseModel):
         if self.checkpoints is not None:
             if self.models:
                 raise ValueError("give 'models' or 'checkpoints', not both")
-            self.models = [ModelInput(**item) for item in self.checkpoints.expand()]
+            self.models = [ToolkitModel(**item) for item in self.checkpoints.expand()]
         if not self.models:
             raise ValueError("no input models: list them under 'models' (or pick them with 'checkpoints')")
         return self
@@ -122,7 +120,7 @@ class ToolkitSpec(BaseModel):
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> ToolkitSpec:
         """Read a toolkit spec; relative paths are relative to the file's folder."""
         path = Path(path)
-        data = _read_yaml_mapping(path)
+        data = read_yaml_mapping(path)
 
         def fix(value):
             return file_relative(value, path.parent)

@@ -77,6 +77,7 @@ KIND_STYLES: dict[CandidateKind, tuple[str, str]] = {
     "blocks": ("s", "block profiles"), "layers": ("^", "layer profiles"),
     "LiNeS": ("h", "LiNeS depth profiles (Wang et al. 2025)"),
     "HMA": ("D", "HMA (learned)"), "model": ("x", "checkpoints as they are"), "search": ("P", "black-box search"),
+    "mergekit": ("*", "mergekit config, swept"),
 }
 
 
@@ -116,6 +117,9 @@ def plot_front(rows: Sequence[SweepRow], path: Path, title: str = "Reward vs. al
     for row in models:
         axes.annotate(row.label, (row.tax, row.reward), textcoords="offset points", xytext=(4, 4),
                       fontsize=7, color="tab:purple")
+    for row in (r for r in rows if r.kind == "mergekit"):  # "mergekit slerp t=0.3": the value swept
+        axes.annotate(row.label.split(" ", 2)[-1], (row.tax, row.reward), textcoords="offset points",
+                      xytext=(4, -8), fontsize=7)
     if len(ma) > 1:
         axes.plot([r.tax for r in ma], [r.reward for r in ma], color="tab:blue", alpha=0.3, linewidth=1)
     front = sorted((r for r in rows if r.pareto), key=lambda r: r.tax)

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,7 +30,7 @@ from taxcut.spec.candidates import Candidate, expand_grid
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.pareto import parse_selection, pareto_front, select, tax
 from taxcut.sweep.cost import CostAccount
-from taxcut.sweep.executor import CandidateBatches, CandidateEvaluation
+from taxcut.sweep.candidate_work import CandidateBatches, CandidateEvaluation
 from taxcut.sweep.noise import NoisyPoint, noise_aware_front, paired_tax_stderr
 from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.results import ResultRecord, ResultsStore
@@ -60,96 +60,131 @@ def run_sweep(spec: SweepSpec, *, progress: bool | None = None, executor: Execut
     """Evaluate the candidates of ``spec`` not already in its results file, then report on all of them.
 
     Order: the grid (SFT first), the fitted HMA candidates, then the black-box search, which needs the SFT
-    baseline to measure tax. Candidates run on ``executor`` (default: the one ``spec.executor`` names); this
-    process alone writes the results folder, holding its lock (:data:`SWEEP_LOCK`) from before the first
-    evaluation to the end: a second sweep to the same ``out`` is refused at once.
+    baseline to measure tax. This process alone writes the results folder, holding its lock
+    (:data:`SWEEP_LOCK`) from before the first evaluation to the end: a second sweep to the same ``out`` is
+    refused at once.
+
+    Args:
+        spec: the sweep: the two models, the candidates, the evaluation, the output folder ``out``.
+        progress: show a progress bar (None: only on a terminal).
+        executor: where candidates run; None opens (and closes) the one ``spec.executor`` names.
+
+    Returns:
+        The :class:`SweepReport`: a row per candidate with its reward and tax, the front, the selection, the
+        cost; the reports (``candidates.csv``, ``candidates.md``, ``front.png``) are written in ``spec.out``.
+
+    Raises:
+        TaxcutError: bad input (a selection, a data file, a candidate's plan, a busy or linked destination),
+            named in one line before any evaluation.
     """
     if spec.select:
         parse_selection(spec.select)  # a bad expression fails now, not after the whole sweep
     _refuse_if_running(spec.out)  # before any model or data is loaded (the lock below settles a race)
     _refuse_linked_reports(spec.out)
-    if executor is None:
-        with open_executor(spec.executor) as executor:
-            return run_sweep(spec, progress=progress, executor=executor)
-    device = pick_device(spec.device) if not executor.remote else "cpu"  # remote workers load their own models
-    suite = EvaluationSuite.from_spec(spec.evaluation, device=device)  # bad data files fail before anything else
-    if spec.candidates.hma is not None and spec.candidates.hma.retain is not None:
-        check_retain_set(spec)  # disjoint from every evaluation item, before any work
-    claim_folder(spec.out, inputs=sweep_inputs(spec), kind="sweep results", entries=list(SWEEP_FILES))
-    with _sweep_lock(spec.out):
-        _refuse_linked_reports(spec.out)  # again: made while the data loaded
-        return _sweep(spec, suite, progress, executor)
+    with ExitStack() as opened:
+        if executor is None:
+            executor = opened.enter_context(open_executor(spec.executor))
+        device = pick_device(spec.device) if not executor.remote else "cpu"  # remote workers load their own
+        suite = EvaluationSuite.from_spec(spec.evaluation, device=device)  # bad data files fail before the rest
+        if spec.candidates.hma is not None and spec.candidates.hma.retain is not None:
+            check_retain_set(spec)  # disjoint from every evaluation item, before any work
+        claim_folder(spec.out, inputs=sweep_inputs(spec), kind="sweep results", entries=list(SWEEP_FILES))
+        with _sweep_lock(spec.out):
+            _refuse_linked_reports(spec.out)  # again: made while the data loaded
+            return SweepRun(spec, suite, executor, progress).run()
 
 
-def _sweep(spec: SweepSpec, suite: EvaluationSuite, progress: bool | None, executor: Executor) -> SweepReport:
-    """:func:`run_sweep` once the folder is claimed and locked."""
-    context = sweep_context(spec, suite)
-    identity = inputs_identity(spec.sft, spec.aligned, full=spec.input_hashes == "full")
-    store = ResultsStore(spec.out / RESULTS_FILE)
-    records = store.records()
-    latest = {r.candidate_id: r for r in records if r.context == context}
-    stale = len({r.candidate_id for r in records if r.share >= 1.0 and r.context != context} - set(latest))
-    if stale:
-        print(f"note: {spec.out / RESULTS_FILE} holds {stale} result(s) measured under other settings (the models' "
-              "weights, the evaluation's data or settings, or the dtype differ); they are kept, not used, and "
-              "those candidates are measured again", file=sys.stderr)
-    batches = CandidateBatches(executor, CandidateEvaluation(spec, suite=None if executor.remote else suite))
+class SweepRun:
+    """One sweep in its claimed and locked folder, as named steps (:meth:`run`). Its :class:`ResultsBook` is the
+    one owner of the results: every evaluation is written through it, the strategies and the report read it."""
 
-    def evaluate(candidates: list[Candidate]) -> Iterator[ResultRecord]:
-        """Evaluate on the executor's workers; record each result as it arrives."""
-        for candidate, result in batches(candidates):
-            record = _record(spec, candidate, result, context, identity)
-            store.append(record)
-            latest[candidate.id] = record
-            yield record
+    def __init__(self, spec: SweepSpec, suite: EvaluationSuite, executor: Executor, progress: bool | None):
+        self.spec, self.executor, self.progress = spec, executor, progress
+        self.identity = inputs_identity(spec.sft, spec.aligned, full=spec.input_hashes == "full")
+        self.book = ResultsBook(ResultsStore(spec.out / RESULTS_FILE), sweep_context(spec, suite), self.make_record,
+                                seed=spec.evaluation.halving.seed)
+        if self.book.stale:
+            print(f"note: {spec.out / RESULTS_FILE} holds {self.book.stale} result(s) measured under other settings "
+                  "(the models' weights, the evaluation's data or settings, or the dtype differ); they are kept, "
+                  "not used, and those candidates are measured again", file=sys.stderr)
+        local = None if executor.remote else suite
+        self.batches = CandidateBatches(executor, CandidateEvaluation(spec, suite=local))
+        self.strategy = None  # the adaptive grid and/or successive halving (taxcut.sweep.strategy)
+        if uses_strategy(spec):
+            measured = CandidateBatches(executor, CandidateEvaluation(spec, measure=measure_part, suite=local))
+            self.strategy = SweepStrategy(spec, self.book, measured, check=self.check_plans, progress=progress,
+                                          items=item_counts(suite))
 
-    def check_plans(candidates: list[Candidate]) -> None:
-        for candidate in candidates:  # every plan from the headers first: a bad candidate fails before any work
+    def run(self) -> SweepReport:
+        """The grid (or the strategy's candidates), the fitted HMA candidates, the search; then the reports."""
+        candidates = self.measure_grid()
+        candidates += self.measure_hma()
+        candidates += self.measure_search(candidates[0])
+        return self.write_report(candidates)
+
+    def make_record(self, candidate: Candidate, result: EvaluationResult, context: str) -> ResultRecord:
+        return _record(self.spec, candidate, result, context, self.identity)
+
+    def check_plans(self, candidates: Sequence[Candidate]) -> None:
+        """Every plan from the headers first: a bad candidate fails before any work."""
+        for candidate in candidates:
             if candidate.model is None:
-                build_plan(candidate.merge_spec(spec.sft, spec.aligned, extrapolate=spec.extrapolate,
-                                                allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch)).close()
+                build_plan(candidate.merge_spec(self.spec.sft, self.spec.aligned, extrapolate=self.spec.extrapolate,
+                                                allow_tokenizer_mismatch=self.spec.allow_tokenizer_mismatch)).close()
 
-    book = strategy = None
-    if uses_strategy(spec):  # the adaptive grid and/or successive halving (taxcut.sweep.strategy)
-        book = ResultsBook(store, context, latest, lambda c, result, ctx: _record(spec, c, result, ctx, identity),
-                           seed=spec.evaluation.halving.seed)
-        measured = CandidateBatches(executor, CandidateEvaluation(spec, measure=measure_part,
-                                                                  suite=None if executor.remote else suite))
-        strategy = SweepStrategy(spec, book, measured, check=check_plans, progress=progress,
-                                 items=item_counts(suite))
+    def evaluate(self, candidates: list[Candidate]) -> Iterator[ResultRecord]:
+        """Evaluate on the executor's workers; record each result as it arrives."""
+        for candidate, result in self.batches(candidates):
+            yield self.book.add_result(candidate, result)
 
-    def evaluate_all(candidates: list[Candidate]) -> None:
-        if strategy is not None:
-            strategy.measure(candidates)
+    def measure(self, candidates: list[Candidate]) -> None:
+        """The candidates without a result yet: through the strategy, or each in full under a progress bar."""
+        if self.strategy is not None:
+            self.strategy.measure(candidates)
             return
-        todo = [c for c in candidates if c.id not in latest]
-        check_plans(todo)
+        todo = [c for c in candidates if c.id not in self.book.latest]
+        self.check_plans(todo)
         with tqdm(total=len(todo), desc="sweep", unit="candidate",
-                  disable=None if progress is None else not progress) as bar:
-            for record in evaluate(todo):
+                  disable=None if self.progress is None else not self.progress) as bar:
+            for record in self.evaluate(todo):
                 bar.set_postfix_str(record.label)
                 bar.update()
 
-    if strategy is not None:
-        candidates = strategy.run()
-    else:
-        candidates = expand_grid(spec.candidates)
-        evaluate_all(candidates)
-    if spec.candidates.hma is not None and not (strategy is not None and strategy.adaptive):  # else a family
-        fitted = hma_candidates(spec, log=lambda *_: None, executor=executor)
-        evaluate_all(fitted)
-        candidates += fitted
-    if spec.search is not None:
-        done = [r for r in latest.values() if fits_search(r.candidate, spec.search)]  # earlier proposals of it
-        candidates += search_candidates(spec.search, done, latest[candidates[0].id], evaluate,
-                                        batch=executor.workers)
-    _write_report_file(spec.out / "sweep.yaml", lambda path: path.write_text(spec.to_yaml()))
-    report = summarize(list(latest.values()), context, candidates, spec.out)
-    report.cost = sweep_cost(candidates, latest, book)
-    report.strategy = strategy.report if strategy is not None else None
-    if spec.select:
-        report.selected = select(report.rows, spec.select)
-    return report
+    def measure_grid(self) -> list[Candidate]:
+        """The grid, or the candidates the strategy chose and measured."""
+        if self.strategy is not None:
+            return self.strategy.run()
+        candidates = expand_grid(self.spec.candidates)
+        self.measure(candidates)
+        return candidates
+
+    def measure_hma(self) -> list[Candidate]:
+        """The fitted HMA candidates (under the adaptive grid they are a family of its own)."""
+        if self.spec.candidates.hma is None or (self.strategy is not None and self.strategy.adaptive):
+            return []
+        fitted = hma_candidates(self.spec, log=lambda *_: None, executor=self.executor)
+        self.measure(fitted)
+        return fitted
+
+    def measure_search(self, baseline: Candidate) -> list[Candidate]:
+        """The black-box search's proposals, resumed from its earlier records; ``baseline``: the SFT model."""
+        if self.spec.search is None:
+            return []
+        latest = self.book.latest
+        done = [r for r in latest.values() if fits_search(r.candidate, self.spec.search)]
+        return search_candidates(self.spec.search, done, latest[baseline.id], self.evaluate,
+                                 batch=self.executor.workers)
+
+    def write_report(self, candidates: list[Candidate]) -> SweepReport:
+        """The spec, the tables and the plot in the folder; the report with its cost and selection."""
+        spec, book = self.spec, self.book
+        _write_report_file(spec.out / "sweep.yaml", lambda path: path.write_text(spec.to_yaml()))
+        report = summarize(list(book.latest.values()), book.context, candidates, spec.out)
+        report.cost = sweep_cost(candidates, book.latest, book if self.strategy is not None else None)
+        report.strategy = self.strategy.report if self.strategy is not None else None
+        if spec.select:
+            report.selected = select(report.rows, spec.select)
+        return report
 
 
 # The lock a running sweep holds inside its folder (a taxcut lock file: claim_folder ignores it, and a killed

@@ -66,15 +66,20 @@ def sweep_cost(candidates: Iterable[Candidate], latest: dict[str, ResultRecord],
 
 
 class ResultsBook:
-    """The sweep's results file as the strategies see it: full-data results (``latest``, the runner's, kept up to
-    date) and halving's stages, which live under their own contexts."""
+    """The sweep's results file and the one owner of what it holds for this sweep: each candidate's newest
+    full-data record under the sweep's context (``latest``) and halving's stages, which live under contexts of
+    their own. Every result is written through :meth:`add_result` or :meth:`add`; others only read."""
 
-    def __init__(self, store: ResultsStore, context: str, latest: dict[str, ResultRecord], make_record: MakeRecord,
-                 seed: int = 0):
-        self.store, self.context, self.latest, self.make_record, self.seed = store, context, latest, make_record, seed
+    def __init__(self, store: ResultsStore, context: str, make_record: MakeRecord, seed: int = 0):
+        self.store, self.context, self.make_record, self.seed = store, context, make_record, seed
+        records = store.records()
+        self.latest: dict[str, ResultRecord] = {r.candidate_id: r for r in records if r.context == context}
+        # full-data results measured under other settings: kept in the file, not used
+        others = {r.candidate_id for r in records if r.share >= 1.0 and r.context != context}
+        self.stale = len(others - set(self.latest))
         self.stages: dict[tuple[str, float], ResultRecord] = {}
         contexts: dict[float, str] = {}
-        for record in store.records():
+        for record in records:
             if record.share >= 1.0 or record.stats is None:
                 continue
             expected = contexts.setdefault(record.share, stage_context(context, record.share, seed))
@@ -92,7 +97,15 @@ class ResultsBook:
     def shares(self, candidate_id: str) -> list[float]:
         return sorted(share for cid, share in self.stages if cid == candidate_id)
 
+    def add_result(self, candidate: Candidate, result: EvaluationResult) -> ResultRecord:
+        """A full-data result, appended to the file: the candidate's newest."""
+        record = self.make_record(candidate, result, self.context)
+        self.store.append(record)
+        self.latest[candidate.id] = record
+        return record
+
     def add(self, candidate: Candidate, measurement: Measurement, share: float) -> None:
+        """A measurement on ``share`` of the data: a stage of halving, or (share 1) a full-data result."""
         record = self.make_record(candidate, measurement.result(), stage_context(self.context, share, self.seed))
         record = replace(record, share=share, stats=measurement.to_json() if share < 1.0 else None)
         self.store.append(record)

@@ -25,7 +25,9 @@ from taxcut.io.parameters import architecture_mismatch, checkpoint_names, read_p
 
 
 @dataclass
-class GreedySoup:
+class SoupSelection:
+    """What the greedy selection kept, and what it measured on the way."""
+
     chosen: list[Path]
     individual: dict[str, float] = field(default_factory=dict)  # folder -> score alone
     trials: list[tuple[str, float, bool]] = field(default_factory=list)  # (folder, soup score with it, accepted)
@@ -63,12 +65,12 @@ def _check_score(score: str, evaluation: EvaluationSpec) -> None:
 
 
 def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, device: str = "auto",
-                executor: Executor | None = None) -> GreedySoup:
+                executor: Executor | None = None) -> SoupSelection:
     _check_score(score, evaluation)
     executor = executor or LocalExecutor()
     work = SoupScoring(Path(models[0]), evaluation, score, device)
     alone = {str(folder): value for folder, value in executor.map(work, [Path(m) for m in models])}
-    outcome = GreedySoup([], individual={str(folder): alone[str(folder)] for folder in models})
+    outcome = SoupSelection([], individual={str(folder): alone[str(folder)] for folder in models})
     ranked = sorted(models, key=lambda f: -outcome.individual[str(f)])
     ((_, (outcome.chosen, outcome.trials)),) = executor.map(work, [Trials(tuple(ranked), alone[str(ranked[0])])])
     return outcome
