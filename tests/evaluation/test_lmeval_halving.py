@@ -27,8 +27,9 @@ from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 pytest.importorskip("lm_eval", reason="installed by make test (extra [lmeval])")
 from taxcut.evaluation.lmeval import LmEvalTask  # noqa: E402
 
+from tests.sweep.test_paired_sweeps import full_records  # noqa: E402 - the same comparison of full-data records
+
 TESTS = Path(__file__).parent.parent
-COMPARED = ("reward", "tasks", "primary", "stderr", "primary_stderr", "items")
 SUCCESSOR_LOGPROB = 10.0 - math.log(math.exp(10.0) + VOCAB - 1)  # log p of the forced next token
 WRONG_LOGPROB = 0.0 - math.log(math.exp(10.0) + VOCAB - 1)
 ANSWERS = [0, 1, 0, 0, 1, 0, 1, 1, 0, 0, 0, 1]  # the successor model picks choice 0 (the next word) every time
@@ -139,15 +140,6 @@ def write_sweep(folder: Path, pair, task: Path, fidelity: dict) -> Path:
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def full_records(results: Path) -> dict[str, dict]:
-    rows = {}
-    for line in results.read_text().splitlines():
-        record = json.loads(line)
-        if record.get("share", 1.0) == 1.0:
-            rows[record["candidate_id"]] = {k: v for k, v in record.items() if k in COMPARED}
-    return rows
 
 
 def test_an_lm_eval_task_under_halving_equals_the_full_run(llama_pair, tmp_path):

@@ -98,6 +98,21 @@ class NameRule(BaseModel):
         return re.fullmatch(self.regex, tensor_name) is not None
 
 
+class ShardedOutput(BaseModel):
+    """A spec that writes a model: its ``max_shard_size`` (each spec declares the field) is checked when read and
+    given in bytes by :attr:`max_shard_bytes`."""
+
+    @field_validator("max_shard_size", check_fields=False)
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        parse_size(value)
+        return value
+
+    @property
+    def max_shard_bytes(self) -> int:
+        return parse_size(self.max_shard_size)
+
+
 class RatioFields(BaseModel):
     """The ratio fields, declared once: a merge spec and a sweep candidate give their ratios with these (see the
     module docstring). Which combinations are valid is checked where the ratios are used (:class:`MergeSpec`)."""
@@ -166,7 +181,7 @@ def profile_mean(alpha: float, beta: float) -> float:
     return sum((right - left) * (at(left) + at(right)) / 2 for left, right in zip(cuts, cuts[1:]))
 
 
-class MergeSpec(RatioFields):
+class MergeSpec(RatioFields, ShardedOutput):
     """What to merge, how, and where to write it. See the module docstring for the ratio conventions."""
 
     model_config = ConfigDict(extra="forbid")
@@ -183,12 +198,6 @@ class MergeSpec(RatioFields):
     allow_tokenizer_mismatch: bool = Field(
         False, description="merge although the models' tokenizer files give the same text other token ids")
     fit: FitRecord | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
-
-    @field_validator("max_shard_size")
-    @classmethod
-    def _size(cls, value: int | str) -> int | str:
-        parse_size(value)
-        return value
 
     @field_validator("sft", "aligned", "out")
     @classmethod
@@ -269,10 +278,6 @@ class MergeSpec(RatioFields):
         for index, rule in enumerate(self.rules):
             found.append((f"'rules[{index}].alpha'", rule.alpha))
         return found
-
-    @property
-    def max_shard_bytes(self) -> int:
-        return parse_size(self.max_shard_size)
 
     # --- YAML -------------------------------------------------------------------------------------------------
 

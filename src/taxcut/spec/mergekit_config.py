@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, field_validator, model_v
 from taxcut.errors import TaxcutError
 from taxcut.io.destination import destination_path
 from taxcut.io.yaml_file import read_yaml_mapping
-from taxcut.spec.merge import parse_size, spec_from_dict
+from taxcut.spec.merge import ShardedOutput, spec_from_dict
 from taxcut.spec.spec_file import file_relative, model_relative
 
 Scalar = Union[StrictBool, int, float, str]
@@ -78,7 +78,7 @@ class MergekitModel(BaseModel):
         return value
 
 
-class MergekitConfig(BaseModel):
+class MergekitConfig(ShardedOutput):
     """A mergekit config as written (``out``, ``max_shard_size`` and ``allow_tokenizer_mismatch`` are taxcut's own,
     from the command line). :meth:`with_parameter` replaces one top-level parameter (a scalar or a gradient), what a
     sweep along the config's own axis changes."""
@@ -122,16 +122,6 @@ class MergekitConfig(BaseModel):
         if not value:
             raise ValueError("lists no model")
         return value
-
-    @field_validator("max_shard_size")
-    @classmethod
-    def _size(cls, value: int | str) -> int | str:
-        parse_size(value)
-        return value
-
-    @property
-    def max_shard_bytes(self) -> int:
-        return parse_size(self.max_shard_size)
 
     def inputs(self) -> list[str]:
         """mergekit's input order: the models as listed, then the base model unless it is one of them."""

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, 
 from taxcut.io.destination import destination_path
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.io.yaml_file import read_yaml_mapping
-from taxcut.spec.merge import parse_size, spec_from_dict
+from taxcut.spec.merge import ShardedOutput, spec_from_dict
 from taxcut.spec.spec_file import file_relative, model_relative
 
 
@@ -68,7 +68,7 @@ class CheckpointSelection(BaseModel):
         return [{"path": p, "weight": w} for p, w in zip(found, weights)]
 
 
-class ToolkitSpec(BaseModel):
+class ToolkitSpec(ShardedOutput):
     """A named method over N models. ``parameters`` are the method's own (typed and checked by the method when the
     merge is planned: see :mod:`taxcut.methods`); ``evaluation`` is a held-out evaluation for methods that score
     their inputs before merging."""
@@ -85,16 +85,6 @@ class ToolkitSpec(BaseModel):
     max_shard_size: int | str = "5GB"
     evaluation: EvaluationSpec | None = None
     allow_tokenizer_mismatch: StrictBool = False  # merge although the tokenizer files give the same text other ids
-
-    @field_validator("max_shard_size")
-    @classmethod
-    def _size(cls, value: int | str) -> int | str:
-        parse_size(value)
-        return value
-
-    @property
-    def max_shard_bytes(self) -> int:
-        return parse_size(self.max_shard_size)
 
     @field_validator("models", mode="before")
     @classmethod
