@@ -15,7 +15,10 @@ so that its wall time and peak RSS are its own:
 3. dpo: TRL's ``DPOTrainer`` (``trl`` 1.16: ``DPOConfig``, conversational prompt/chosen/rejected records) for a
    few dozen CPU steps, saving a checkpoint every few steps; the last one is the aligned model, the earlier ones
    are the early-stopping candidates.
-4. sweep: ``taxcut sweep spec.yaml`` (the CLI, as a user runs it): the MA grid (``candidates.grid``) and the
+4. fit set: the aligned model's best-of-4 responses on the alignment prompts (``fit.jsonl``, for HMA and the
+   tax-aware fit of ``bench/fronts.py``), and the retain set (``retain.jsonl``: Python Language Reference prose that
+   the perplexity task does not score).
+5. sweep: ``taxcut sweep spec.yaml`` (the CLI, as a user runs it): the MA grid (``candidates.grid``) and the
    earlier checkpoints (``candidates.models``), the reward function over held-out chat prompts, and five tax tasks
    on data nobody on this project wrote (``real_model_data/tasks.py``): country capitals asked few-shot (exact
    match) and in chat format (``contains``), capitals and regions as multiple choice, all from the PyPI package
@@ -91,12 +94,15 @@ class Profile:
     grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
     task_items: int = 32        # questions per country task
     passages: int = 16          # perplexity passages
+    fit_keep: int = 96          # the fit set: the best of 4 aligned samples per alignment prompt, this many kept
+    retain_texts: int = 32      # the tax-aware fit's retain set: reference prose the tax task does not score
 
 
 PROFILES = {
     "full": Profile("full"),
     "quick": Profile("quick", train_prompts=6, samples=4, new_tokens=16, reward_prompts=4, dpo_steps=4,
-                     save_every=2, batch_size=2, grid=(0.0, 0.5, 1.0), task_items=6, passages=3),
+                     save_every=2, batch_size=2, grid=(0.0, 0.5, 1.0), task_items=6, passages=3, fit_keep=8,
+                     retain_texts=4),
 }
 
 
@@ -241,6 +247,18 @@ def train_dpo(profile: Profile, sft: Path, pairs: Path, out: Path, device: str) 
     (out / "done.json").write_text(json.dumps({"log": trainer.state.log_history}, indent=1))
 
 
+def build_fit_set(profile: Profile, aligned: Path, prompts: Path, out: Path, device: str) -> None:
+    """The fit set of HMA and the tax-aware fit (``bench/fronts.py``): ``taxcut sample``'s best-of-4 responses of
+    the aligned model on the alignment prompts (none of the reward axis' held-out prompts), scored by the reward."""
+    from taxcut.evaluation.generation import GenerationSettings
+    from taxcut.hma.sample import sample_fit_set
+
+    kept = sample_fit_set(aligned, prompts, out, n=4, keep=profile.fit_keep, reward_function=REWARD,
+                          settings=GenerationSettings(do_sample=True, max_new_tokens=profile.new_tokens, seed=1,
+                                                      batch_size=32), device=_torch_device(device))
+    print(f"fit set: {len(kept)} responses, reward {kept[-1]['reward']:.2f} to {kept[0]['reward']:.2f}")
+
+
 def _checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
 
@@ -373,7 +391,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the sweep's resident dtype")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of every stage (default 1: see the note on shared machines)")
-    parser.add_argument("--stage", choices=["fixture", "pairs", "dpo"], help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--stage", choices=["fixture", "pairs", "dpo", "fitset"], help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by every child's torch at start-up
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -390,6 +408,9 @@ def main() -> None:
         return build_pairs(profile, sft, work / "data" / "train_prompts.jsonl", work / "pairs.jsonl", args.device)
     if args.stage == "dpo":
         return train_dpo(profile, sft, work / "pairs.jsonl", work / "dpo", args.device)
+    if args.stage == "fitset":
+        return build_fit_set(profile, _checkpoints(work / "dpo")[-1], work / "data" / "train_prompts.jsonl",
+                             work / "fit.jsonl", args.device)
 
     ensure_extras()
     settings = json.dumps(asdict(profile), sort_keys=True)
@@ -414,6 +435,10 @@ def main() -> None:
     if not (work / "dpo" / "done.json").exists():
         shutil.rmtree(work / "dpo", ignore_errors=True)
         run_stage("dpo", [*me, "--stage", "dpo"], stages)
+    if not (work / "fit.jsonl").exists():
+        run_stage("fitset", [*me, "--stage", "fitset"], stages)
+    task_data.write_jsonl(work / "retain.jsonl",
+                          task_data.python_reference_retain(profile.retain_texts, skip=profile.passages))
     spec = write_sweep_spec(profile, sft, _checkpoints(work / "dpo"), data, work, args.device, args.dtype)
     results = work / "sweep" / "results.jsonl"
     measured = _lines(results)

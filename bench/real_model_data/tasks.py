@@ -123,6 +123,23 @@ def python_docs_task(count: int) -> list[dict]:
     return passages
 
 
+def python_reference_retain(count: int, skip: int) -> list[dict]:
+    """Retain texts for the tax-aware fit: prose paragraphs of the Python Language Reference that the
+    ``python_docs`` task does not score -- the topics after its first ``skip`` passages' topics, and never one of
+    its passages (the sweep refuses a retain set that shares a line with an evaluation file)."""
+    from pydoc_data.topics import topics
+
+    scored = {p["text"] for p in python_docs_task(skip)}
+    passages = []
+    for key in sorted(topics):
+        for paragraph in re.split(r"\n\s*\n", topics[key]):
+            text = " ".join(paragraph.split())
+            if (200 <= len(text) <= 700 and text not in scored
+                    and sum(ch in "()[]{}=*:<>" for ch in text) < 0.01 * len(text)):
+                passages.append({"text": text})
+    return passages[-count:]  # from the end of the index: far from the topics the task draws first
+
+
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")

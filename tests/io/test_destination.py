@@ -24,7 +24,7 @@ from taxcut.io.destination import (
     staged_folder,
 )
 from taxcut.io.publish import STALE_AFTER_S, sweep_stale_staging
-from destination_fixtures import dead_pid, model  # noqa: F401 - model is a fixture
+from destination_fixtures import dead_pid
 
 MEANWHILE = "was written by another run meanwhile; nothing of this run was kept"
 

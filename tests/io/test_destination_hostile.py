@@ -22,7 +22,7 @@ from taxcut.io import destination, publish
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.io.destination import MARKER, check_destination, claim_folder, staged_file, staged_folder
 from taxcut.io.publish import quoted, remove_leftovers, sweep_stale_staging
-from destination_fixtures import dead_pid, model  # noqa: F401 - model is a fixture
+from destination_fixtures import dead_pid
 
 
 def write_folder(out: Path, files: dict[str, str | bytes], *, overwrite: bool = False, inputs=()) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hub_cache import lay_out
 from models import build_pair, build_reward_model, load_weights
 
 from taxcut import MergeSpec, TaxcutError, merge
@@ -26,36 +27,6 @@ from taxcut.spec.toolkit import ToolkitSpec
 
 MISSING = ("org/missing: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it first or unset "
            "HF_HUB_OFFLINE")
-
-
-def lay_out(cache: Path, repo_id: str, folder: Path, *, refs: tuple[str, ...] = ("main",)) -> str:
-    """Put ``folder`` into ``cache`` as one snapshot of ``repo_id``, as huggingface_hub stores a download: files as
-    blobs named by their hash, the snapshot's entries relative links to them, each ref a file holding the commit."""
-    commit = hashlib.sha1(f"{repo_id} {folder}".encode()).hexdigest()
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        blob = hashlib.sha256(data).hexdigest()
-        (repo / "blobs" / blob).write_bytes(data)
-        entry = repo / "snapshots" / commit / path.relative_to(folder)
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        entry.symlink_to(os.path.relpath(repo / "blobs" / blob, entry.parent))
-    for ref in refs:
-        (repo / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return commit
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch, llama_pair):
-    """A Hub cache with org/sft and org/aligned (the llama pair), HF_HUB_CACHE pointing at it, offline."""
-    cache = tmp_path / "hf-cache"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.chdir(tmp_path)
-    commits = {name: lay_out(cache, f"org/{name}", folder) for name, folder in zip(("sft", "aligned"), llama_pair)}
-    return cache, commits
 
 
 def test_hub_id_forms():

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_hub import hub, lay_out  # noqa: E402,F401 - the fixture, and how a cache is laid out
+from hub_cache import lay_out
 
-from taxcut import MergeSpec, TaxcutError  # noqa: E402
-from taxcut.cli import main  # noqa: E402
-from taxcut.io.checkpoint import Checkpoint  # noqa: E402
-from taxcut.io.hub import resolve_model  # noqa: E402
-from taxcut.spec.evaluation import EvaluationSpec  # noqa: E402
+from taxcut import MergeSpec, TaxcutError
+from taxcut.cli import main
+from taxcut.io.checkpoint import Checkpoint
+from taxcut.io.hub import resolve_model
+from taxcut.spec.evaluation import EvaluationSpec
 
 TESTS = Path(__file__).parent.parent
 MERGE = ["merge", "--sft", "org/sft", "--aligned", "org/aligned", "--alpha", "0.5", "--out"]
