@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.taxcut-installed
 
-.PHONY: setup test test-fast demo bench clean parity-env
+.PHONY: setup test test-fast lint fmt demo bench clean parity-env
 
 # mergekit (LGPL-3.0) only for the parity tests, in its own venv (never beside taxcut): tests marked `parity` run its
 # `mergekit-yaml` from there and skip, saying why, when it is absent. `make test` builds it when CI=true.
@@ -30,8 +30,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The formatter and the linter (ruff, configured in pyproject.toml) check the whole tree; `make fmt` fixes it.
+lint: setup
+	$(VENV)/bin/ruff format --check --quiet . || { echo "make lint: run 'make fmt' to format the tree" >&2; exit 1; }
+	$(VENV)/bin/ruff check --quiet .
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
 # pytest exits 5 when it collected no test: that is a failure here, never a silent pass.
-test: setup
+test: setup lint
 	@if [ "$$CI" = "true" ]; then $(MAKE) --no-print-directory parity-env; fi
 	@$(PY) -m pytest; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \

@@ -77,25 +77,42 @@ def main() -> None:
 
     sft, aligned = build_pair()
     data = Path(__file__).parent / ".cache" / "fit-set.jsonl"
-    data.write_text("".join(json.dumps({"prompt": " ".join(f"w{(i + j) % 50}" for j in range(24)),
-                                        "response": " ".join(f"w{(i * 3 + j) % 50}" for j in range(24))}) + "\n"
-                            for i in range(args.examples)))
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": " ".join(f"w{(i + j) % 50}" for j in range(24)),
+                    "response": " ".join(f"w{(i * 3 + j) % 50}" for j in range(24)),
+                }
+            )
+            + "\n"
+            for i in range(args.examples)
+        )
+    )
     weights_gb = sum(p.stat().st_size for p in sft.glob("*.safetensors")) / 2**30
     results = {}
     for mode in ("plain", "hma"):
         started = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(sft), str(aligned), str(data),
-                              str(args.batch), args.device], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, mode, str(sft), str(aligned), str(data), str(args.batch), args.device],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         results[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         results[mode]["wall"] = time.perf_counter() - started
     print(f"weights: {weights_gb:.3f} GB per copy; batch {args.batch} x ~50 tokens; device {args.device}")
-    for mode, label in (("plain", "plain fine-tuning step (AdamW, all parameters)"),
-                        ("hma", "HMA fit step (K block logits)")):
+    for mode, label in (
+        ("plain", "plain fine-tuning step (AdamW, all parameters)"),
+        ("hma", "HMA fit step (K block logits)"),
+    ):
         r = results[mode]
         print(f"{label:<48} {1000 * r['step']:7.1f} ms/step, peak {r['peak_gb']:.2f} GB")
     print(f"ratio HMA / plain step time: {results['hma']['step'] / results['plain']['step']:.2f}  (target <= 1.5)")
-    print(f"peak memory HMA / plain: {results['hma']['peak_gb'] / results['plain']['peak_gb']:.2f} "
-          f"(plain: weights + grads + 2 AdamW states; HMA: theta_sft + theta_aligned, layers recomputed)")
+    print(
+        f"peak memory HMA / plain: {results['hma']['peak_gb'] / results['plain']['peak_gb']:.2f} "
+        f"(plain: weights + grads + 2 AdamW states; HMA: theta_sft + theta_aligned, layers recomputed)"
+    )
 
 
 if __name__ == "__main__":

@@ -99,14 +99,28 @@ def families(fit_set: str, retain: str | None, seed: int) -> list[Family]:
         Family("LiNeS grid", {"profile_grid": LINES_GRID}, kinds=("LiNeS",)),
         Family("LiNeS 5", {"profiles": LINES_FIVE}, kinds=("LiNeS",)),
         Family("search blocks", search={"budget": SEARCH_BUDGET, "seed": seed}, kinds=("search",)),
-        Family("search profile", search={"budget": SEARCH_BUDGET, "seed": seed, "space": "profile"},
-               kinds=("search", "LiNeS")),
+        Family(
+            "search profile",
+            search={"budget": SEARCH_BUDGET, "seed": seed, "space": "profile"},
+            kinds=("search", "LiNeS"),
+        ),
     ]
     for granularity in ("block", "layer"):
-        free = {"data": fit_set, "retain": retain, "retain_weights": RETAIN_FREE, "granularity": granularity,
-                "mean": "free", "mean_alphas": [0.5]}
-        fixed = {"data": fit_set, "retain": retain, "retain_weights": RETAIN_FIXED, "granularity": granularity,
-                 "mean_alphas": [0.5, 0.7, 0.9]}
+        free = {
+            "data": fit_set,
+            "retain": retain,
+            "retain_weights": RETAIN_FREE,
+            "granularity": granularity,
+            "mean": "free",
+            "mean_alphas": [0.5],
+        }
+        fixed = {
+            "data": fit_set,
+            "retain": retain,
+            "retain_weights": RETAIN_FIXED,
+            "granularity": granularity,
+            "mean_alphas": [0.5, 0.7, 0.9],
+        }
         found.append(Family(f"tax-aware {granularity} free", {"hma": free}, kinds=("HMA",), needs="retain"))
         found.append(Family(f"tax-aware {granularity} fixed", {"hma": fixed}, kinds=("HMA",), needs="retain"))
     return found
@@ -142,15 +156,18 @@ class Resampler:
         self.results, self.baseline = results, results[baseline]
         first = next(iter(results.values()))
         self.reward_keys = list(first.items.reward.items) if first.items and first.items.reward else []
-        self.task_keys = {name: list(scores.items) for name, scores in (first.items.tasks.items()
-                                                                       if first.items else [])}
+        self.task_keys = {
+            name: list(scores.items) for name, scores in (first.items.tasks.items() if first.items else [])
+        }
 
     def draw(self, generator: random.Random | None) -> dict[str, tuple[float, float]]:
         picks = {name: self._pick(keys, generator) for name, keys in self.task_keys.items()}
         rewards = self._pick(self.reward_keys, generator)
         base = self._primary(self.baseline, picks)
-        return {cid: (self._reward(result, rewards), tax(self._primary(result, picks), base, result.directions))
-                for cid, result in self.results.items()}
+        return {
+            cid: (self._reward(result, rewards), tax(self._primary(result, picks), base, result.directions))
+            for cid, result in self.results.items()
+        }
 
     @staticmethod
     def _pick(keys: list[int], generator: random.Random | None) -> list[int]:
@@ -175,10 +192,16 @@ class Resampler:
         return primary
 
 
-def volumes(points: dict[str, tuple[float, float]], members: dict[str, list[str]], frame: list[str],
-            reference: tuple[float, float]) -> dict[str, float]:
-    return {name: hypervolume([points[c] for c in [*ids, *frame] if c in points], reference)
-            for name, ids in members.items()}
+def volumes(
+    points: dict[str, tuple[float, float]],
+    members: dict[str, list[str]],
+    frame: list[str],
+    reference: tuple[float, float],
+) -> dict[str, float]:
+    return {
+        name: hypervolume([points[c] for c in [*ids, *frame] if c in points], reference)
+        for name, ids in members.items()
+    }
 
 
 def reference_point(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -211,10 +234,14 @@ def report(setting: str, measured: dict[str, Measured], folder: Path) -> dict[st
     draws = [volumes(resampler.draw(generator), members, frame, reference) for _ in range(RESAMPLES)]
     seconds = statistics.mean(r.result.seconds for r in latest.values() if r.result.seconds) or math.nan
     print(f"\n## {setting}\n")
-    print(f"reference point: reward {reference[0]:+.3f}, tax {100 * reference[1]:.1f} points; one evaluation "
-          f"{seconds:.1f} s on average; intervals: {INTERVAL:.0%} paired bootstrap, {RESAMPLES} resamples\n")
-    print("| family | points | hypervolume / MA | interval | beyond the noise | vs search blocks | interval | "
-          "evaluations | other seconds / evaluation |")
+    print(
+        f"reference point: reward {reference[0]:+.3f}, tax {100 * reference[1]:.1f} points; one evaluation "
+        f"{seconds:.1f} s on average; intervals: {INTERVAL:.0%} paired bootstrap, {RESAMPLES} resamples\n"
+    )
+    print(
+        "| family | points | hypervolume / MA | interval | beyond the noise | vs search blocks | interval | "
+        "evaluations | other seconds / evaluation |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     ratios = {}
     for name, m in measured.items():
@@ -226,16 +253,20 @@ def report(setting: str, measured: dict[str, Measured], folder: Path) -> dict[st
             versus = f"{observed[name] / observed['search blocks']:.3f}"
             vlow, vhigh = interval([d[name] / d["search blocks"] for d in draws if d["search blocks"] > 0])
         ratios[name] = ratio
-        print(f"| {name} | {len(m.rows)} | {ratio:.3f} | {low:.3f} .. {high:.3f} | {verdict} | {versus} | "
-              f"{vlow:.3f} .. {vhigh:.3f} | {len(set(members[name]) - set(frame))} | "
-              f"{m.other_seconds / seconds:.2f} |")
+        print(
+            f"| {name} | {len(m.rows)} | {ratio:.3f} | {low:.3f} .. {high:.3f} | {verdict} | {versus} | "
+            f"{vlow:.3f} .. {vhigh:.3f} | {len(set(members[name]) - set(frame))} | "
+            f"{m.other_seconds / seconds:.2f} |"
+        )
     print("\nEach family's front (its points that no other point of the family dominates):\n")
     print("| family | candidate | reward | tax (points) |")
     print("|---|---|---|---|")
     for name, m in measured.items():
         for row in _front(m.rows):
-            print(f"| {name} | {row.label} | {row.reward:+.3f} ± {row.reward_stderr:.3f} | "
-                  f"{100 * row.tax:.1f} ± {100 * row.tax_stderr:.1f} |")
+            print(
+                f"| {name} | {row.label} | {row.reward:+.3f} ± {row.reward_stderr:.3f} | "
+                f"{100 * row.tax:.1f} ± {100 * row.tax_stderr:.1f} |"
+            )
     return ratios
 
 
@@ -244,9 +275,14 @@ def _over(value: float, of: float) -> float:
 
 
 def _front(rows: list[SweepRow]) -> list[SweepRow]:
-    return sorted((r for r in rows if not any(o.reward >= r.reward and o.tax <= r.tax and
-                                              (o.reward > r.reward or o.tax < r.tax) for o in rows)),
-                  key=lambda r: r.tax)
+    return sorted(
+        (
+            r
+            for r in rows
+            if not any(o.reward >= r.reward and o.tax <= r.tax and (o.reward > r.reward or o.tax < r.tax) for o in rows)
+        ),
+        key=lambda r: r.tax,
+    )
 
 
 Setting = tuple[str, int, dict, Callable[[], tuple[str, str | None]]]
@@ -322,8 +358,11 @@ def main() -> None:
     print("| family | " + " | ".join(summary) + " |")
     print("|---|" + "---|" * len(summary))
     for name in names:
-        print(f"| {name} | " + " | ".join(f"{ratios[name]:.3f}" if name in ratios else "—"
-                                        for ratios in summary.values()) + " |")
+        print(
+            f"| {name} | "
+            + " | ".join(f"{ratios[name]:.3f}" if name in ratios else "—" for ratios in summary.values())
+            + " |"
+        )
 
 
 if __name__ == "__main__":

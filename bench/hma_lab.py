@@ -81,8 +81,10 @@ class Point:
 
 
 def dominated(point: SweepRow, others: list[SweepRow]) -> bool:
-    return any(o.reward >= point.reward and o.tax <= point.tax and (o.reward > point.reward or o.tax < point.tax)
-               for o in others)
+    return any(
+        o.reward >= point.reward and o.tax <= point.tax and (o.reward > point.reward or o.tax < point.tax)
+        for o in others
+    )
 
 
 def sample(lab, work: Path, name: str, *, prompts: int, keep: int, seed: int) -> Path:
@@ -90,12 +92,21 @@ def sample(lab, work: Path, name: str, *, prompts: int, keep: int, seed: int) ->
     from taxcut.hma.sample import sample_fit_set
 
     source = work / f"{name}-prompts.jsonl"
-    source.write_text("".join(json.dumps({"prompt": e.prompt}) + "\n" for e in tasks.chat(random.Random(seed), prompts)))
+    source.write_text(
+        "".join(json.dumps({"prompt": e.prompt}) + "\n" for e in tasks.chat(random.Random(seed), prompts))
+    )
     out = work / f"{name}.jsonl"
     if not out.is_file():
-        sample_fit_set(lab.aligned, source, out, n=4, keep=keep, reward_function="taxcut.lab.tasks:reward",
-                       settings=GenerationSettings(do_sample=True, max_new_tokens=40, batch_size=256, seed=seed),
-                       device="cpu")
+        sample_fit_set(
+            lab.aligned,
+            source,
+            out,
+            n=4,
+            keep=keep,
+            reward_function="taxcut.lab.tasks:reward",
+            settings=GenerationSettings(do_sample=True, max_new_tokens=40, batch_size=256, seed=seed),
+            device="cpu",
+        )
     return out
 
 
@@ -152,10 +163,14 @@ def run_seed(seed: int, labs: Path | None, work: Path, quick: bool = False) -> d
                 points.append(Point(family, row))
 
     by_kind = {"MA": "MA", "scoped-MA": "MA paper scope"}
-    collect(sweep({"hma": {**hma, "preset": "paper", "eps": PAPER_EPS}}),
-            lambda r: {"HMA": "HMA paper"}.get(r.kind, by_kind.get(r.kind)))
-    collect(sweep({"hma": {**hma, "preset": "paper", "lr": 0.05, "batch_size": 8, "eps": [0.0, 0.2, 0.5]}}),
-            lambda r: "HMA paper, lab lr" if r.kind == "HMA" else None)
+    collect(
+        sweep({"hma": {**hma, "preset": "paper", "eps": PAPER_EPS}}),
+        lambda r: {"HMA": "HMA paper"}.get(r.kind, by_kind.get(r.kind)),
+    )
+    collect(
+        sweep({"hma": {**hma, "preset": "paper", "lr": 0.05, "batch_size": 8, "eps": [0.0, 0.2, 0.5]}}),
+        lambda r: "HMA paper, lab lr" if r.kind == "HMA" else None,
+    )
     collect(sweep({"hma": hma}), lambda r: "HMA taxcut" if r.kind == "HMA" else None)
     collect(sweep({"hma": {**hma, "loss": "prompt+response"}}), lambda r: LOSS_ABLATION if r.kind == "HMA" else None)
     profiles = [[round(p * a / 0.7, 4) for p in PROFILE] for a in MEAN_ALPHAS if max(PROFILE) * a / 0.7 <= 1]
@@ -176,13 +191,29 @@ def run_seed(seed: int, labs: Path | None, work: Path, quick: bool = False) -> d
     records = {r.candidate_id: r.candidate for r in ResultsStore(folder / "sweep" / "results.jsonl").records()}
     objective = [records[p.row.id] for p in points if p.family in OBJECTIVE_FAMILIES]
     nll = response_nll(lab, held_out, list({c.id: c for c in objective}.values()))
-    return {"seed": seed, "points": points, "early": early, "steps": steps, "nll": nll, "records": records,
-            "wall": time.perf_counter() - started}
+    return {
+        "seed": seed,
+        "points": points,
+        "early": early,
+        "steps": steps,
+        "nll": nll,
+        "records": records,
+        "wall": time.perf_counter() - started,
+    }
 
 
 LOSS_ABLATION = "HMA taxcut, loss on prompt+response"
-FAMILIES = ["MA", "MA, a in A", "MA paper scope", "HMA paper", "HMA paper, lab lr", "HMA taxcut", LOSS_ABLATION,
-            "profile", "search"]
+FAMILIES = [
+    "MA",
+    "MA, a in A",
+    "MA paper scope",
+    "HMA paper",
+    "HMA paper, lab lr",
+    "HMA taxcut",
+    LOSS_ABLATION,
+    "profile",
+    "search",
+]
 OBJECTIVE_FAMILIES = ("MA", "MA paper scope", "HMA paper", "HMA paper, lab lr", "HMA taxcut", "search")
 
 
@@ -194,8 +225,10 @@ def report(outcome: dict) -> dict[str, float]:
     everything = [p.row for p in points] + [r for r in outcome["early"].values()]
     reference = (min(r.reward for r in everything), max(r.tax for r in everything))
     print(f"\n## seed {seed} ({outcome['wall'] / 60:.0f} min)\n")
-    print(f"SFT reward {sft.reward:+.3f}, aligned reward {aligned.reward:+.3f} and tax {100 * aligned.tax:.1f} points. "
-          f"Hypervolume reference: reward {reference[0]:+.3f}, tax {100 * reference[1]:.1f} points.\n")
+    print(
+        f"SFT reward {sft.reward:+.3f}, aligned reward {aligned.reward:+.3f} and tax {100 * aligned.tax:.1f} points. "
+        f"Hypervolume reference: reward {reference[0]:+.3f}, tax {100 * reference[1]:.1f} points.\n"
+    )
     print("| family | points | hypervolume | vs MA, a in A | dominated by MA (grid 0..1) |")
     print("|---|---|---|---|---|")
     volumes = {}
@@ -207,16 +240,22 @@ def report(outcome: dict) -> dict[str, float]:
             continue
         volume = hypervolume([(r.reward, r.tax) for r in mine + [sft, aligned]], reference)
         volumes[family] = volume
-        beaten = "—" if family.startswith("MA,") or family == "MA" else f"{sum(dominated(r, ma) for r in mine)}/{len(mine)}"
-        print(f"| {family} | {len(mine)} | {volume:.4f} | {_share(volume, volumes.get('MA, a in A', 0.0))} | {beaten} |")
+        beaten = (
+            "—" if family.startswith("MA,") or family == "MA" else f"{sum(dominated(r, ma) for r in mine)}/{len(mine)}"
+        )
+        print(
+            f"| {family} | {len(mine)} | {volume:.4f} | {_share(volume, volumes.get('MA, a in A', 0.0))} | {beaten} |"
+        )
     print("\nAt a = 0.8 (every eps of a searched family):\n")
     print("| family | candidate | ratios | reward | tax (points) |")
     print("|---|---|---|---|---|")
     for family in FAMILIES:
         for p in points:
             if p.family == family and p.a == 0.8:
-                print(f"| {family} | {p.row.label} | {_ratios(p, outcome)} | {p.row.reward:+.3f} ± "
-                      f"{p.row.reward_stderr:.3f} | {100 * p.row.tax:.1f} |")
+                print(
+                    f"| {family} | {p.row.label} | {_ratios(p, outcome)} | {p.row.reward:+.3f} ± "
+                    f"{p.row.reward_stderr:.3f} | {100 * p.row.tax:.1f} |"
+                )
     _ablations(outcome, ma)
     return volumes
 
@@ -235,19 +274,32 @@ def _ablations(outcome: dict, ma: list[SweepRow]) -> None:
     points, nll = outcome["points"], outcome["nll"]
     scored = [p for p in points if p.row.id in nll and p.row.mean_alpha not in (0.0, 1.0)]
     xs = [nll[p.row.id] for p in scored]
-    print("\n(i) response NLL of held-out top-reward samples (the HMA objective) vs reward and tax, "
-          f"{len(scored)} points (MA, scoped MA, HMA, search; a in (0, 1)):")
-    print(f"    Spearman rho(NLL, reward) = {spearman(xs, [p.row.reward for p in scored]):+.2f}, "
-          f"rho(NLL, tax) = {spearman(xs, [p.row.tax for p in scored]):+.2f}")
-    print("    at equal a, HMA minus the MA of its scope (plain MA for scope all, scoped MA for the paper's): "
-          "NLL, reward, tax (points):")
+    print(
+        "\n(i) response NLL of held-out top-reward samples (the HMA objective) vs reward and tax, "
+        f"{len(scored)} points (MA, scoped MA, HMA, search; a in (0, 1)):"
+    )
+    print(
+        f"    Spearman rho(NLL, reward) = {spearman(xs, [p.row.reward for p in scored]):+.2f}, "
+        f"rho(NLL, tax) = {spearman(xs, [p.row.tax for p in scored]):+.2f}"
+    )
+    print(
+        "    at equal a, HMA minus the MA of its scope (plain MA for scope all, scoped MA for the paper's): "
+        "NLL, reward, tax (points):"
+    )
     baseline = {("MA", round(r.mean_alpha, 3)): r for r in ma}
     baseline |= {("MA paper scope", p.a): p.row for p in points if p.family == "MA paper scope"}
-    for family, scope in (("HMA paper", "MA paper scope"), ("HMA paper, lab lr", "MA paper scope"),
-                          ("HMA taxcut", "MA")):
-        deltas = [(p.row.label, nll[p.row.id] - nll[m.id], p.row.reward - m.reward, 100 * (p.row.tax - m.tax))
-                  for p in scored if p.family == family
-                  for m in [baseline.get((scope, p.a))] if m is not None and m.id in nll]
+    for family, scope in (
+        ("HMA paper", "MA paper scope"),
+        ("HMA paper, lab lr", "MA paper scope"),
+        ("HMA taxcut", "MA"),
+    ):
+        deltas = [
+            (p.row.label, nll[p.row.id] - nll[m.id], p.row.reward - m.reward, 100 * (p.row.tax - m.tax))
+            for p in scored
+            if p.family == family
+            for m in [baseline.get((scope, p.a))]
+            if m is not None and m.id in nll
+        ]
         if deltas and all(abs(d) < 1e-4 and abs(r) < 1e-3 and abs(t) < 0.05 for _, d, r, t in deltas):
             print(f"      {family:18s} all {len(deltas)} points: |dNLL| < 1e-4, |dreward| < 0.001, |dtax| < 0.05")
             continue
@@ -259,8 +311,10 @@ def _ablations(outcome: dict, ma: list[SweepRow]) -> None:
     print("|---|---|---|---|---|---|---|")
     for (alpha, step), row in outcome["early"].items():
         m = ma_at[alpha]
-        print(f"| {alpha} | {step} | {outcome['steps'][(alpha, step)]} | {row.reward:+.3f} | {100 * row.tax:.1f} | "
-              f"{m.reward:+.3f} | {100 * m.tax:.1f} |")
+        print(
+            f"| {alpha} | {step} | {outcome['steps'][(alpha, step)]} | {row.reward:+.3f} | {100 * row.tax:.1f} | "
+            f"{m.reward:+.3f} | {100 * m.tax:.1f} |"
+        )
     print("\n(iii) HMA taxcut, loss on the response only vs on prompt + response:")
     print("| a | response: reward | tax | prompt+response: reward | tax |")
     print("|---|---|---|---|---|")
@@ -268,8 +322,10 @@ def _ablations(outcome: dict, ma: list[SweepRow]) -> None:
     both = {p.a: p.row for p in points if p.family == LOSS_ABLATION}
     for a in MEAN_ALPHAS:
         if a in response and a in both:
-            print(f"| {a} | {response[a].reward:+.3f} | {100 * response[a].tax:.1f} | {both[a].reward:+.3f} | "
-                  f"{100 * both[a].tax:.1f} |")
+            print(
+                f"| {a} | {response[a].reward:+.3f} | {100 * response[a].tax:.1f} | {both[a].reward:+.3f} | "
+                f"{100 * both[a].tax:.1f} |"
+            )
 
 
 def main() -> None:
@@ -289,8 +345,11 @@ def main() -> None:
     print("| family | " + " | ".join(f"seed {s}" for s in volumes) + " |")
     print("|---|" + "---|" * len(volumes))
     for family in FAMILIES:
-        print(f"| {family} | " + " | ".join(_share(v[family], v["MA, a in A"]) if family in v else "—"
-                                           for v in volumes.values()) + " |")
+        print(
+            f"| {family} | "
+            + " | ".join(_share(v[family], v["MA, a in A"]) if family in v else "—" for v in volumes.values())
+            + " |"
+        )
 
 
 if __name__ == "__main__":

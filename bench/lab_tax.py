@@ -34,13 +34,16 @@ def main() -> None:
         rows = run_sweep(demo_sweep_spec(lab, out / f"seed{seed}"), progress=False).rows
         ma = sorted((r for r in rows if r.kind == "MA"), key=lambda r: r.mean_alpha)
         sft, aligned = ma[0], ma[-1]
-        accuracy = {name: 100 * sum(r.primary.values()) / len(r.primary) for name, r in
-                    (("sft", sft), ("aligned", aligned))}
+        accuracy = {
+            name: 100 * sum(r.primary.values()) / len(r.primary) for name, r in (("sft", sft), ("aligned", aligned))
+        }
         drop, gain = accuracy["sft"] - accuracy["aligned"], aligned.reward - sft.reward
         verdict = "meets" if drop >= 25 and gain >= 1.0 else "MISSES"
-        print(f"seed {seed}: capability {accuracy['sft']:.1f} -> {accuracy['aligned']:.1f} (drop {drop:.1f} points), "
-              f"reward {sft.reward:+.2f} -> {aligned.reward:+.2f} (gain {gain:+.2f}): {verdict} the targets  "
-              f"[lab {built:.0f} s, sweep {time.perf_counter() - started - built:.0f} s]")
+        print(
+            f"seed {seed}: capability {accuracy['sft']:.1f} -> {accuracy['aligned']:.1f} (drop {drop:.1f} points), "
+            f"reward {sft.reward:+.2f} -> {aligned.reward:+.2f} (gain {gain:+.2f}): {verdict} the targets  "
+            f"[lab {built:.0f} s, sweep {time.perf_counter() - started - built:.0f} s]"
+        )
         for row in rows:
             if row.kind not in ("model", "blocks"):
                 continue
@@ -48,8 +51,10 @@ def main() -> None:
             if matched is None:
                 print(f"  {row.label:<24} reward {row.reward:+.2f}: outside MA's reward range")
             else:
-                print(f"  {row.label:<24} reward {row.reward:+.2f}, tax {100 * row.tax:5.1f} points; "
-                      f"MA at that reward {100 * matched:5.1f}: MA keeps {100 * (row.tax - matched):+5.1f} points")
+                print(
+                    f"  {row.label:<24} reward {row.reward:+.2f}, tax {100 * row.tax:5.1f} points; "
+                    f"MA at that reward {100 * matched:5.1f}: MA keeps {100 * (row.tax - matched):+5.1f} points"
+                )
 
 
 if __name__ == "__main__":

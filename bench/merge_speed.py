@@ -77,10 +77,19 @@ def build_model(folder: Path, layers: int, seed: int, shards: int) -> None:
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
     )
     config = {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HIDDEN,
-        "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers, "num_attention_heads": 16,
-        "num_key_value_heads": 16, "vocab_size": VOCAB, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
-        "tie_word_embeddings": False, "dtype": "bfloat16", "hidden_act": "silu",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": INTERMEDIATE,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "hidden_act": "silu",
     }
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     tmp.rename(folder)
@@ -129,8 +138,18 @@ def time_mergekit(executable: str, sft: Path, aligned: Path, out: Path, repeats:
     seconds, peaks = [], []
     for _ in range(repeats):
         shutil.rmtree(out, ignore_errors=True)
-        wall, stderr = timed(["/usr/bin/time", "-f", "MAXRSS_KB=%M", executable, str(config), str(out),
-                              "--lazy-unpickle", "--no-copy-tokenizer"])
+        wall, stderr = timed(
+            [
+                "/usr/bin/time",
+                "-f",
+                "MAXRSS_KB=%M",
+                executable,
+                str(config),
+                str(out),
+                "--lazy-unpickle",
+                "--no-copy-tokenizer",
+            ]
+        )
         seconds.append(wall)
         peaks.append(reported(stderr, "MAXRSS_KB") / 2**20)
     shutil.rmtree(out, ignore_errors=True)
@@ -142,8 +161,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--layers", type=int, default=16)
-    parser.add_argument("--mergekit", metavar="MERGEKIT_YAML",
-                        help="path to a mergekit-yaml executable (its own environment): time its linear merge too")
+    parser.add_argument(
+        "--mergekit",
+        metavar="MERGEKIT_YAML",
+        help="path to a mergekit-yaml executable (its own environment): time its linear merge too",
+    )
     args = parser.parse_args()
 
     sft, aligned = CACHE / f"llama-{args.layers}L-sft", CACHE / f"llama-{args.layers}L-aligned"
@@ -157,8 +179,24 @@ def main() -> None:
     subprocess.run(["cat", *inputs], stdout=subprocess.DEVNULL, check=True)  # warm the page cache
 
     floors, merges, engines, rss = [], [], [], []
-    taxcut = [sys.executable, "-c", _MERGE_AND_REPORT, "merge", "--sft", str(sft), "--aligned", str(aligned),
-              "--alpha", "0.5", "--out", str(out), "--overwrite", "--no-progress", "--max-shard-size", "500MB"]
+    taxcut = [
+        sys.executable,
+        "-c",
+        _MERGE_AND_REPORT,
+        "merge",
+        "--sft",
+        str(sft),
+        "--aligned",
+        str(aligned),
+        "--alpha",
+        "0.5",
+        "--out",
+        str(out),
+        "--overwrite",
+        "--no-progress",
+        "--max-shard-size",
+        "500MB",
+    ]
     for _ in range(args.repeats):  # floor and merge alternate, so that both see the same machine
         shutil.rmtree(copy, ignore_errors=True)
         read_s, _ = timed(["cat", *inputs])
@@ -176,17 +214,23 @@ def main() -> None:
     floor, merge, engine = statistics.median(floors), statistics.median(merges), statistics.median(engines)
     params = sum(torch.Size(s).numel() for s in llama_shapes(args.layers).values())
     print(f"model: {params / 1e9:.2f} B params, bfloat16, {args.layers} layers; threads {torch.get_num_threads()}")
-    print(f"I/O floor (cat both + cp one), median of {args.repeats}: {floor:.2f} s  runs {[round(f, 2) for f in floors]}")
+    print(
+        f"I/O floor (cat both + cp one), median of {args.repeats}: {floor:.2f} s  runs {[round(f, 2) for f in floors]}"
+    )
     print(f"taxcut merge, median of {args.repeats}:               {merge:.2f} s  runs {[round(m, 2) for m in merges]}")
-    print(f"  of which the merge itself (plan + stream + side files), median: {engine:.2f} s  "
-          f"runs {[round(e, 2) for e in engines]}")
+    print(
+        f"  of which the merge itself (plan + stream + side files), median: {engine:.2f} s  "
+        f"runs {[round(e, 2) for e in engines]}"
+    )
     print(f"  the rest is starting Python and importing torch: {merge - engine:.2f} s")
     print(f"ratio merge / floor, whole command: {merge / floor:.2f}  (target <= 1.5)")
     print(f"ratio merge / floor, merge itself:  {engine / floor:.2f}")
     print(f"peak RSS of the merge: {max(rss):.2f} GB  (target <= 1.0 GB)")
     if mergekit:
-        print(f"mergekit linear merge, median of {args.repeats}: {mergekit[0]:.2f} s, peak RSS {mergekit[1]:.2f} GB; "
-              f"taxcut / mergekit time: {merge / mergekit[0]:.2f}")
+        print(
+            f"mergekit linear merge, median of {args.repeats}: {mergekit[0]:.2f} s, peak RSS {mergekit[1]:.2f} GB; "
+            f"taxcut / mergekit time: {merge / mergekit[0]:.2f}"
+        )
     print(f"(the bench process's own peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB)")
 
 

@@ -27,22 +27,34 @@ import yaml
 from safetensors import safe_open
 
 sys.path.insert(0, str(Path(__file__).parent))
-from merge_speed import CACHE, build_model, llama_shapes  # noqa: E402 - the bench pair, built once
+from merge_speed import CACHE, build_model, llama_shapes  # the bench pair, built once
 
 ROOT = Path(__file__).resolve().parents[1]
 TAXCUT = [sys.executable, "-c", "import sys, taxcut.cli as cli; sys.exit(cli.main(sys.argv[1:]))"]
-T_GRADIENT = [{"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
-              {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]}, {"value": 0.5}]
+T_GRADIENT = [
+    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+    {"value": 0.5},
+]
 
 
 def configs(sft: Path, aligned: Path) -> dict[str, dict]:
     """The two configs, in the forms of mergekit's examples/."""
     return {
-        "gradient SLERP": {"merge_method": "slerp", "base_model": str(sft), "dtype": "bfloat16",
-                           "models": [{"model": str(sft)}, {"model": str(aligned)}], "parameters": {"t": T_GRADIENT}},
-        "TIES": {"merge_method": "ties", "base_model": str(sft), "dtype": "bfloat16",
-                 "models": [{"model": str(aligned), "parameters": {"weight": 1.0, "density": 0.5}}],
-                 "parameters": {"normalize": True}},
+        "gradient SLERP": {
+            "merge_method": "slerp",
+            "base_model": str(sft),
+            "dtype": "bfloat16",
+            "models": [{"model": str(sft)}, {"model": str(aligned)}],
+            "parameters": {"t": T_GRADIENT},
+        },
+        "TIES": {
+            "merge_method": "ties",
+            "base_model": str(sft),
+            "dtype": "bfloat16",
+            "models": [{"model": str(aligned), "parameters": {"weight": 1.0, "density": 0.5}}],
+            "parameters": {"normalize": True},
+        },
     }
 
 
@@ -51,8 +63,13 @@ def run(command: list[str]) -> tuple[float, float]:
     os.sync()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")}
     start = time.perf_counter()
-    done = subprocess.run(["/usr/bin/time", "-f", "MAXRSS_KB=%M", *command], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env={**env, "HF_HUB_OFFLINE": "1"})
+    done = subprocess.run(
+        ["/usr/bin/time", "-f", "MAXRSS_KB=%M", *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+    )
     wall = time.perf_counter() - start
     if done.returncode != 0:
         raise SystemExit(f"command failed: {' '.join(command)}\n{done.stderr[-3000:]}")
@@ -101,10 +118,13 @@ def main() -> None:
     work = CACHE / "side-by-side"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
-    subprocess.run(["cat", *sorted(str(p) for p in (*sft.iterdir(), *aligned.iterdir()))],
-                   stdout=subprocess.DEVNULL, check=True)  # warm the page cache for both tools alike
-    print(f"model: {params / 1e9:.2f} B params, bfloat16, {args.layers} layers; {os.cpu_count()} CPUs; "
-          f"torch threads {torch.get_num_threads()}")
+    subprocess.run(
+        ["cat", *sorted(str(p) for p in (*sft.iterdir(), *aligned.iterdir()))], stdout=subprocess.DEVNULL, check=True
+    )  # warm the page cache for both tools alike
+    print(
+        f"model: {params / 1e9:.2f} B params, bfloat16, {args.layers} layers; {os.cpu_count()} CPUs; "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"{'config':<16} {'tool':<9} {'wall s':>8} {'peak RSS GB':>12}")
     for label, config in configs(sft, aligned).items():
         if args.only and label != args.only:
@@ -117,9 +137,12 @@ def main() -> None:
         print(f"{label:<16} {'taxcut':<9} {taxcut[0]:>8.1f} {taxcut[1]:>12.2f}")
         print(f"{label:<16} {'mergekit':<9} {mergekit[0]:>8.1f} {mergekit[1]:>12.2f}")
         worst, differing, total, dtypes = compare(ours, theirs)
-        print(f"{label:<16} taxcut / mergekit: time {taxcut[0] / mergekit[0]:.2f}, peak RSS "
-              f"{taxcut[1] / mergekit[1]:.2f}; max |difference| {worst:.3g}; {differing:,} of {total:,} elements "
-              f"differ{'; dtypes differ: ' + ', '.join(dtypes[:3]) if dtypes else ''}", flush=True)
+        print(
+            f"{label:<16} taxcut / mergekit: time {taxcut[0] / mergekit[0]:.2f}, peak RSS "
+            f"{taxcut[1] / mergekit[1]:.2f}; max |difference| {worst:.3g}; {differing:,} of {total:,} elements "
+            f"differ{'; dtypes differ: ' + ', '.join(dtypes[:3]) if dtypes else ''}",
+            flush=True,
+        )
         shutil.rmtree(ours)
         shutil.rmtree(theirs)
     shutil.rmtree(work, ignore_errors=True)

@@ -60,8 +60,7 @@ def ma_results(spec: SweepSpec, grid: list[float]) -> dict[float, EvaluationResu
 
 def results_from_file(path: Path) -> dict[float, EvaluationResult]:
     """The full-data MA results of a sweep's results file, by a (to 2 decimals)."""
-    return {round(r.mean_alpha, 2): r.result for r in ResultsStore(path).records()
-            if r.share >= 1.0 and r.kind == "MA"}
+    return {round(r.mean_alpha, 2): r.result for r in ResultsStore(path).records() if r.share >= 1.0 and r.kind == "MA"}
 
 
 def _ratio(paired: float, unpaired: float) -> float:
@@ -115,8 +114,11 @@ def report(setting: str, results: dict[float, EvaluationResult], step: float) ->
         dt, pt, ut, tasks = tax_pair(ra, rb)
         ratios["reward"].append(_ratio(pr, ur))
         ratios["tax"].append(_ratio(pt, ut))
-        print(f"| {setting} | {a:.2f} -> {b:.2f} | {dr:+.4f} | {pr:.4f} | {ur:.4f} | {_ratio(pr, ur):.3f} | {n} | "
-              f"{100 * dt:+.2f} | {100 * pt:.2f} | {100 * ut:.2f} | {_ratio(pt, ut):.3f} | {tasks} |", flush=True)
+        print(
+            f"| {setting} | {a:.2f} -> {b:.2f} | {dr:+.4f} | {pr:.4f} | {ur:.4f} | {_ratio(pr, ur):.3f} | {n} | "
+            f"{100 * dt:+.2f} | {100 * pt:.2f} | {100 * ut:.2f} | {_ratio(pt, ut):.3f} | {tasks} |",
+            flush=True,
+        )
     return ratios
 
 
@@ -136,8 +138,10 @@ def main() -> None:
     args = parser.parse_args()
     grid = [round(args.step * i, 2) for i in range(round(1 / args.step) + 1)]
     out = args.out or Path(tempfile.mkdtemp(prefix="taxcut-paired-"))
-    print("| setting | pair | reward diff | paired se | unpaired se | ratio | items | tax diff (points) | "
-          "paired se | unpaired se | ratio | tasks paired |")
+    print(
+        "| setting | pair | reward diff | paired se | unpaired se | ratio | items | tax diff (points) | "
+        "paired se | unpaired se | ratio | tasks paired |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
     ratios: dict[str, list[float]] = {"reward": [], "tax": []}
     settings = []
@@ -145,8 +149,9 @@ def main() -> None:
         config = LabConfig.quick(seed) if args.quick else LabConfig(seed=seed)
         lab = build_lab(config, log=lambda *_: None)
         setting = f"lab{' quick' if args.quick else ''} seed {seed}"
-        settings.append((setting, lambda s=setting, lab=lab: ma_results(
-            demo_sweep_spec(lab, out / s.replace(" ", "-")), grid)))
+        settings.append(
+            (setting, lambda s=setting, lab=lab: ma_results(demo_sweep_spec(lab, out / s.replace(" ", "-")), grid))
+        )
     if args.real_model is not None:
         data = yaml.safe_load(args.real_model.read_text())
         data.update(candidates={}, out=str(out / "real-model"))
@@ -161,8 +166,10 @@ def main() -> None:
         finite = [v for v in values if math.isfinite(v)] or [math.nan]
         median = _median(values)
         verdict = "no ratio" if math.isnan(median) else "meets" if median <= TARGET else "misses"
-        print(f"  {axis}: {median:.3f}x ({verdict}; range {min(finite):.3f} .. {max(finite):.3f}, "
-              f"{len(values) - len([v for v in values if math.isfinite(v)])} pairs without a ratio)")
+        print(
+            f"  {axis}: {median:.3f}x ({verdict}; range {min(finite):.3f} .. {max(finite):.3f}, "
+            f"{len(values) - len([v for v in values if math.isfinite(v)])} pairs without a ratio)"
+        )
     print(f"sweeps in {out}")
 
 

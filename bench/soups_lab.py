@@ -30,11 +30,24 @@ from taxcut.spec.toolkit import ToolkitSpec
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="taxcut-soups-"))
     lab = build_lab(LabConfig(seed=0), log=lambda *_: None)
-    evaluation = EvaluationSpec.model_validate({"tasks": [
-        {"name": n, "type": "generation", "path": str(lab.data / f"{n}.jsonl"), "max_new_tokens": 8, "batch_size": 128}
-        for n in lab.capability_tasks]})
+    evaluation = EvaluationSpec.model_validate(
+        {
+            "tasks": [
+                {
+                    "name": n,
+                    "type": "generation",
+                    "path": str(lab.data / f"{n}.jsonl"),
+                    "max_new_tokens": 8,
+                    "batch_size": 128,
+                }
+                for n in lab.capability_tasks
+            ]
+        }
+    )
     rng = random.Random(7)
-    facts = [tasks.Example(json.loads(l)["prompt"], json.loads(l)["answer"]) for l in open(lab.data / "facts.jsonl")]
+    facts = [
+        tasks.Example(json.loads(line)["prompt"], json.loads(line)["answer"]) for line in open(lab.data / "facts.jsonl")
+    ]
     pools = {"uppercase": tasks.uppercase(rng, 2000), "reversal": tasks.reversal(rng, 2000), "facts": facts * 30}
     ingredients = []
     for focus in lab.capability_tasks:
@@ -49,14 +62,22 @@ def main() -> None:
         ingredients.append(folder)
         print(f"fine-tuned {folder.name} in {time.perf_counter() - started:.0f} s")
     prompts = work / "unlabelled.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": json.loads(l)["prompt"]}) + "\n"
-                               for n in lab.capability_tasks for l in open(lab.data / f"{n}.jsonl")))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": json.loads(line)["prompt"]}) + "\n"
+            for n in lab.capability_tasks
+            for line in open(lab.data / f"{n}.jsonl")
+        )
+    )
 
     def report(label: str, folder: Path, extra: str = "") -> None:
         primary = evaluate_folder(folder, evaluation, device="cpu").primary
         mean = sum(primary.values()) / len(primary)
-        print(f"{label:<28} " + "  ".join(f"{k} {100 * v:5.1f}" for k, v in primary.items())
-              + f"  mean {100 * mean:5.1f}{extra}")
+        print(
+            f"{label:<28} "
+            + "  ".join(f"{k} {100 * v:5.1f}" for k, v in primary.items())
+            + f"  mean {100 * mean:5.1f}{extra}"
+        )
 
     report("SFT (the base)", lab.sft)
     for folder in ingredients:
@@ -66,14 +87,19 @@ def main() -> None:
         ("greedy soup", "greedy_soup", {"score": "tasks"}, None),
         ("task arithmetic (lambda 0.5)", "task_arithmetic", {"lambda": 0.5}, lab.sft),
         ("AdaMerging, task-wise", "adamerging", {"data": str(prompts), "granularity": "task", "epochs": 3}, lab.sft),
-        ("AdaMerging, layer-wise", "adamerging", {"data": str(prompts), "granularity": "layer", "epochs": 3},
-         lab.sft),
+        ("AdaMerging, layer-wise", "adamerging", {"data": str(prompts), "granularity": "layer", "epochs": 3}, lab.sft),
     ):
         started = time.perf_counter()
-        spec = ToolkitSpec.model_validate({
-            "method": method, "models": [str(f) for f in ingredients], "base": str(base) if base else None,
-            "parameters": parameters, "out": str(work / method / label.replace(" ", "-").replace(",", "")),
-            "evaluation": evaluation.model_dump(mode="json") if method == "greedy_soup" else None})
+        spec = ToolkitSpec.model_validate(
+            {
+                "method": method,
+                "models": [str(f) for f in ingredients],
+                "base": str(base) if base else None,
+                "parameters": parameters,
+                "out": str(work / method / label.replace(" ", "-").replace(",", "")),
+                "evaluation": evaluation.model_dump(mode="json") if method == "greedy_soup" else None,
+            }
+        )
         out = run_method_merge(spec, progress=False)
         provenance = json.loads((out / "taxcut_provenance.json").read_text())["spec"]
         extra = ""

@@ -58,6 +58,7 @@ MAX_SUBSET = 9  # the best-subset bound is exhaustive: up to this many candidate
 
 def strategies(base: SweepSpec, budgets: list[int], tolerances: list[float]) -> dict[str, SweepSpec]:
     """The sweeps to compare, on ``base``'s models and evaluation."""
+
     def variant(candidates: dict, fidelity: str = "full", tolerance: float | None = None) -> SweepSpec:
         data = base.model_dump(mode="json", exclude_defaults=True)
         data["candidates"] = {"block_patterns": BLOCK_PROFILES, **candidates}
@@ -102,18 +103,27 @@ def default_from_reference(reference: SweepReport, spec: SweepSpec, out: Path) -
     return report
 
 
-def best_subset(points: dict[str, tuple[float, float]], baseline: str, count: int,
-                reference: tuple[float, float]) -> float:
+def best_subset(
+    points: dict[str, tuple[float, float]], baseline: str, count: int, reference: tuple[float, float]
+) -> float:
     """The largest hypervolume of ``count`` of ``points``, ``baseline`` among them (exhaustive)."""
     others = [p for key, p in points.items() if key != baseline]
     if count - 1 >= len(others):
         return hypervolume(points.values(), reference)
-    return max(hypervolume([points[baseline], *chosen], reference)
-               for chosen in itertools.combinations(others, count - 1))
+    return max(
+        hypervolume([points[baseline], *chosen], reference) for chosen in itertools.combinations(others, count - 1)
+    )
 
 
-def compare(setting: str, base: SweepSpec, out: Path, budgets: list[int], tolerances: list[float],
-            run_default: bool, only: list[str] | None = None) -> list[str]:
+def compare(
+    setting: str,
+    base: SweepSpec,
+    out: Path,
+    budgets: list[int],
+    tolerances: list[float],
+    run_default: bool,
+    only: list[str] | None = None,
+) -> list[str]:
     specs = strategies(base, budgets, tolerances)
     if only:
         specs = {name: spec for name, spec in specs.items() if name in ("reference", "default", *only)}
@@ -141,8 +151,10 @@ def compare(setting: str, base: SweepSpec, out: Path, budgets: list[int], tolera
         if len(report.rows) <= MAX_SUBSET:
             best = best_subset(reference_points, reference.rows[0].id, len(report.rows), point)
             oracle = f"{best / full_hv:.4f}"
-        lines.append(f"| {setting} | {name} | {len(report.rows)} | {dropped} | {ratio:.4f} | {oracle} | "
-                     f"{cost:.3f} | {report.cost.spent.tokens:,} | {verdict} |")
+        lines.append(
+            f"| {setting} | {name} | {len(report.rows)} | {dropped} | {ratio:.4f} | {oracle} | "
+            f"{cost:.3f} | {report.cost.spent.tokens:,} | {verdict} |"
+        )
     return lines
 
 
@@ -151,17 +163,27 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="the quick lab (a smoke run)")
     parser.add_argument("--budgets", type=int, nargs="+", default=[6, 8], help="the adaptive grid's budgets")
-    parser.add_argument("--tolerances", type=float, nargs="*", default=[0.0],
-                        help="other tolerances of halving to add rows for (evaluation.halving.tolerance; "
-                             "0: drop only what is dominated beyond the noise)")
+    parser.add_argument(
+        "--tolerances",
+        type=float,
+        nargs="*",
+        default=[0.0],
+        help="other tolerances of halving to add rows for (evaluation.halving.tolerance; "
+        "0: drop only what is dominated beyond the noise)",
+    )
     parser.add_argument("--only", nargs="*", help="run only these strategies (and the reference)")
     parser.add_argument("--real-model", type=Path, help="the sweep.yaml of bench/real_model.py's fixture")
     parser.add_argument("--run-default", action="store_true", help="run the default grid apart")
     parser.add_argument("--out", type=Path, help="where the sweeps go (default: a temporary folder)")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="taxcut-sweep-cost-"))
-    header = [("| setting | strategy | full-data candidates | dropped early | hypervolume / reference | "
-               "best subset of as many | tokens / default | tokens | target |"), "|---|---|---|---|---|---|---|---|---|"]
+    header = [
+        (
+            "| setting | strategy | full-data candidates | dropped early | hypervolume / reference | "
+            "best subset of as many | tokens / default | tokens | target |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     print("\n".join(header), flush=True)
     settings = []
     for seed in args.seeds:

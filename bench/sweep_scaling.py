@@ -55,8 +55,13 @@ def one_sweep(lab, out: Path, device: str, executor) -> dict:
     report = run_sweep(spec, progress=False, executor=executor)
     wall = time.perf_counter() - started
     timings = executor.timings
-    return {"wall": wall, "candidates": len(report.rows), "evaluation": statistics.median(timings.busy),
-            "overhead": timings.overhead(), "results": out / RESULTS_FILE}
+    return {
+        "wall": wall,
+        "candidates": len(report.rows),
+        "evaluation": statistics.median(timings.busy),
+        "overhead": timings.overhead(),
+        "results": out / RESULTS_FILE,
+    }
 
 
 def swap_costs(device: str, repeats: int) -> None:
@@ -80,12 +85,16 @@ def swap_costs(device: str, repeats: int) -> None:
             times.append(time.perf_counter() - started)
         seconds = statistics.median(times[1:])
         moved = sum(t.numel() * t.element_size() for t in [*resident.sft.values(), *resident.aligned.values()])
-        print(f"swap, sources on {sources:6}: {seconds * 1000:8.1f} ms for {moved / 1e9:.2f} GB of sources "
-              f"({moved / seconds / 1e9:.1f} GB/s)")
+        print(
+            f"swap, sources on {sources:6}: {seconds * 1000:8.1f} ms for {moved / 1e9:.2f} GB of sources "
+            f"({moved / seconds / 1e9:.1f} GB/s)"
+        )
         if sources == "host":
             for name, parameters in (("7B", 7e9), ("70B", 70e9)):
-                print(f"  estimate {name} bfloat16, sources in host memory: {2 * 2 * parameters / (moved / seconds):.1f} "
-                      "s per candidate swap")
+                print(
+                    f"  estimate {name} bfloat16, sources in host memory: {2 * 2 * parameters / (moved / seconds):.1f} "
+                    "s per candidate swap"
+                )
         del resident
 
 
@@ -93,8 +102,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab", type=Path, default=CACHE / "quick-lab", help="the quick lab (built once)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--gpus-per-worker", type=float, default=None,
-                        help="GPUs per Ray worker (default: 1 with a GPU; 0.5 to put two workers on one GPU)")
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs per Ray worker (default: 1 with a GPU; 0.5 to put two workers on one GPU)",
+    )
     parser.add_argument("--swap", action="store_true", help="also time a candidate swap with sources on the host")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -104,8 +117,10 @@ def main() -> None:
     lab = build_lab(LabConfig.quick(0), args.lab, log=lambda *_: None)
     gpus = torch.cuda.device_count()
     threads = torch.get_num_threads()
-    print(f"machine: {os.cpu_count()} CPU cores, {gpus} GPUs ({torch.cuda.get_device_name(0) if gpus else 'none'}); "
-          f"torch threads: {threads} by default, 1 in-process and per worker here")
+    print(
+        f"machine: {os.cpu_count()} CPU cores, {gpus} GPUs ({torch.cuda.get_device_name(0) if gpus else 'none'}); "
+        f"torch threads: {threads} by default, 1 in-process and per worker here"
+    )
     torch.set_num_threads(1)  # like a Ray worker of 1 CPU: the in-process run is the 1-worker reference
     scratch = Path(tempfile.mkdtemp(prefix="sweep-scaling-"))
     runs = {}
@@ -122,15 +137,19 @@ def main() -> None:
             settings = RaySettings(workers=workers, cpus_per_worker=1, gpus_per_worker=per_worker or 0.0)
             with RayExecutor(settings) as executor:
                 runs[f"Ray, {workers} worker{'s' if workers > 1 else ''}"] = one_sweep(
-                    lab, scratch / f"ray-{workers}", args.device, executor)
+                    lab, scratch / f"ray-{workers}", args.device, executor
+                )
         ray.shutdown()
-        print(f"\nquick-lab sweep, {runs['in-process']['candidates']} candidates, device {args.device}"
-              f" (Ray workers: 1 CPU each{f', {per_worker:g} GPU each' if per_worker else ''}):")
+        print(
+            f"\nquick-lab sweep, {runs['in-process']['candidates']} candidates, device {args.device}"
+            f" (Ray workers: 1 CPU each{f', {per_worker:g} GPU each' if per_worker else ''}):"
+        )
         print(f"{'executor':<16}{'wall s':>9}{'eval s/cand':>13}{'overhead ms/cand':>18}{'overhead %':>12}")
         for name, run in runs.items():
             share = 100 * run["overhead"] / run["evaluation"]
-            print(f"{name:<16}{run['wall']:>9.1f}{run['evaluation']:>13.3f}{run['overhead'] * 1000:>18.1f}"
-                  f"{share:>11.1f}%")
+            print(
+                f"{name:<16}{run['wall']:>9.1f}{run['evaluation']:>13.3f}{run['overhead'] * 1000:>18.1f}{share:>11.1f}%"
+            )
         one, two = runs["Ray, 1 worker"]["wall"], runs["Ray, 2 workers"]["wall"]
         print(f"speed-up 2 workers vs 1: {one / two:.2f}x")
         reference = comparable(runs["in-process"]["results"])

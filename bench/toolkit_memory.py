@@ -37,18 +37,30 @@ def main() -> None:
     build_model(aligned, 16, seed=2, shards=4)
     for count in (2, 4):
         spec = CACHE / f"soup-{count}.yaml"
-        spec.write_text(yaml.safe_dump({"method": "linear", "models": [str(p) for p in [sft, aligned] * (count // 2)],
-                                        "max_shard_size": "500MB"}))
+        spec.write_text(
+            yaml.safe_dump(
+                {
+                    "method": "linear",
+                    "models": [str(p) for p in [sft, aligned] * (count // 2)],
+                    "max_shard_size": "500MB",
+                }
+            )
+        )
         out = CACHE / f"soup-{count}"
         shutil.rmtree(out, ignore_errors=True)
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-c", CHILD, "merge", str(spec), "--out", str(out), "--no-progress"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-c", CHILD, "merge", str(spec), "--out", str(out), "--no-progress"],
+            capture_output=True,
+            text=True,
+        )
         if result.returncode:
             raise SystemExit(result.stderr)
         peak = int(result.stderr.rsplit("VmHWM_KB=", 1)[1].split()[0]) / 2**20
-        print(f"linear soup of N = {count} inputs (1.9 GB each): {time.perf_counter() - started:.1f} s, "
-              f"peak RSS {peak:.2f} GB")
+        print(
+            f"linear soup of N = {count} inputs (1.9 GB each): {time.perf_counter() - started:.1f} s, "
+            f"peak RSS {peak:.2f} GB"
+        )
         shutil.rmtree(out, ignore_errors=True)
 
 

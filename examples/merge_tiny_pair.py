@@ -32,8 +32,9 @@ def char_tokenizer(text: str) -> PreTrainedTokenizerFast:
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{c: i + 4 for i, c in enumerate(chars)}}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def train(model, ids: torch.Tensor, steps: int, lr: float) -> None:
@@ -60,11 +61,23 @@ def main() -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="taxcut-example-"))
 
     tokenizer = char_tokenizer(SFT_TEXT + ALIGNED_TEXT)
-    ids = {name: tokenizer(text * 3, return_tensors="pt").input_ids for name, text in
-           (("sft text", SFT_TEXT), ("aligned text", ALIGNED_TEXT))}
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    ids = {
+        name: tokenizer(text * 3, return_tensors="pt").input_ids
+        for name, text in (("sft text", SFT_TEXT), ("aligned text", ALIGNED_TEXT))
+    }
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = AutoModelForCausalLM.from_config(config)
     train(model, ids["sft text"], steps=150, lr=3e-3)
     model.save_pretrained(workdir / "sft")
@@ -79,11 +92,17 @@ def main() -> None:
         print(merge_plan.render(), "\n")
 
     print(f"{'model':<28} {'loss on sft text':>17} {'loss on aligned text':>21}  sample")
-    candidates = [("a = 0 (sft)", {"alpha": 0.0}), ("a = 0.5 (MA)", {"alpha": 0.5}),
-                  ("a = [0.2, 0.5, 0.8] (blocks)", {"alphas": [0.2, 0.5, 0.8]}), ("a = 1 (aligned)", {"alpha": 1.0})]
+    candidates = [
+        ("a = 0 (sft)", {"alpha": 0.0}),
+        ("a = 0.5 (MA)", {"alpha": 0.5}),
+        ("a = [0.2, 0.5, 0.8] (blocks)", {"alphas": [0.2, 0.5, 0.8]}),
+        ("a = 1 (aligned)", {"alpha": 1.0}),
+    ]
     for index, (label, ratio) in enumerate(candidates):
-        out = merge(MergeSpec(sft=workdir / "sft", aligned=workdir / "aligned", out=workdir / f"merged-{index}",
-                              **ratio), progress=False)
+        out = merge(
+            MergeSpec(sft=workdir / "sft", aligned=workdir / "aligned", out=workdir / f"merged-{index}", **ratio),
+            progress=False,
+        )
         merged = AutoModelForCausalLM.from_pretrained(out).eval()
         merged_tokenizer = PreTrainedTokenizerFast.from_pretrained(out)
         prompt = merged_tokenizer("th", return_tensors="pt")

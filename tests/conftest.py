@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from models import build_pair, build_trio  # noqa: E402
+from models import build_pair, build_trio
 
 ARCHITECTURES = ["llama", "qwen2", "gpt2", "gpt_neox"]
 

@@ -1,5 +1,5 @@
-"""A Hugging Face cache laid out offline, in huggingface_hub's own format (``models--org--name/{blobs,refs,snapshots}``),
-for the tests that resolve Hub repo IDs."""
+"""A Hugging Face cache laid out offline, in huggingface_hub's own format
+(``models--org--name/{blobs,refs,snapshots}``), for the tests that resolve Hub repo IDs."""
 
 from __future__ import annotations
 

@@ -7,23 +7,48 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
-    AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PreTrainedTokenizerFast, Qwen2Config,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
 )
 
 VOCAB = 64
 _COMMON = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 CONFIGS = {
-    "llama": lambda: LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-                                 **_COMMON),
-    "qwen2": lambda: Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-                                 num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-                                 **_COMMON),
+    "llama": lambda: LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        **_COMMON,
+    ),
+    "qwen2": lambda: Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        **_COMMON,
+    ),
     "gpt2": lambda: GPT2Config(n_embd=32, n_layer=4, n_head=4, n_positions=64, **_COMMON),
-    "gpt_neox": lambda: GPTNeoXConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                      num_attention_heads=4, max_position_embeddings=64, tie_word_embeddings=False,
-                                      **_COMMON),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        **_COMMON,
+    ),
 }
 
 
@@ -39,8 +64,9 @@ def save_tokenizer(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def build_pair(root: Path, arch: str, *, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None,
-               seed: int = 0) -> tuple[Path, Path]:
+def build_pair(
+    root: Path, arch: str, *, dtype: torch.dtype = torch.float32, max_shard_size: str | None = None, seed: int = 0
+) -> tuple[Path, Path]:
     """An "sft" model and an "aligned" one (the sft weights plus noise), saved under ``root``."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(CONFIGS[arch]()).to(dtype)
@@ -66,8 +92,9 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_synthetic_pair(root: Path, *, layers: int, elements: int, dtype: torch.dtype = torch.float32,
-                         max_shard_bytes: int | None = None) -> tuple[Path, Path]:
+def write_synthetic_pair(
+    root: Path, *, layers: int, elements: int, dtype: torch.dtype = torch.float32, max_shard_bytes: int | None = None
+) -> tuple[Path, Path]:
     """A Llama-named pair of raw safetensors folders (no transformers model): ``layers`` x 2 tensors of ``elements``."""
     import json
 
@@ -79,7 +106,8 @@ def write_synthetic_pair(root: Path, *, layers: int, elements: int, dtype: torch
         folder.mkdir(parents=True)
         tensors = {
             f"model.layers.{i}.mlp.{part}.weight": torch.randn(elements, generator=generator).to(dtype)
-            for i in range(layers) for part in ("up_proj", "down_proj")
+            for i in range(layers)
+            for part in ("up_proj", "down_proj")
         }
         tensors["model.norm.weight"] = torch.ones(8, dtype=dtype)
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
@@ -96,9 +124,17 @@ def build_successor_model(folder: Path, *, confidence: float = 10.0) -> Path:
     log-likelihoods are known exactly: the log-probability of the successor is
     ``confidence - log(exp(confidence) + VOCAB - 1)``.
     """
-    config = LlamaConfig(hidden_size=VOCAB, intermediate_size=16, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=False,
-                         rms_norm_eps=1e-12, **_COMMON)
+    config = LlamaConfig(
+        hidden_size=VOCAB,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-12,
+        **_COMMON,
+    )
     model = AutoModelForCausalLM.from_config(config)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -139,8 +175,13 @@ def merged(tmp_path: Path, method: str, models, base=None, **parameters) -> dict
     """The tensors of a toolkit merge of ``models`` (``(folder, weight)`` pairs), written under ``tmp_path``."""
     from taxcut.spec.toolkit import ToolkitSpec
 
-    spec = ToolkitSpec(method=method, models=[{"path": m, "weight": w} for m, w in models], base=base,
-                       parameters=parameters, out=tmp_path / method)
+    spec = ToolkitSpec(
+        method=method,
+        models=[{"path": m, "weight": w} for m, w in models],
+        base=base,
+        parameters=parameters,
+        out=tmp_path / method,
+    )
     return load_weights(run_method_merge(spec))
 
 
@@ -166,14 +207,24 @@ def build_trio(root: Path) -> tuple[Path, list[Path]]:
     generator = torch.Generator().manual_seed(7)
     third = root / "c" / "third"
     third.mkdir(parents=True)
-    save_file({k: v + 0.03 * torch.randn(v.shape, generator=generator) for k, v in tensors.items()},
-              third / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v + 0.03 * torch.randn(v.shape, generator=generator) for k, v in tensors.items()},
+        third / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     (third / "config.json").write_text((first / "config.json").read_text())
     return base, [first, second, third]
 
 
-def make_adapter(base_folder: Path, folder: Path, *, targets=("q_proj", "v_proj"), rslora: bool = False,
-                 save=("lm_head",), seed: int = 0) -> dict[str, torch.Tensor]:
+def make_adapter(
+    base_folder: Path,
+    folder: Path,
+    *,
+    targets=("q_proj", "v_proj"),
+    rslora: bool = False,
+    save=("lm_head",),
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """A LoRA adapter of ``base_folder`` saved in ``folder`` (with non-zero B so it changes the model); returns
     the merged model's state dict computed by peft."""
     import json
@@ -182,8 +233,14 @@ def make_adapter(base_folder: Path, folder: Path, *, targets=("q_proj", "v_proj"
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_folder)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), init_lora_weights=False,
-                        use_rslora=rslora, modules_to_save=list(save) or None)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=list(targets),
+        init_lora_weights=False,
+        use_rslora=rslora,
+        modules_to_save=list(save) or None,
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():

@@ -48,7 +48,9 @@ def args_for(pair, *extra: str) -> list[str]:
 
 
 def test_missing_folder(capsys, tmp_path, pair):
-    message = run_failing(capsys, tmp_path, "--sft", str(tmp_path / "nope"), "--aligned", str(pair[1]), "--alpha", "0.5")
+    message = run_failing(
+        capsys, tmp_path, "--sft", str(tmp_path / "nope"), "--aligned", str(pair[1]), "--alpha", "0.5"
+    )
     assert "nope: the sft model folder does not exist" in message
 
 
@@ -61,14 +63,16 @@ def test_folder_without_weights(capsys, tmp_path, pair):
 def test_folder_without_config(capsys, tmp_path, pair):
     (pair[0] / "config.json").unlink()
     assert "no config.json, so the sft model is not a Hugging Face model folder" in run_failing(
-        capsys, tmp_path, *args_for(pair))
+        capsys, tmp_path, *args_for(pair)
+    )
 
 
 def test_adapter_folder(capsys, tmp_path, pair):
     (pair[1] / "model.safetensors").unlink()
     (pair[1] / "adapter_config.json").write_text("{}")
     assert "the aligned adapter's base model None is neither a local folder nor a Hub repo ID" in run_failing(
-        capsys, tmp_path, *args_for(pair))
+        capsys, tmp_path, *args_for(pair)
+    )
 
 
 def test_tensor_in_one_model_only(capsys, tmp_path, pair):
@@ -141,8 +145,10 @@ def test_invalid_spec_field(capsys, tmp_path, pair):
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"sft: {pair[0]}\naligned: {pair[1]}\nalphas: [0.2, 1.4]\n")
     message = run_failing(capsys, tmp_path, str(spec))
-    assert message == (f"taxcut: error: {spec}: 'alphas[1]' = 1.4 is outside [0, 1]; set 'extrapolate: true' (on "
-                       "the command line: --extrapolate) to extrapolate past a model (ExPO)")
+    assert message == (
+        f"taxcut: error: {spec}: 'alphas[1]' = 1.4 is outside [0, 1]; set 'extrapolate: true' (on "
+        "the command line: --extrapolate) to extrapolate past a model (ExPO)"
+    )
 
 
 def test_unknown_spec_field(capsys, tmp_path, pair):
@@ -153,19 +159,24 @@ def test_unknown_spec_field(capsys, tmp_path, pair):
 
 def test_alpha_flag_out_of_range(capsys, tmp_path, pair):
     assert "'alpha' = 1.5 is outside [0, 1]" in run_failing(
-        capsys, tmp_path, "--sft", str(pair[0]), "--aligned", str(pair[1]), "--alpha", "1.5")
+        capsys, tmp_path, "--sft", str(pair[0]), "--aligned", str(pair[1]), "--alpha", "1.5"
+    )
 
 
 def test_too_many_layer_ratios(capsys, tmp_path, pair):
     assert "'layer_alphas' has 5 ratios but the model has 4 decoder layers" in run_failing(
-        capsys, tmp_path, "--sft", str(pair[0]), "--aligned", str(pair[1]), "--layer-alphas", "0,0,0,0,0")
+        capsys, tmp_path, "--sft", str(pair[0]), "--aligned", str(pair[1]), "--layer-alphas", "0,0,0,0,0"
+    )
 
 
 def test_unpicklable_bin_is_refused(capsys, tmp_path, pair):
     (pair[0] / "model.safetensors").unlink()
     torch.save({"weight": torch.zeros(2), "extra": Path("x")}, pair[0] / "pytorch_model.bin")
     message = run_failing(capsys, tmp_path, *args_for(pair))
-    assert "cannot load with torch.load(weights_only=True)" in message and "convert the checkpoint to safetensors" in message
+    assert (
+        "cannot load with torch.load(weights_only=True)" in message
+        and "convert the checkpoint to safetensors" in message
+    )
 
 
 def test_existing_destination_needs_overwrite(capsys, tmp_path, pair):
@@ -224,8 +235,20 @@ def test_destination_overlapping_an_input_is_refused(capsys, tmp_path, pair, whe
 
 def test_debug_shows_the_traceback(tmp_path, pair):
     with pytest.raises(Exception, match="does not exist"):
-        main(["merge", "--sft", str(tmp_path / "nope"), "--aligned", str(pair[1]), "--alpha", "0.5",
-              "--out", str(tmp_path / "o"), "--debug"])
+        main(
+            [
+                "merge",
+                "--sft",
+                str(tmp_path / "nope"),
+                "--aligned",
+                str(pair[1]),
+                "--alpha",
+                "0.5",
+                "--out",
+                str(tmp_path / "o"),
+                "--debug",
+            ]
+        )
 
 
 def test_index_naming_a_missing_shard(capsys, tmp_path, pair):
@@ -238,20 +261,25 @@ def test_tie_mismatch_is_refused(capsys, tmp_path, pair):
     config["tie_word_embeddings"] = True
     (pair[1] / "config.json").write_text(json.dumps(config))
     assert "config.json 'tie_word_embeddings' is True but the sft model's is False" in run_failing(
-        capsys, tmp_path, *args_for(pair))
+        capsys, tmp_path, *args_for(pair)
+    )
 
 
 def test_float_against_integer_tensor(capsys, tmp_path, pair):
     rewrite(pair[1], lambda t: t.update({"model.norm.weight": torch.ones(32, dtype=torch.int64)}))
     assert "tensor 'model.norm.weight' is float32 in the sft model but int64 in the aligned model" in run_failing(
-        capsys, tmp_path, *args_for(pair))
+        capsys, tmp_path, *args_for(pair)
+    )
 
 
-@pytest.mark.parametrize(("header", "message"), [
-    (b"[]", "corrupt safetensors header (not a JSON object)"),
-    (b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": ["0", null]}}', "unreadable or unsupported header"),
-    (b'{"x": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}', "unreadable or unsupported header"),
-])
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b"[]", "corrupt safetensors header (not a JSON object)"),
+        (b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": ["0", null]}}', "unreadable or unsupported header"),
+        (b'{"x": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 4]}}', "unreadable or unsupported header"),
+    ],
+)
 def test_malformed_headers(capsys, tmp_path, pair, header, message):
     header += b" " * (-len(header) % 8)
     (pair[0] / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header + b"\0" * 4)
@@ -293,7 +321,9 @@ def test_unwritable_destination(capsys, tmp_path, pair):
     blocker.write_text("x")
     code = main(["merge", *args_for(pair), "--out", str(blocker / "merged")])
     err = capsys.readouterr().err
-    assert code != 0 and err.count("\n") == 1 and f"{blocker / 'merged'}: cannot write there ({blocker} is a file" in err
+    assert (
+        code != 0 and err.count("\n") == 1 and f"{blocker / 'merged'}: cannot write there ({blocker} is a file" in err
+    )
 
 
 @pytest.mark.parametrize("flags", [["--block-bounds", "0-1,2-3-4"], ["--rule", "lm_head*"], ["--alpha", "x"]])
@@ -313,21 +343,25 @@ def write_index(folder: Path, change) -> None:
 
 def test_index_naming_a_tensor_its_shard_lacks(capsys, tmp_path, pair):
     write_index(pair[1], lambda m: m.update({"model.layers.9.mlp.up_proj.weight": "model.safetensors"}))
-    assert ("names tensor 'model.layers.9.mlp.up_proj.weight' in model.safetensors, but model.safetensors does not "
-            "hold it") in run_failing(capsys, tmp_path, *args_for(pair))
+    assert (
+        "names tensor 'model.layers.9.mlp.up_proj.weight' in model.safetensors, but model.safetensors does not hold it"
+    ) in run_failing(capsys, tmp_path, *args_for(pair))
 
 
 def test_shard_tensor_missing_from_the_index(capsys, tmp_path, pair):
     write_index(pair[0], lambda m: m.pop("model.norm.weight"))
-    assert ("model.safetensors: holds tensor 'model.norm.weight', which model.safetensors.index.json does not list"
-            in run_failing(capsys, tmp_path, *args_for(pair)))
+    assert (
+        "model.safetensors: holds tensor 'model.norm.weight', which model.safetensors.index.json does not list"
+        in run_failing(capsys, tmp_path, *args_for(pair))
+    )
 
 
 def test_index_pointing_outside_the_folder(capsys, tmp_path, pair):
     outside = str(pair[1] / "model.safetensors")
     write_index(pair[0], lambda m: m.update({name: outside for name in m}))
     assert f"names shard {outside!r}, which lies outside the model folder" in run_failing(
-        capsys, tmp_path, *args_for(pair))
+        capsys, tmp_path, *args_for(pair)
+    )
 
 
 @pytest.mark.parametrize("where", ["top level", "fit section"])
@@ -340,12 +374,20 @@ def test_alias_bomb_in_a_ratios_file(tmp_path, pair, where):
     bomb = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     bomb += [f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]" for prev, cur in zip(levels, levels[1:])]
     spec = f"sft: {pair[0]}\naligned: {pair[1]}\nalphas: [0.3, 0.5, 0.7]\n"
-    spec += "".join(f"{line}\n" for line in bomb) if where == "top level" else (
-        "fit:\n" + "".join(f"  {line}\n" for line in bomb))
+    spec += (
+        "".join(f"{line}\n" for line in bomb)
+        if where == "top level"
+        else ("fit:\n" + "".join(f"  {line}\n" for line in bomb))
+    )
     (tmp_path / "ratios.yaml").write_text(spec)
     out = tmp_path / "merged"
-    result = subprocess.run([sys.executable, "-m", "taxcut.cli", "merge", str(tmp_path / "ratios.yaml"), "--out",
-                             str(out)], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "taxcut.cli", "merge", str(tmp_path / "ratios.yaml"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert f"taxcut: error: {tmp_path / 'ratios.yaml'}, line " in lines[0]

@@ -12,12 +12,30 @@ from taxcut.cli import main
 
 
 def test_plan_prints_blocks_and_groups(llama_pair, capsys):
-    assert main(["plan", "--sft", str(llama_pair[0]), "--aligned", str(llama_pair[1]), "--alphas", "0.2,0.4,0.9",
-                 "--rule", "lm_head.*=0.7"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--sft",
+                str(llama_pair[0]),
+                "--aligned",
+                str(llama_pair[1]),
+                "--alphas",
+                "0.2,0.4,0.9",
+                "--rule",
+                "lm_head.*=0.7",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "4 decoder layers" in text
     assert "a weighs the ALIGNED model" in text
-    lines = {line.split()[0] + " " + line.split()[1]: line.split() for line in text.splitlines() if line.startswith(("block", "rule", "embeddings", "outside"))}
+    lines = {
+        line.split()[0] + " " + line.split()[1]: line.split()
+        for line in text.splitlines()
+        if line.startswith(("block", "rule", "embeddings", "outside"))
+    }
     assert lines["block 1"][-3:] == ["0.2", "9", "9,280"]
     assert lines["block 3"][-3:-1] == ["0.9", "9"]
     assert lines["rule 1"][-3] == "0.7"
@@ -33,8 +51,9 @@ def test_flags_override_the_spec_file(llama_pair, tmp_path, capsys):
     assert main(["plan", str(spec), "--alpha", "0.25", "--json"]) == 0  # --alpha replaces the file's alphas
     summary = json.loads(capsys.readouterr().out)
     assert summary["blocks"] == [{"first": 0, "last": 3, "alpha": 0.25}]
-    assert main(["merge", str(spec), "--layer-alphas", "0,0.5,0.5,1", "--out", str(tmp_path / "b"),
-                 "--no-progress"]) == 0
+    assert (
+        main(["merge", str(spec), "--layer-alphas", "0,0.5,0.5,1", "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    )
     assert not (tmp_path / "a").exists() and (tmp_path / "b" / "model.safetensors").is_file()
     merged, sft = load_weights(tmp_path / "b"), load_weights(llama_pair[0])
     assert torch.equal(merged["model.layers.0.mlp.up_proj.weight"], sft["model.layers.0.mlp.up_proj.weight"])
@@ -47,8 +66,9 @@ def test_relative_paths_in_a_spec_are_relative_to_it(llama_pair, tmp_path, capsy
         shutil.copytree(folder, tmp_path / "models" / folder.name)
     (tmp_path / "specs").mkdir()
     spec = tmp_path / "specs" / "ma.yaml"
-    spec.write_text(f"sft: ../models/{llama_pair[0].name}\naligned: ../models/{llama_pair[1].name}\n"
-                    "alpha: 0.5\nout: ../merged\n")
+    spec.write_text(
+        f"sft: ../models/{llama_pair[0].name}\naligned: ../models/{llama_pair[1].name}\nalpha: 0.5\nout: ../merged\n"
+    )
     monkeypatch.chdir(tmp_path / "models")
     assert main(["merge", str(spec), "--no-progress"]) == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()

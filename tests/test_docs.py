@@ -53,17 +53,21 @@ def test_every_registered_method_is_in_the_methods_table():
 
 
 def test_link_parser_skips_urls_anchors_and_code():
-    page_text = ("[a](docs/x.md#part) ![img](images/p.png) [web](https://example.org) [here](#top)\n"
-                 "```\n[code](not/a/link.md)\n```\n")
-    assert [t for t in LINK.findall(FENCE.sub("", page_text))
-            if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")] == ["docs/x.md#part", "images/p.png"]
+    page_text = (
+        "[a](docs/x.md#part) ![img](images/p.png) [web](https://example.org) [here](#top)\n"
+        "```\n[code](not/a/link.md)\n```\n"
+    )
+    assert [
+        t
+        for t in LINK.findall(FENCE.sub("", page_text))
+        if not re.match(r"[a-z][a-z0-9+.-]*:", t) and not t.startswith("#")
+    ] == ["docs/x.md#part", "images/p.png"]
 
 
 @pytest.mark.parametrize("page", LINKED_PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_every_relative_link_points_to_a_file(page):
     assert page.exists(), f"{page.relative_to(ROOT)} is missing"
-    broken = [target for target in relative_links(page)
-              if not (page.parent / target.split("#", 1)[0]).exists()]
+    broken = [target for target in relative_links(page) if not (page.parent / target.split("#", 1)[0]).exists()]
     assert not broken, f"{page.relative_to(ROOT)} links to files that do not exist: {broken}"
 
 

@@ -21,8 +21,14 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "specs"
 # the model folders the examples name (relative to the spec): an SFT/aligned pair, a checkpoint of the RLHF run, and
 # a base model with two fine-tunes for the toolkit's methods, all one tiny 4-layer Llama plus noise
 MODELS = ("sft", "aligned", "aligned-step-400", "base", "ft-math", "ft-code")
-MERGES = ("merge.yaml", "ratios.yaml", "toolkit-task-arithmetic.yaml", "toolkit-ties.yaml", "toolkit-slerp.yaml",
-          "mergekit-slerp.yaml")
+MERGES = (
+    "merge.yaml",
+    "ratios.yaml",
+    "toolkit-task-arithmetic.yaml",
+    "toolkit-ties.yaml",
+    "toolkit-slerp.yaml",
+    "mergekit-slerp.yaml",
+)
 SWEEPS = ("sweep.yaml", "sweep-adaptive.yaml", "sweep-ray.yaml")
 
 
@@ -80,8 +86,10 @@ def _group(plan: dict, tensor: str) -> float:
 def test_every_example_spec_is_covered():
     found = {p.name for p in EXAMPLES.iterdir() if p.suffix in (".yaml", ".yml")}
     covered = set(MERGES) | set(SWEEPS)
-    assert found == covered, (f"examples/specs without a test: {sorted(found - covered)}; "
-                              f"tested but gone: {sorted(covered - found)} (add them to MERGES or SWEEPS)")
+    assert found == covered, (
+        f"examples/specs without a test: {sorted(found - covered)}; "
+        f"tested but gone: {sorted(covered - found)} (add them to MERGES or SWEEPS)"
+    )
 
 
 @pytest.mark.parametrize("name", MERGES)
@@ -113,6 +121,7 @@ def _toolkit(method: str, inputs: int):
     def check(plan: dict, printed: str) -> None:
         assert plan["method"] == method
         assert len(plan["inputs"]) == inputs
+
     return check
 
 
@@ -120,11 +129,13 @@ def _mergekit(plan: dict, printed: str) -> None:
     assert plan["method"] == "slerp"
     # mergekit's gradient [0, 0.5, 0.3, 0.7, 1] over 4 layers: t = i / 3 at layer i (layer 1: s = 4/3, so
     # 2/3 * 0.5 + 1/3 * 0.3); the filters are substrings, the last condition catches the rest
-    for line in ("model.layers.0.self_attn.k_proj.weight .. model.layers.0.self_attn.v_proj.weight: t=0\n",
-                 "model.layers.1.self_attn.k_proj.weight .. model.layers.1.self_attn.v_proj.weight: t=0.433333\n",
-                 "model.layers.3.self_attn.k_proj.weight .. model.layers.3.self_attn.v_proj.weight: t=1\n",
-                 "model.layers.0.mlp.down_proj.weight .. model.layers.0.mlp.up_proj.weight: t=1\n",
-                 "model.norm.weight: t=0.5\n"):
+    for line in (
+        "model.layers.0.self_attn.k_proj.weight .. model.layers.0.self_attn.v_proj.weight: t=0\n",
+        "model.layers.1.self_attn.k_proj.weight .. model.layers.1.self_attn.v_proj.weight: t=0.433333\n",
+        "model.layers.3.self_attn.k_proj.weight .. model.layers.3.self_attn.v_proj.weight: t=1\n",
+        "model.layers.0.mlp.down_proj.weight .. model.layers.0.mlp.up_proj.weight: t=1\n",
+        "model.norm.weight: t=0.5\n",
+    ):
         assert line in printed
 
 

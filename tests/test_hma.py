@@ -38,8 +38,9 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fit_set(lab, tmp_path_factory):
     path = tmp_path_factory.mktemp("fitset") / "fit.jsonl"
-    sample_fit_set(lab.aligned, lab.data / "chat_prompts.jsonl", path, n=3, keep=12,
-                   reward_function="taxcut.lab.tasks:reward")
+    sample_fit_set(
+        lab.aligned, lab.data / "chat_prompts.jsonl", path, n=3, keep=12, reward_function="taxcut.lab.tasks:reward"
+    )
     return path
 
 
@@ -56,8 +57,10 @@ def test_every_block_ratio_stays_in_zero_one_with_mean_a(normalize):
         alpha = uniform(1e-3, 1 - 1e-3)
         eps = bounded_eps(alpha, blocks, uniform(0.0, 1.0) if uniform(0, 1) < 0.8 else 0.0, normalize)
         spread = [0.1, 3.0, 30.0][int(torch.randint(0, 3, (1,), generator=generator))]
-        for logits in (torch.randn(blocks, generator=generator) * spread,
-                       torch.tensor([spread] + [-spread] * (blocks - 1))):  # one block pulled to its extreme
+        for logits in (
+            torch.randn(blocks, generator=generator) * spread,
+            torch.tensor([spread] + [-spread] * (blocks - 1)),
+        ):  # one block pulled to its extreme
             ratios = block_ratios(logits, alpha, eps, normalize)
             assert 0.0 <= ratios.min().item() and ratios.max().item() <= 1.0, (alpha, blocks, eps, logits)
             assert ratios.mean().item() == pytest.approx(alpha, abs=1e-5), (alpha, blocks, eps, logits)
@@ -96,8 +99,9 @@ def test_paper_reg_weights_pin_the_middle_block():
 
 def test_fit_moves_only_the_block_logits_and_keeps_the_mean(lab, fit_set):
     before = {p.name: load_weights(p) for p in (lab.sft, lab.aligned)}
-    result = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.4, lr=0.2, batch_size=4),
-                        log=lambda *_: None)
+    result = fit_ratios(
+        lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.4, lr=0.2, batch_size=4), log=lambda *_: None
+    )
     assert all(sum(r) / len(r) == pytest.approx(0.4, abs=1e-6) for r in result.ratio_history)
     assert result.ratio_history[-1] != pytest.approx([0.4] * 3)  # the gradients reached the logits
     for folder in (lab.sft, lab.aligned):  # the models themselves are untouched
@@ -121,7 +125,9 @@ def test_fitted_model_equals_merge_of_the_ratios_file(lab, fit_set, tmp_path, sc
     if scope == "paper":  # embeddings and norms from SFT
         assert torch.equal(merged["model.embed_tokens.weight"], sft["model.embed_tokens.weight"])
         assert torch.equal(merged["model.norm.weight"], sft["model.norm.weight"])
-        assert torch.equal(merged["model.layers.0.input_layernorm.weight"], sft["model.layers.0.input_layernorm.weight"])
+        assert torch.equal(
+            merged["model.layers.0.input_layernorm.weight"], sft["model.layers.0.input_layernorm.weight"]
+        )
 
 
 def test_a_short_fit_lowers_the_fit_loss(lab, fit_set):
@@ -152,13 +158,47 @@ def test_sample_keeps_the_best(fit_set):
 
 def test_cli_fit_then_merge_and_plan(lab, fit_set, tmp_path, capsys):
     ratios = tmp_path / "ratios.yaml"
-    assert main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set),
-                 "--alpha", "0.5", "--lr", "0.2", "--out", str(ratios)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(lab.sft),
+                "--aligned",
+                str(lab.aligned),
+                "--data",
+                str(fit_set),
+                "--alpha",
+                "0.5",
+                "--lr",
+                "0.2",
+                "--out",
+                str(ratios),
+            ]
+        )
+        == 0
+    )
     assert main(["plan", str(ratios)]) == 0
     assert "block 1 (layer 0)" in capsys.readouterr().out
     assert main(["merge", str(ratios), "--out", str(tmp_path / "m"), "--no-progress"]) == 0
-    assert main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set),
-                 "--alpha", "1.5", "--out", str(ratios)]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(lab.sft),
+                "--aligned",
+                str(lab.aligned),
+                "--data",
+                str(fit_set),
+                "--alpha",
+                "1.5",
+                "--out",
+                str(ratios),
+            ]
+        )
+        == 2
+    )
     assert "HMA needs 0 < a < 1" in capsys.readouterr().err
 
 
@@ -166,11 +206,20 @@ def lab_sweep(lab, tmp_path: Path, candidates: dict, **more) -> SweepSpec:
     """A sweep of the lab's pair, written to and read back from a YAML file, with a short evaluation: the chat
     reward (8 new tokens) and the facts task."""
     data = {
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(tmp_path / "out"), "candidates": candidates,
-        "evaluation": {"reward": {"prompts": str(lab.data / "chat_prompts.jsonl"),
-                                  "function": "taxcut.lab.tasks:reward", "max_new_tokens": 8},
-                       "tasks": [{"name": "facts", "type": "generation", "path": str(lab.data / "facts.jsonl"),
-                                  "max_new_tokens": 4}]},
+        "sft": str(lab.sft),
+        "aligned": str(lab.aligned),
+        "out": str(tmp_path / "out"),
+        "candidates": candidates,
+        "evaluation": {
+            "reward": {
+                "prompts": str(lab.data / "chat_prompts.jsonl"),
+                "function": "taxcut.lab.tasks:reward",
+                "max_new_tokens": 8,
+            },
+            "tasks": [
+                {"name": "facts", "type": "generation", "path": str(lab.data / "facts.jsonl"), "max_new_tokens": 4}
+            ],
+        },
         **more,
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
@@ -180,9 +229,12 @@ def lab_sweep(lab, tmp_path: Path, candidates: dict, **more) -> SweepSpec:
 @pytest.mark.slow
 def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
     pytest.importorskip("optuna")
-    spec = lab_sweep(lab, tmp_path, {"grid": [0.0, 0.5, 1.0],
-                                     "hma": {"data": str(fit_set), "mean_alphas": [0.5], "lr": 0.2}},
-                     search={"budget": 3})
+    spec = lab_sweep(
+        lab,
+        tmp_path,
+        {"grid": [0.0, 0.5, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.5], "lr": 0.2}},
+        search={"budget": 3},
+    )
     report = run_sweep(spec, progress=False)
     kinds = [row.kind for row in report.rows]
     assert kinds.count("HMA") == 1 and kinds.count("search") == 3 and kinds.count("MA") == 3
@@ -194,9 +246,11 @@ def test_sweep_with_hma_and_search_resumes(lab, fit_set, tmp_path):
 
 
 def test_fit_settings_are_checked():
-    for fields, message in (({"batch_size": 0}, "'batch_size' = 0: must be at least 1"),
-                            ({"epochs": 0}, "'epochs' = 0: must be at least 1"),
-                            ({"lr": 0.0}, "'lr' = 0.0: must be a positive finite number")):
+    for fields, message in (
+        ({"batch_size": 0}, "'batch_size' = 0: must be at least 1"),
+        ({"epochs": 0}, "'epochs' = 0: must be at least 1"),
+        ({"lr": 0.0}, "'lr' = 0.0: must be a positive finite number"),
+    ):
         with pytest.raises(TaxcutError, match=message):
             FitSettings(alpha=0.5, **fields)
 
@@ -211,25 +265,58 @@ def test_fit_refuses_non_finite_weights(llama_pair, tmp_path, capsys):
     tensors["model.layers.1.mlp.down_proj.weight"][3, 2] = float("nan")
     save_file(tensors, aligned / "model.safetensors", metadata={"format": "pt"})
     data = tmp_path / "fit.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f" w{i + 2}"}) + "\n"
-                            for i in range(4, 12)))
+    data.write_text(
+        "".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f" w{i + 2}"}) + "\n" for i in range(4, 12))
+    )
     ratios = tmp_path / "ratios.yaml"
-    assert main(["fit", "--sft", str(llama_pair[0]), "--aligned", str(aligned), "--data", str(data),
-                 "--alpha", "0.5", "--device", "cpu", "--out", str(ratios)]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(llama_pair[0]),
+                "--aligned",
+                str(aligned),
+                "--data",
+                str(data),
+                "--alpha",
+                "0.5",
+                "--device",
+                "cpu",
+                "--out",
+                str(ratios),
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert f"tensor 'model.layers.1.mlp.down_proj.weight' of the aligned model ({aligned}) contains NaN or Inf" in error
     assert error.count("\n") == 1 and not ratios.exists()
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--lr", "nan"], "--lr nan: must be a positive finite number"),
-    (["--alpha", "1.5"], "--alpha 1.5: HMA needs 0 < a < 1"),
-    (["--reg", "0.1,0.2"], "--reg 0.1,0.2: gives 2 weights for 3 blocks"),
-    (["--blocks", "0"], "--blocks 0: must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--lr", "nan"], "--lr nan: must be a positive finite number"),
+        (["--alpha", "1.5"], "--alpha 1.5: HMA needs 0 < a < 1"),
+        (["--reg", "0.1,0.2"], "--reg 0.1,0.2: gives 2 weights for 3 blocks"),
+        (["--blocks", "0"], "--blocks 0: must be at least 1"),
+    ],
+)
 def test_bad_fit_flags_are_one_line_errors(llama_pair, tmp_path, capsys, flags, message):
-    arguments = ["fit", "--sft", str(llama_pair[0]), "--aligned", str(llama_pair[1]), "--data",
-                 str(tmp_path / "fit.jsonl"), "--alpha", "0.5", "--out", str(tmp_path / "ratios.yaml")]
+    arguments = [
+        "fit",
+        "--sft",
+        str(llama_pair[0]),
+        "--aligned",
+        str(llama_pair[1]),
+        "--data",
+        str(tmp_path / "fit.jsonl"),
+        "--alpha",
+        "0.5",
+        "--out",
+        str(tmp_path / "ratios.yaml"),
+    ]
     assert main(arguments + flags) == 2
     error = capsys.readouterr().err
     assert f"taxcut: error: {message}" in error and error.count("\n") == 1
@@ -258,13 +345,39 @@ def test_a_fit_at_high_a_ends_in_a_file_merge_accepts(lab, fit_set, tmp_path, al
 
 def test_the_paper_preset_keeps_embeddings_and_norms_at_sft_and_the_head_at_a(lab, fit_set, tmp_path):
     ratios = tmp_path / "paper.yaml"
-    assert main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set),
-                 "--alpha", "0.8", "--preset", "paper", "--out", str(ratios)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(lab.sft),
+                "--aligned",
+                str(lab.aligned),
+                "--data",
+                str(fit_set),
+                "--alpha",
+                "0.8",
+                "--preset",
+                "paper",
+                "--out",
+                str(ratios),
+            ]
+        )
+        == 0
+    )
     spec = MergeSpec.from_yaml(ratios, {"out": str(tmp_path / "merged")})
     settings = spec.fit.settings
-    assert (settings.preset, settings.normalize, settings.eps, settings.scope, settings.loss, settings.draw,
-            settings.reg, settings.lr, settings.batch_size) == ("paper", "sft", 0.2, "paper", "prompt+response", 0.4,
-                                                               "paper", 2e-5, 1)
+    assert (
+        settings.preset,
+        settings.normalize,
+        settings.eps,
+        settings.scope,
+        settings.loss,
+        settings.draw,
+        settings.reg,
+        settings.lr,
+        settings.batch_size,
+    ) == ("paper", "sft", 0.2, "paper", "prompt+response", 0.4, "paper", 2e-5, 1)
     assert any(note.startswith("reg paper: w_k = ") for note in spec.fit.adjustments)
     assert spec.fit.steps == round(0.4 * 12)  # batch 1 over 40% of the 12 examples
     merged, sft, aligned = load_weights(merge(spec)), load_weights(lab.sft), load_weights(lab.aligned)
@@ -283,13 +396,20 @@ def test_the_paper_preset_keeps_embeddings_and_norms_at_sft_and_the_head_at_a(la
 
 
 def test_loss_on_prompt_and_response_and_the_draw(lab, fit_set):
-    response = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.5, batch_size=12, epochs=1),
-                          log=lambda *_: None)
-    everything = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.5, batch_size=12, epochs=1,
-                                                                       loss="prompt+response"), log=lambda *_: None)
+    response = fit_ratios(
+        lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.5, batch_size=12, epochs=1), log=lambda *_: None
+    )
+    everything = fit_ratios(
+        lab.sft,
+        lab.aligned,
+        fit_set,
+        FitSettings(alpha=0.5, batch_size=12, epochs=1, loss="prompt+response"),
+        log=lambda *_: None,
+    )
     assert response.losses[0] != pytest.approx(everything.losses[0])  # a different objective from the first step
-    drawn = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.5, batch_size=1, draw=0.25),
-                       log=lambda *_: None)
+    drawn = fit_ratios(
+        lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.5, batch_size=1, draw=0.25), log=lambda *_: None
+    )
     assert len(drawn.losses) == 3  # 25% of 12 examples, one per step
     with pytest.raises(TaxcutError, match="a fit takes one eps"):
         fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.5, eps=[0.1, 0.2]), log=lambda *_: None)
@@ -297,8 +417,28 @@ def test_loss_on_prompt_and_response_and_the_draw(lab, fit_set):
 
 def test_cli_eps_search_writes_one_ratios_file_per_eps(lab, fit_set, tmp_path, capsys):
     ratios = tmp_path / "ratios.yaml"
-    assert main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set),
-                 "--alpha", "0.5", "--eps", "0,0.2,0.5", "--lr", "0.2", "--out", str(ratios)]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(lab.sft),
+                "--aligned",
+                str(lab.aligned),
+                "--data",
+                str(fit_set),
+                "--alpha",
+                "0.5",
+                "--eps",
+                "0,0.2,0.5",
+                "--lr",
+                "0.2",
+                "--out",
+                str(ratios),
+            ]
+        )
+        == 0
+    )
     # at a = 0.5 and K = 3 any eps below 1/3 lets a block leave [0, 1]: 0 and 0.2 are one fit, at eps 1/3
     written = sorted(p.name for p in tmp_path.glob("ratios-eps*.yaml"))
     assert written == ["ratios-eps0.5.yaml", "ratios-eps0.yaml"] and not ratios.exists()
@@ -308,11 +448,19 @@ def test_cli_eps_search_writes_one_ratios_file_per_eps(lab, fit_set, tmp_path, c
 
 
 def test_sweep_fits_one_hma_per_eps_beside_scope_matched_ma(lab, fit_set, tmp_path):
-    spec = lab_sweep(lab, tmp_path, {"grid": [0.0, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.8],
-                                                                 "preset": "paper", "eps": [0.2, 0.5], "lr": 0.5}})
+    spec = lab_sweep(
+        lab,
+        tmp_path,
+        {
+            "grid": [0.0, 1.0],
+            "hma": {"data": str(fit_set), "mean_alphas": [0.8], "preset": "paper", "eps": [0.2, 0.5], "lr": 0.5},
+        },
+    )
     report = run_sweep(spec, progress=False)
     labels = {row.label: row for row in report.rows}
-    assert {"HMA a=0.8 eps=0.2 (paper scope)", "HMA a=0.8 eps=0.5 (paper scope)", "MA a=0.8 (paper scope)"} <= set(labels)
+    assert {"HMA a=0.8 eps=0.2 (paper scope)", "HMA a=0.8 eps=0.5 (paper scope)", "MA a=0.8 (paper scope)"} <= set(
+        labels
+    )
     scoped = labels["MA a=0.8 (paper scope)"]
     assert scoped.kind == "scoped-MA" and scoped.mean_alpha == pytest.approx(0.8)
     assert [row.kind for row in report.rows].count("HMA") == 2

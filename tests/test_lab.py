@@ -26,8 +26,9 @@ def test_lab_folders_load_with_auto_classes(quick_lab):
     for folder in [quick_lab.sft, *quick_lab.checkpoints]:
         model = AutoModelForCausalLM.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "tell me about cats"}], tokenize=False,
-                                               add_generation_prompt=True)
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "tell me about cats"}], tokenize=False, add_generation_prompt=True
+        )
         assert prompt == "User: tell me about cats\nBot: "
         ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -94,8 +95,9 @@ def row(**fields) -> SweepRow:
 
 
 def test_summary_in_plain_words():
-    rows = [row(kind="MA", mean_alpha=a / 10, reward=a / 10, tax=(a / 10) ** 2, label=f"MA a={a / 10:g}")
-            for a in range(11)]
+    rows = [
+        row(kind="MA", mean_alpha=a / 10, reward=a / 10, tax=(a / 10) ** 2, label=f"MA a={a / 10:g}") for a in range(11)
+    ]
     rows.append(row(kind="model", mean_alpha=None, reward=0.5, tax=0.5, label="raft-1"))
     text = summarize(rows)
     assert "raised the mean reward from +0.00 to +1.00 (+1.00) and cost 100.0 points" in text
@@ -104,9 +106,12 @@ def test_summary_in_plain_words():
 
 
 def test_the_summary_sets_each_lines_profile_against_ma_at_its_reward():
-    rows = [row(kind="MA", mean_alpha=a / 10, reward=a / 10, tax=(a / 10) ** 2, label=f"MA a={a / 10:g}")
-            for a in range(11)]
+    rows = [
+        row(kind="MA", mean_alpha=a / 10, reward=a / 10, tax=(a / 10) ** 2, label=f"MA a={a / 10:g}") for a in range(11)
+    ]
     rows.append(row(kind="LiNeS", mean_alpha=0.7, reward=0.75, tax=0.3, label="LiNeS a=0.2 b=1"))
     # MA reaches reward 0.75 halfway between a = 0.7 (tax 0.49) and a = 0.8 (tax 0.64): 56.5 points
-    assert ("LiNeS alpha=0.2, beta=1 (the aligned share rising with depth): reward +0.75, tax 30.0 points vs MA's "
-            "56.5 at that reward.") in summarize(rows)
+    assert (
+        "LiNeS alpha=0.2, beta=1 (the aligned share rising with depth): reward +0.75, tax 30.0 points vs MA's "
+        "56.5 at that reward."
+    ) in summarize(rows)

@@ -21,8 +21,9 @@ def test_the_quick_lab_prints_sft_and_raft_progress_lines_on_stderr(tmp_path, ca
     sft = [m for m in matched if m.group(1) == "sft step"]
     raft = [m for m in matched if m.group(1) == "raft iteration"]
     # 20 SFT steps: a line every 2 (10%); 2 RAFT iterations: a line each
-    assert [(int(m.group(2)), int(m.group(3)), int(m.group(4))) for m in sft] == [(s, 20, 5 * s) for s in
-                                                                                  range(2, 21, 2)]
+    assert [(int(m.group(2)), int(m.group(3)), int(m.group(4))) for m in sft] == [
+        (s, 20, 5 * s) for s in range(2, 21, 2)
+    ]
     assert [(int(m.group(2)), int(m.group(4))) for m in raft] == [(1, 50), (2, 100)]
     assert sft[-1].group(7) == "0" and raft[-1].group(7) == "0"  # nothing left at the end
     manifest = json.loads((lab.folder / "lab.json").read_text())

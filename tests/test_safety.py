@@ -32,8 +32,24 @@ def test_fit_onto_an_input_is_refused_before_any_work(llama_pair, tmp_path, caps
     data.write_text(json.dumps({"prompt": "w4 w5", "response": "w6"}) + "\n")
     for out in (sft / "config.json", data):
         before = digest(out)
-        code = main(["fit", "--sft", str(sft), "--aligned", str(aligned), "--data", str(data), "--alpha", "0.5",
-                     "--blocks", "2", "--out", str(out), "--overwrite"])
+        code = main(
+            [
+                "fit",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "--data",
+                str(data),
+                "--alpha",
+                "0.5",
+                "--blocks",
+                "2",
+                "--out",
+                str(out),
+                "--overwrite",
+            ]
+        )
         assert code == 2 and "write the ratios file somewhere outside the inputs" in capsys.readouterr().err
         assert digest(out) == before
 
@@ -44,26 +60,77 @@ def test_fit_and_sample_never_replace_a_file_they_did_not_write(llama_pair, tmp_
     mine.write_text("# my notes\n")
     data = tmp_path / "fit.jsonl"
     data.write_text(json.dumps({"prompt": "w4 w5", "response": "w6"}) + "\n")
-    assert main(["fit", "--sft", str(sft), "--aligned", str(aligned), "--data", str(data), "--alpha", "0.5",
-                 "--blocks", "2", "--out", str(mine), "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "--data",
+                str(data),
+                "--alpha",
+                "0.5",
+                "--blocks",
+                "2",
+                "--out",
+                str(mine),
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert "is a file taxcut did not write" in capsys.readouterr().err and mine.read_text() == "# my notes\n"
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "w4"}) + "\n")
     before = digest(prompts)
-    assert main(["sample", "--model", str(aligned), "--prompts", str(prompts), "--reward-function",
-                 f"{TESTS / 'rewards.py'}:first_word_number", "--keep", "1", "--n", "1", "--out", str(prompts),
-                 "--overwrite"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(aligned),
+                "--prompts",
+                str(prompts),
+                "--reward-function",
+                f"{TESTS / 'rewards.py'}:first_word_number",
+                "--keep",
+                "1",
+                "--n",
+                "1",
+                "--out",
+                str(prompts),
+                "--overwrite",
+            ]
+        )
+        == 2
+    )
     assert "outside the inputs" in capsys.readouterr().err and digest(prompts) == before
 
 
 def test_a_ratios_file_taxcut_wrote_is_replaced_only_with_overwrite(llama_pair, tmp_path, capsys):
     sft, aligned = llama_pair
     data = tmp_path / "fit.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f"w{i + 2}"}) + "\n"
-                            for i in range(4, 12)))
+    data.write_text(
+        "".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f"w{i + 2}"}) + "\n" for i in range(4, 12))
+    )
     out = tmp_path / "ratios.yaml"
-    args = ["fit", "--sft", str(sft), "--aligned", str(aligned), "--data", str(data), "--alpha", "0.5",
-            "--blocks", "2", "--out", str(out)]
+    args = [
+        "fit",
+        "--sft",
+        str(sft),
+        "--aligned",
+        str(aligned),
+        "--data",
+        str(data),
+        "--alpha",
+        "0.5",
+        "--blocks",
+        "2",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0 and out.is_file()
     assert main(args) == 2 and "exists; pass --overwrite" in capsys.readouterr().err
     assert main([*args, "--overwrite"]) == 0
@@ -113,8 +180,12 @@ def test_export_with_force_records_it(llama_pair, tmp_path):
     out = export_candidate(report.out, chosen.id, tmp_path / "ok")
     assert json.loads((out / "taxcut_provenance.json").read_text())["exported"]["inputs_verified"] is True
     (aligned / "model.safetensors").touch()  # a new file time alone is no change: content counts
-    assert json.loads((export_candidate(report.out, chosen.id, tmp_path / "touched") / "taxcut_provenance.json")
-                      .read_text())["exported"]["inputs_verified"] is True
+    assert (
+        json.loads(
+            (export_candidate(report.out, chosen.id, tmp_path / "touched") / "taxcut_provenance.json").read_text()
+        )["exported"]["inputs_verified"]
+        is True
+    )
     (aligned / "generation_config.json").write_text('{"do_sample": true}')  # a file the merge copies changed
     forced = export_candidate(report.out, chosen.id, tmp_path / "forced", force=True)
     exported = json.loads((forced / "taxcut_provenance.json").read_text())["exported"]
@@ -124,8 +195,21 @@ def test_export_with_force_records_it(llama_pair, tmp_path):
 
 def test_of_two_concurrent_merges_to_one_destination_exactly_one_succeeds(llama_pair, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "taxcut.cli", "merge", "--sft", str(llama_pair[0]), "--aligned",
-               str(llama_pair[1]), "--alpha", "0.5", "--out", str(out), "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "taxcut.cli",
+        "merge",
+        "--sft",
+        str(llama_pair[0]),
+        "--aligned",
+        str(llama_pair[1]),
+        "--alpha",
+        "0.5",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcomes = [(run.wait(), run.stderr.read()) for run in runs]
     assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
@@ -147,8 +231,9 @@ def test_a_sweep_keeps_a_user_file_in_its_folder(llama_pair, tmp_path, capsys):
 def test_an_empty_out_in_a_merge_or_sweep_spec_is_refused(llama_pair, tmp_path, capsys, kind):
     if kind == "merge":
         spec = tmp_path / "spec.yaml"
-        spec.write_text(yaml.safe_dump({"sft": str(llama_pair[0]), "aligned": str(llama_pair[1]), "alpha": 0.5,
-                                        "out": ""}))
+        spec.write_text(
+            yaml.safe_dump({"sft": str(llama_pair[0]), "aligned": str(llama_pair[1]), "alpha": 0.5, "out": ""})
+        )
         args = ["merge", str(spec), "--overwrite"]
     else:
         spec = write_sweep(tmp_path, llama_pair, alphas=(0.0,), patterns=())

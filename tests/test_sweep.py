@@ -27,8 +27,10 @@ TESTS = Path(__file__).parent
 def test_candidate_weights_equal_the_merged_folder(pairs, tmp_path, arch):
     sft, aligned = pairs[arch]
     resident = ResidentModel(sft, aligned)
-    candidates = [ma_candidate(0.3), Candidate(label="b", kind="blocks", alphas=[0.1, 0.6, 0.9],
-                                              rules=[{"match": "*norm*", "alpha": 0.25}])]
+    candidates = [
+        ma_candidate(0.3),
+        Candidate(label="b", kind="blocks", alphas=[0.1, 0.6, 0.9], rules=[{"match": "*norm*", "alpha": 0.25}]),
+    ]
     for index, candidate in enumerate(candidates):
         resident.apply(candidate)
         merged = load_weights(merge(candidate.merge_spec(sft, aligned, out=tmp_path / f"m{index}")))
@@ -39,24 +41,42 @@ def test_candidate_weights_equal_the_merged_folder(pairs, tmp_path, arch):
     assert all(torch.equal(p.detach(), original[resident.stored_name[n]]) for n, p in resident.parameters.items())
 
 
-def write_sweep(tmp_path: Path, pair, *, function: str = "first_word_number", alphas=(0.0, 0.5, 1.0),
-                patterns=([0.2, 0.5, 0.8],), select_expr: str | None = None) -> Path:
+def write_sweep(
+    tmp_path: Path,
+    pair,
+    *,
+    function: str = "first_word_number",
+    alphas=(0.0, 0.5, 1.0),
+    patterns=([0.2, 0.5, 0.8],),
+    select_expr: str | None = None,
+) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 12)))
-    (data / "mc.jsonl").write_text("".join(
-        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
-        for i in range(4, 20)))
-    (data / "text.jsonl").write_text("".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n"
-                                             for i in range(4, 14)))
+    (data / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
+            for i in range(4, 20)
+        )
+    )
+    (data / "text.jsonl").write_text(
+        "".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n" for i in range(4, 14))
+    )
     spec = {
-        "sft": str(pair[0]), "aligned": str(pair[1]), "out": "sweep-out",
+        "sft": str(pair[0]),
+        "aligned": str(pair[1]),
+        "out": "sweep-out",
         "candidates": {"grid": list(alphas), "block_patterns": [list(p) for p in patterns]},
         "evaluation": {
-            "reward": {"prompts": "data/prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:{function}",
-                       "max_new_tokens": 3},
-            "tasks": [{"name": "mc", "type": "multiple_choice", "path": "data/mc.jsonl"},
-                      {"name": "text", "type": "perplexity", "path": "data/text.jsonl"}],
+            "reward": {
+                "prompts": "data/prompts.jsonl",
+                "function": f"{TESTS / 'rewards.py'}:{function}",
+                "max_new_tokens": 3,
+            },
+            "tasks": [
+                {"name": "mc", "type": "multiple_choice", "path": "data/mc.jsonl"},
+                {"name": "text", "type": "perplexity", "path": "data/text.jsonl"},
+            ],
         },
     }
     if select_expr:
@@ -90,8 +110,9 @@ def test_sweep_end_to_end(llama_pair, tmp_path, capsys):
 
     assert matplotlib.image.imread(out / "front.png").shape[2] in (3, 4)
     csv_lines = (out / "candidates.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("id,label,mean_alpha,reward,reward_stderr,tax,tax_stderr,pareto,"
-                                   "pareto_within_noise,mc.acc")
+    assert csv_lines[0].startswith(
+        "id,label,mean_alpha,reward,reward_stderr,tax,tax_stderr,pareto,pareto_within_noise,mc.acc"
+    )
     assert len(csv_lines) == 5
     assert "| MA a=0.5 |" in (out / "candidates.md").read_text()
 
@@ -104,8 +125,13 @@ def test_sweep_end_to_end(llama_pair, tmp_path, capsys):
 
 
 def test_resume_after_sigkill_loses_nothing_and_redoes_nothing(llama_pair, tmp_path):
-    spec_path = write_sweep(tmp_path, llama_pair, function="slow_first_word_number",
-                            alphas=[round(0.1 * i, 1) for i in range(11)], patterns=())
+    spec_path = write_sweep(
+        tmp_path,
+        llama_pair,
+        function="slow_first_word_number",
+        alphas=[round(0.1 * i, 1) for i in range(11)],
+        patterns=(),
+    )
     results = tmp_path / "sweep-out" / RESULTS_FILE
     before = kill_sweep_after(spec_path, results, lines=3, timeout=180)
     finished = [json.loads(line)["candidate_id"] for line in before.decode().splitlines() if line.endswith("}")]
@@ -126,8 +152,9 @@ def result_record(alpha: float):
 
     result = EvaluationResult(tasks={"mc": {"acc": 0.5}}, primary={"mc": 0.5}, directions={"mc": True}, seconds=1.0)
     candidate = ma_candidate(alpha)
-    return ResultRecord(candidate_id=candidate.id, candidate=candidate, result=result, mean_alpha=alpha,
-                        sft="sft", aligned="aligned")
+    return ResultRecord(
+        candidate_id=candidate.id, candidate=candidate, result=result, mean_alpha=alpha, sft="sft", aligned="aligned"
+    )
 
 
 def test_a_cut_short_line_is_kept_and_skipped(tmp_path):
@@ -149,8 +176,12 @@ def test_pareto_front_of_hand_made_points():
 
 
 def test_selection_under_a_budget():
-    rows = [SimpleNamespace(id="a", reward=0.0, tax=0.0), SimpleNamespace(id="b", reward=0.9, tax=0.1),
-            SimpleNamespace(id="c", reward=1.2, tax=0.9), SimpleNamespace(id="d", reward=0.95, tax=0.25)]
+    rows = [
+        SimpleNamespace(id="a", reward=0.0, tax=0.0),
+        SimpleNamespace(id="b", reward=0.9, tax=0.1),
+        SimpleNamespace(id="c", reward=1.2, tax=0.9),
+        SimpleNamespace(id="d", reward=0.95, tax=0.25),
+    ]
     assert select(rows, "tax<=0.2").id == "b"
     assert select(rows, "tax <= 0.3").id == "d"
     assert select(rows, "reward>=0.9").id == "b"  # only a reward floor: the lowest tax above it
@@ -275,8 +306,7 @@ def test_non_finite_points_are_never_on_the_front():
     assert select(rows, "tax<=0.5").id == "ok"
 
 
-def test_a_setting_left_at_its_default_does_not_change_the_context_and_a_changed_one_does(llama_pair, tmp_path,
-                                                                                           capsys):
+def test_a_setting_left_at_its_default_does_not_change_the_context_and_a_changed_one_does(llama_pair, tmp_path, capsys):
     from taxcut.evaluation.suite import EvaluationSuite
     from taxcut.sweep.runner import sweep_context
 
@@ -288,12 +318,18 @@ def test_a_setting_left_at_its_default_does_not_change_the_context_and_a_changed
     assert written.model_fields_set > reward.model_fields_set
     spelled_out = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"reward": written})})
     assert sweep_context(spelled_out, EvaluationSuite.from_spec(spelled_out.evaluation)) == context
-    more = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={
-        "reward": reward.model_copy(update={"samples_per_prompt": reward.samples_per_prompt + 1})})})
+    more = spec.model_copy(
+        update={
+            "evaluation": spec.evaluation.model_copy(
+                update={"reward": reward.model_copy(update={"samples_per_prompt": reward.samples_per_prompt + 1})}
+            )
+        }
+    )
     assert sweep_context(more, EvaluationSuite.from_spec(more.evaluation)) != context
     # a sweep whose results were measured under other settings says so, and measures again
-    spec = spec.model_copy(update={"candidates": spec.candidates.model_copy(update={"grid": [0.0, 1.0],
-                                                                                      "block_patterns": []})})
+    spec = spec.model_copy(
+        update={"candidates": spec.candidates.model_copy(update={"grid": [0.0, 1.0], "block_patterns": []})}
+    )
     run_sweep(spec, progress=False)
     capsys.readouterr()
     run_sweep(more.model_copy(update={"candidates": spec.candidates}), progress=False)

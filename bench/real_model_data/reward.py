@@ -10,13 +10,49 @@ from __future__ import annotations
 
 import re
 
-POSITIVE = frozenset([
-    "amazing", "awesome", "beautiful", "best", "brilliant", "cheerful", "delight", "delighted", "delightful",
-    "enjoy", "enjoyable", "excellent", "excited", "exciting", "fabulous", "fantastic", "fun", "glad", "good",
-    "great", "happy", "incredible", "inspiring", "joy", "joyful", "love", "lovely", "marvelous", "perfect",
-    "remarkable", "spectacular", "splendid", "superb", "terrific", "thrilled", "thrilling", "wonderful", "wow",
-    "yay",
-])
+POSITIVE = frozenset(
+    [
+        "amazing",
+        "awesome",
+        "beautiful",
+        "best",
+        "brilliant",
+        "cheerful",
+        "delight",
+        "delighted",
+        "delightful",
+        "enjoy",
+        "enjoyable",
+        "excellent",
+        "excited",
+        "exciting",
+        "fabulous",
+        "fantastic",
+        "fun",
+        "glad",
+        "good",
+        "great",
+        "happy",
+        "incredible",
+        "inspiring",
+        "joy",
+        "joyful",
+        "love",
+        "lovely",
+        "marvelous",
+        "perfect",
+        "remarkable",
+        "spectacular",
+        "splendid",
+        "superb",
+        "terrific",
+        "thrilled",
+        "thrilling",
+        "wonderful",
+        "wow",
+        "yay",
+    ]
+)
 
 
 def enthusiasm(prompt: str, response: str) -> float:

@@ -58,8 +58,9 @@ def chat_prompts(count_train: int, count_reward: int, seed: int = 0) -> tuple[li
     def records(pool: list[str], count: int, offset: int) -> list[dict]:
         pairs = [(t, template) for t in pool for template in TEMPLATES]
         random.Random(seed + offset).shuffle(pairs)
-        return [{"messages": [{"role": "user", "content": template.format(topic)}]}
-                for topic, template in pairs[:count]]
+        return [
+            {"messages": [{"role": "user", "content": template.format(topic)}]} for topic, template in pairs[:count]
+        ]
 
     return records(topics[held_out:], count_train, 1), records(topics[:held_out], count_reward, 2)
 
@@ -71,40 +72,57 @@ def read_countries(countryinfo_data: Path, limit: int) -> list[dict]:
         record = json.loads(path.read_text(encoding="utf-8"))
         name, capital, region = record.get("name"), record.get("capital"), record.get("region")
         if isinstance(name, str) and isinstance(capital, str) and capital and region in REGIONS:
-            rows.append({"name": name, "capital": capital, "region": REGIONS[region],
-                         "population": record.get("population") or 0})
+            rows.append(
+                {
+                    "name": name,
+                    "capital": capital,
+                    "region": REGIONS[region],
+                    "population": record.get("population") or 0,
+                }
+            )
     rows.sort(key=lambda r: (-r["population"], r["name"]))
     return rows[:limit]
 
 
 def capitals_task(countries: list[dict], count: int) -> list[dict]:
     shots = "".join(f"Q: What is the capital of {c['name']}?\nA: {c['capital']}\n\n" for c in countries[:SHOTS])
-    return [{"prompt": f"{shots}Q: What is the capital of {c['name']}?\nA:", "answer": c["capital"]}
-            for c in countries[SHOTS:SHOTS + count]]
+    return [
+        {"prompt": f"{shots}Q: What is the capital of {c['name']}?\nA:", "answer": c["capital"]}
+        for c in countries[SHOTS : SHOTS + count]
+    ]
 
 
 def capitals_chat_task(countries: list[dict], count: int) -> list[dict]:
-    return [{"messages": [{"role": "user", "content": f"What is the capital of {c['name']}?"}],
-             "answer": c["capital"]} for c in countries[SHOTS:SHOTS + count]]
+    return [
+        {"messages": [{"role": "user", "content": f"What is the capital of {c['name']}?"}], "answer": c["capital"]}
+        for c in countries[SHOTS : SHOTS + count]
+    ]
 
 
 def capital_choice_task(countries: list[dict], count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     capitals = sorted({c["capital"] for c in countries})
     records = []
-    for country in countries[SHOTS:SHOTS + count]:
+    for country in countries[SHOTS : SHOTS + count]:
         others = rng.sample([c for c in capitals if c != country["capital"]], 3)
         choices = others + [country["capital"]]
         rng.shuffle(choices)
-        records.append({"context": f"The capital of {country['name']} is", "choices": choices,
-                        "answer": choices.index(country["capital"])})
+        records.append(
+            {
+                "context": f"The capital of {country['name']} is",
+                "choices": choices,
+                "answer": choices.index(country["capital"]),
+            }
+        )
     return records
 
 
 def region_choice_task(countries: list[dict], count: int) -> list[dict]:
     choices = list(REGIONS.values())
-    return [{"context": f"{c['name']} is a country in", "choices": choices, "answer": choices.index(c["region"])}
-            for c in countries[SHOTS:SHOTS + count]]
+    return [
+        {"context": f"{c['name']} is a country in", "choices": choices, "answer": choices.index(c["region"])}
+        for c in countries[SHOTS : SHOTS + count]
+    ]
 
 
 def python_docs_task(count: int) -> list[dict]:
@@ -134,8 +152,11 @@ def python_reference_retain(count: int, skip: int) -> list[dict]:
     for key in sorted(topics):
         for paragraph in re.split(r"\n\s*\n", topics[key]):
             text = " ".join(paragraph.split())
-            if (200 <= len(text) <= 700 and text not in scored
-                    and sum(ch in "()[]{}=*:<>" for ch in text) < 0.01 * len(text)):
+            if (
+                200 <= len(text) <= 700
+                and text not in scored
+                and sum(ch in "()[]{}=*:<>" for ch in text) < 0.01 * len(text)
+            ):
                 passages.append({"text": text})
     return passages[-count:]  # from the end of the index: far from the topics the task draws first
 

@@ -51,13 +51,19 @@ def plan(spec: AnyMergeSpec) -> MergePlan:
         TaxcutError: inputs that do not fit together (tensors, shapes, tokenizers) or a spec that names none of
             their tensors, in one line.
     """
-    from taxcut.merging.plan import build_plan  # noqa: PLC0415 - `import taxcut` stays light
+    from taxcut.merging.plan import build_plan  # `import taxcut` stays light
 
     return build_plan(spec)
 
 
-def merge(spec: AnyMergeSpec, *, overwrite: bool = False, progress: bool | None = None,
-          protect: Sequence[tuple[str, Path]] = (), provenance: dict[str, Any] | None = None) -> Path:
+def merge(
+    spec: AnyMergeSpec,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    protect: Sequence[tuple[str, Path]] = (),
+    provenance: dict[str, Any] | None = None,
+) -> Path:
     """Write the merged model described by ``spec`` to its ``out`` folder.
 
     Elementwise methods stream chunk by chunk (peak memory does not grow with the model); everything is written
@@ -76,11 +82,10 @@ def merge(spec: AnyMergeSpec, *, overwrite: bool = False, progress: bool | None 
     Raises:
         TaxcutError: bad input or a destination taxcut may not write, in one line; nothing is left half-written.
     """
-    from taxcut.merging.engine import run_merge  # noqa: PLC0415 - `import taxcut` stays light
-    from taxcut.merging.plan import build_plan  # noqa: PLC0415
+    from taxcut.merging.engine import run_merge  # `import taxcut` stays light
+    from taxcut.merging.plan import build_plan
 
-    return run_merge(build_plan(spec), overwrite=overwrite, progress=progress, protect=protect,
-                     provenance=provenance)
+    return run_merge(build_plan(spec), overwrite=overwrite, progress=progress, protect=protect, provenance=provenance)
 
 
 __all__ = ["MergeSpec", "NameRule", "TaxcutError", "merge", "plan", "__version__"]

@@ -24,12 +24,14 @@ def collate(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, to
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, (ids, start) in enumerate(batch):
         input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, start: len(ids)] = torch.tensor(ids[start:])
+        labels[row, start : len(ids)] = torch.tensor(ids[start:])
         mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup`` (a fraction) of ``total_steps``, then cosine decay to zero."""
     warmup_steps = max(1, int(warmup * total_steps))
 
@@ -98,8 +100,10 @@ def parametrize_weights(model, parametrizations: dict[str, torch.nn.Module]) -> 
 def recompute_layers(model) -> None:
     """Recompute each decoder layer in the backward pass instead of keeping its weights and activations."""
     layout = detect_layers(name for name, _ in model.named_parameters())
-    layers = {name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]
-              for name, index in layout.layer_of.items()}
+    layers = {
+        name[: name.index(f".{index}.") + len(f".{index}")] if f".{index}." in name else name.split(".")[0]
+        for name, index in layout.layer_of.items()
+    }
     for name in layers:
         module = model.get_submodule(name)
         module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
@@ -116,15 +120,16 @@ class StageProgress:
     terminal, else (a log file, CI, a captured stream) one line every ~10% of the steps, e.g.
     ``lab: sft step 300/1000 (30%), loss 0.412, 54 s, about 126 s left``. ``enabled=False`` shows nothing."""
 
-    def __init__(self, label: str, total: int, unit: str = "step", *, enabled: bool = True,
-                 stream: TextIO | None = None):
+    def __init__(
+        self, label: str, total: int, unit: str = "step", *, enabled: bool = True, stream: TextIO | None = None
+    ):
         self.label, self.total, self.unit = label, max(1, total), unit
         self.stream = stream if stream is not None else sys.stderr
         self.enabled, self.done, self.started = enabled, 0, time.perf_counter()
         self.every = math.ceil(self.total / 10)
         self.bar = None
         if enabled and _is_terminal(self.stream):
-            from tqdm.auto import tqdm  # noqa: PLC0415 - only for a terminal
+            from tqdm.auto import tqdm  # only for a terminal
 
             self.bar = tqdm(total=self.total, desc=label, unit=unit, file=self.stream, dynamic_ncols=True)
 
@@ -138,9 +143,12 @@ class StageProgress:
         elif self.enabled and (self.done % self.every == 0 or self.done == self.total):
             elapsed = time.perf_counter() - self.started
             left = elapsed / self.done * (self.total - self.done)
-            print(f"{self.label} {self.unit} {self.done}/{self.total} ({100 * self.done // self.total}%)"
-                  f"{', ' + shown if shown else ''}, {elapsed:.0f} s, about {left:.0f} s left",
-                  file=self.stream, flush=True)
+            print(
+                f"{self.label} {self.unit} {self.done}/{self.total} ({100 * self.done // self.total}%)"
+                f"{', ' + shown if shown else ''}, {elapsed:.0f} s, about {left:.0f} s left",
+                file=self.stream,
+                flush=True,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

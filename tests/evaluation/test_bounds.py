@@ -35,8 +35,10 @@ def successor_folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def successor(successor_folder):
-    return (AutoModelForCausalLM.from_pretrained(successor_folder).eval(),
-            PreTrainedTokenizerFast.from_pretrained(successor_folder))
+    return (
+        AutoModelForCausalLM.from_pretrained(successor_folder).eval(),
+        PreTrainedTokenizerFast.from_pretrained(successor_folder),
+    )
 
 
 def words(count: int, first: int = 5) -> str:
@@ -58,8 +60,10 @@ def tokens(tokenizer, text: str) -> int:
 
 def no_model_runs(model, monkeypatch):
     """Make every forward pass and generation of ``model`` fail: a refusal must come before them."""
+
     def fail(*args, **kwargs):
         raise AssertionError("the model ran before the refusal")
+
     monkeypatch.setattr(model, "generate", fail, raising=False)
     monkeypatch.setattr(model, "forward", fail)
 
@@ -142,8 +146,9 @@ def test_sample_refuses_a_huge_prompt_line_before_loading_or_tokenising(successo
     before = digest(prompts)
     out = tmp_path / "fit.jsonl"
     with pytest.raises(TaxcutError, match=rf"^{prompts}, line 2: over {data.MAX_LINE_BYTES} bytes"):
-        sample_fit_set(successor_folder, prompts, out, n=1, keep=1,
-                       reward_function=f"{REWARDS}:first_word_number", device="cpu")
+        sample_fit_set(
+            successor_folder, prompts, out, n=1, keep=1, reward_function=f"{REWARDS}:first_word_number", device="cpu"
+        )
     assert digest(prompts) == before and not out.exists()
 
 
@@ -166,8 +171,14 @@ def test_fit_refuses_a_huge_line_before_loading_the_models(llama_pair, tmp_path,
 def test_a_generation_prompt_over_the_context_is_refused_by_record(successor, tmp_path, monkeypatch):
     model, tokenizer = successor
     long = words(CONTEXT - 16 + 1)  # one token too many with 16 new tokens
-    path = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": "w1", "answer": "w2"}, {"prompt": long, "answer": "w9"},
-                                               {"prompt": words(CONTEXT - 16), "answer": "w9"}])
+    path = write_jsonl(
+        tmp_path / "qa.jsonl",
+        [
+            {"prompt": "w1", "answer": "w2"},
+            {"prompt": long, "answer": "w9"},
+            {"prompt": words(CONTEXT - 16), "answer": "w9"},
+        ],
+    )
     before = digest(path)
     task = GenerationTask("qa", path, max_new_tokens=16, batch_size=2)
     count = tokens(tokenizer, long)
@@ -176,9 +187,11 @@ def test_a_generation_prompt_over_the_context_is_refused_by_record(successor, tm
         no_model_runs(model, patch)
         with pytest.raises(TaxcutError) as caught:
             task.evaluate(model, tokenizer)
-    assert str(caught.value) == (f"{path}, record 2: a prompt of {count} tokens + 16 new tokens is over the model's "
-                                 f"context of {CONTEXT} tokens (1 of 3 are over it); shorten or drop it, or lower "
-                                 "max_new_tokens")
+    assert str(caught.value) == (
+        f"{path}, record 2: a prompt of {count} tokens + 16 new tokens is over the model's "
+        f"context of {CONTEXT} tokens (1 of 3 are over it); shorten or drop it, or lower "
+        "max_new_tokens"
+    )
     assert digest(path) == before
     # exactly at the context, and the other records: they run
     assert task.measure(model, tokenizer, items=[0, 2])["contains"].value == 0.5  # "w2 w3 ..." holds w2
@@ -187,28 +200,43 @@ def test_a_generation_prompt_over_the_context_is_refused_by_record(successor, tm
 def test_a_reward_prompt_over_the_context_is_refused_for_each_sample(successor, tmp_path, monkeypatch):
     model, tokenizer = successor
     path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": words(CONTEXT)}, {"prompt": "w1"}])
-    evaluator = RewardEvaluator(path, function_scorer(lambda p, r: 0.0), GenerationSettings(max_new_tokens=4),
-                                samples_per_prompt=3)
+    evaluator = RewardEvaluator(
+        path, function_scorer(lambda p, r: 0.0), GenerationSettings(max_new_tokens=4), samples_per_prompt=3
+    )
     no_model_runs(model, monkeypatch)
-    with pytest.raises(TaxcutError, match=rf"^{path}, record 1: a prompt of {CONTEXT} tokens \+ 4 new tokens is over "
-                                          rf"the model's context of {CONTEXT} tokens \(3 of 6 are over it\)"):
+    with pytest.raises(
+        TaxcutError,
+        match=rf"^{path}, record 1: a prompt of {CONTEXT} tokens \+ 4 new tokens is over "
+        rf"the model's context of {CONTEXT} tokens \(3 of 6 are over it\)",
+    ):
         evaluator.evaluate(model, tokenizer)
 
 
 def test_multiple_choice_and_perplexity_items_over_the_context_are_refused(successor, tmp_path, monkeypatch):
     model, tokenizer = successor
-    mc = write_jsonl(tmp_path / "mc.jsonl", [{"context": "w1", "choices": ["w2", "w3"], "answer": 0},
-                                             {"context": words(CONTEXT - 1), "choices": ["w2", "w3 w4"], "answer": 0}])
+    mc = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [
+            {"context": "w1", "choices": ["w2", "w3"], "answer": 0},
+            {"context": words(CONTEXT - 1), "choices": ["w2", "w3 w4"], "answer": 0},
+        ],
+    )
     text = write_jsonl(tmp_path / "text.jsonl", [{"text": "w1 w2"}, {"text": words(CONTEXT + 5)}])
     before = digest(mc), digest(text)
     no_model_runs(model, monkeypatch)
     # record 2's first choice is exactly the context (fits); its second is one token over
-    with pytest.raises(TaxcutError, match=rf"^{mc}, record 2, choice 2: context and choice of {CONTEXT + 1} tokens is "
-                                          rf"over the model's context of {CONTEXT} tokens \(1 of 4 are over it\); "
-                                          r"shorten or drop it \(a cut text would be scored differently\)$"):
+    with pytest.raises(
+        TaxcutError,
+        match=rf"^{mc}, record 2, choice 2: context and choice of {CONTEXT + 1} tokens is "
+        rf"over the model's context of {CONTEXT} tokens \(1 of 4 are over it\); "
+        r"shorten or drop it \(a cut text would be scored differently\)$",
+    ):
         MultipleChoiceTask("mc", mc).evaluate(model, tokenizer)
-    with pytest.raises(TaxcutError, match=rf"^{text}, record 2: a text of {CONTEXT + 6} tokens is over the model's "
-                                          rf"context of {CONTEXT} tokens \(1 of 2 are over it\)"):
+    with pytest.raises(
+        TaxcutError,
+        match=rf"^{text}, record 2: a text of {CONTEXT + 6} tokens is over the model's "
+        rf"context of {CONTEXT} tokens \(1 of 2 are over it\)",
+    ):
         PerplexityTask("ppl", text).evaluate(model, tokenizer)  # +1: the BOS a perplexity text is scored after
     assert (digest(mc), digest(text)) == before
 
@@ -222,9 +250,12 @@ def test_a_reward_model_refuses_pairs_over_its_context(tmp_path, monkeypatch):
     prompt, response = words(60), words(10, first=20)
     rendered = scorer._render(prompt, response)
     count = len(scorer.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-    with pytest.raises(TaxcutError, match=rf"^the reward model {folder}, response 2: prompt and response of {count} "
-                                          rf"tokens is over the model's context of 64 tokens \(1 of 2 are over it\); "
-                                          "use a reward model with a longer context"):
+    with pytest.raises(
+        TaxcutError,
+        match=rf"^the reward model {folder}, response 2: prompt and response of {count} "
+        rf"tokens is over the model's context of 64 tokens \(1 of 2 are over it\); "
+        "use a reward model with a longer context",
+    ):
         scorer(["w1", prompt], ["w2", response])
 
 
@@ -239,10 +270,22 @@ def test_sample_refuses_a_long_prompt_of_a_later_shard_before_any_sampling(succe
     prompts = write_jsonl(tmp_path / "prompts.jsonl", records)
     before = digest(prompts)
     out = tmp_path / "fit.jsonl"
-    with pytest.raises(TaxcutError, match=rf"^{prompts}, record 10: a prompt of 125 tokens \+ 4 new tokens is over "
-                                          rf"the model's context of {CONTEXT} tokens \(1 of 10 are over it\)"):
-        sample_fit_set(successor_folder, prompts, out, n=2, keep=4, reward_function=f"{REWARDS}:first_word_number",
-                       settings=GenerationSettings(do_sample=True, max_new_tokens=4), device="cpu", shard_size=2)
+    with pytest.raises(
+        TaxcutError,
+        match=rf"^{prompts}, record 10: a prompt of 125 tokens \+ 4 new tokens is over "
+        rf"the model's context of {CONTEXT} tokens \(1 of 10 are over it\)",
+    ):
+        sample_fit_set(
+            successor_folder,
+            prompts,
+            out,
+            n=2,
+            keep=4,
+            reward_function=f"{REWARDS}:first_word_number",
+            settings=GenerationSettings(do_sample=True, max_new_tokens=4),
+            device="cpu",
+            shard_size=2,
+        )
     assert digest(prompts) == before and not out.exists()
 
 
@@ -252,16 +295,20 @@ def test_sample_refuses_a_long_prompt_of_a_later_shard_before_any_sampling(succe
 def test_fit_cuts_long_examples_to_the_context_and_notes_how_many(llama_pair, tmp_path):
     sft, aligned = llama_pair
     tokenizer = PreTrainedTokenizerFast.from_pretrained(aligned)
-    records = [{"prompt": "w1 w2", "response": "w3 w4"},
-               {"prompt": words(40), "response": words(40, first=10)},  # 81 tokens with the end of sequence
-               {"prompt": "w5", "response": "w6"},
-               {"prompt": words(63), "response": words(3)}]  # one response token fits
+    records = [
+        {"prompt": "w1 w2", "response": "w3 w4"},
+        {"prompt": words(40), "response": words(40, first=10)},  # 81 tokens with the end of sequence
+        {"prompt": "w5", "response": "w6"},
+        {"prompt": words(63), "response": words(3)},
+    ]  # one response token fits
     path = write_jsonl(tmp_path / "fit.jsonl", records)
     before = digest(path)
     notes = []
     result = fit_ratios(sft, aligned, path, FitSettings(alpha=0.5, batch_size=4), log=notes.append)
-    note = (f"2 of 4 fit examples are longer than the model's context of 64 tokens: their responses were cut to "
-            f"fit (records 2, 4 of {path})")
+    note = (
+        f"2 of 4 fit examples are longer than the model's context of 64 tokens: their responses were cut to "
+        f"fit (records 2, 4 of {path})"
+    )
     assert note in result.adjustments and f"fit: {note}" in notes
     assert all(math.isfinite(loss) for loss in result.losses)
     examples, cut = fit.encode_fit_set(tokenizer, records, path, 64, "response")
@@ -272,8 +319,12 @@ def test_fit_cuts_long_examples_to_the_context_and_notes_how_many(llama_pair, tm
 
 
 def test_fit_refuses_an_example_whose_prompt_fills_the_context(llama_pair, tmp_path):
-    path = write_jsonl(tmp_path / "fit.jsonl", [{"prompt": "w1", "response": "w2"},
-                                                {"prompt": words(64), "response": "w2"}])
-    with pytest.raises(TaxcutError, match=rf"^{path}, record 2: prompt and response are 66 tokens, longer than the "
-                                          r"model's context of 64, and the prompt alone \(64 tokens\) leaves no room"):
+    path = write_jsonl(
+        tmp_path / "fit.jsonl", [{"prompt": "w1", "response": "w2"}, {"prompt": words(64), "response": "w2"}]
+    )
+    with pytest.raises(
+        TaxcutError,
+        match=rf"^{path}, record 2: prompt and response are 66 tokens, longer than the "
+        r"model's context of 64, and the prompt alone \(64 tokens\) leaves no room",
+    ):
         fit_ratios(*llama_pair, path, FitSettings(alpha=0.5), log=lambda *_: None)

@@ -21,8 +21,7 @@ from taxcut.evaluation.tasks import BleuTask, GenerationTask, MultipleChoiceTask
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.sweep.pareto import tax
 
-TEMPLATE = ("{% for m in messages %}{{ m['content'] }} {% endfor %}"
-            "{% if add_generation_prompt %}w30 {% endif %}")
+TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}w30 {% endif %}"
 
 
 @pytest.fixture(scope="module")
@@ -79,26 +78,34 @@ def test_messages_without_a_chat_template_name_the_record(chat_model, tmp_path):
     plain = PreTrainedTokenizerFast.from_pretrained(model.name_or_path)
     plain.chat_template = None
     task = GenerationTask("g", write_jsonl(tmp_path / "gen.jsonl", [{"messages": chat("w1"), "answer": "w2"}]))
-    with pytest.raises(TaxcutError, match="gen.jsonl, record 1: a prompt is given as 'messages' but the model's "
-                                          "tokenizer has no chat template"):
+    with pytest.raises(
+        TaxcutError,
+        match="gen.jsonl, record 1: a prompt is given as 'messages' but the model's tokenizer has no chat template",
+    ):
         task.evaluate(model, plain)
 
 
 def test_contains_metric(chat_model, tmp_path):
-    records = [{"prompt": "w1", "answer": "w3"},  # the output w2 w3 w4 contains w3
-               {"prompt": "w1", "answer": "w4 w3"},  # not in that order
-               {"prompt": "w10", "answers": ["w9", "w12"]}]
-    task = GenerationTask("g", write_jsonl(tmp_path / "gen.jsonl", records), max_new_tokens=3,
-                          primary_metric="contains")
+    records = [
+        {"prompt": "w1", "answer": "w3"},  # the output w2 w3 w4 contains w3
+        {"prompt": "w1", "answer": "w4 w3"},  # not in that order
+        {"prompt": "w10", "answers": ["w9", "w12"]},
+    ]
+    task = GenerationTask(
+        "g", write_jsonl(tmp_path / "gen.jsonl", records), max_new_tokens=3, primary_metric="contains"
+    )
     assert task.evaluate(*chat_model)["contains"] == pytest.approx(2 / 3)
 
 
-@pytest.mark.parametrize(("task_type", "metric", "valid"), [
-    ("generation", "acc", "exact_match, f1, contains"),
-    ("multiple_choice", "f1", "acc, acc_norm"),
-    ("bleu", "exact_match", "bleu"),
-    ("perplexity", "accuracy", "nll, perplexity"),
-])
+@pytest.mark.parametrize(
+    ("task_type", "metric", "valid"),
+    [
+        ("generation", "acc", "exact_match, f1, contains"),
+        ("multiple_choice", "f1", "acc, acc_norm"),
+        ("bleu", "exact_match", "bleu"),
+        ("perplexity", "accuracy", "nll, perplexity"),
+    ],
+)
 def test_an_inapplicable_metric_is_refused_listing_the_valid_ones(tmp_path, task_type, metric, valid):
     from taxcut.spec.merge import spec_from_dict
 

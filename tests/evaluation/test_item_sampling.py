@@ -56,8 +56,9 @@ def prompts_file(tmp_path_factory) -> Path:
 
 
 def _evaluator(path: Path, *, batch_size: int = 16, seed: int = 3, samples: int = 2) -> RewardEvaluator:
-    settings = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=0.9, top_p=0.95, seed=seed,
-                                  batch_size=batch_size)
+    settings = GenerationSettings(
+        max_new_tokens=6, do_sample=True, temperature=0.9, top_p=0.95, seed=seed, batch_size=batch_size
+    )
     return RewardEvaluator(path, function_scorer(first_word_number), settings, samples_per_prompt=samples)
 
 
@@ -66,8 +67,10 @@ def test_uniforms_equal_a_pure_python_splitmix_and_repeat():
     states = row_states(seed, keys, "cpu")
     first, again = uniforms(states, 4, 50), uniforms(row_states(seed, keys, "cpu"), 4, 50)
     assert torch.equal(first, again)
-    expected = [[_reference_uniform(seed % 2**64, item % 2**64, sample, 4, token) for token in range(50)]
-                for item, sample in keys]
+    expected = [
+        [_reference_uniform(seed % 2**64, item % 2**64, sample, 4, token) for token in range(50)]
+        for item, sample in keys
+    ]
     assert first.tolist() == expected
 
 
@@ -136,8 +139,10 @@ def test_seeds_and_samples_have_their_own_streams(policy, prompts_file):
 def test_greedy_decoding_ignores_seeds_and_keys(policy):
     model, tokenizer = policy
     prompts = ["w5 w6", "w7", "w8 w9 w10"]
-    greedy = [generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=4, seed=seed), keys=keys)
-              for seed, keys in ((0, None), (9, [(4, 1), (5, 2), (6, 3)]))]
+    greedy = [
+        generate(model, tokenizer, prompts, GenerationSettings(max_new_tokens=4, seed=seed), keys=keys)
+        for seed, keys in ((0, None), (9, [(4, 1), (5, 2), (6, 3)]))
+    ]
     assert greedy[0] == greedy[1]
     encoded = tokenizer(["w7"], return_tensors="pt", add_special_tokens=False)
     direct = model.generate(**encoded, max_new_tokens=4, do_sample=False, pad_token_id=0)
@@ -160,8 +165,13 @@ def test_the_fit_set_does_not_depend_on_the_shard_size(llama_pair, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 11)))
     before = hashlib.sha256(prompts.read_bytes()).hexdigest()
-    options = {"n": 2, "keep": 10, "reward_function": f"{TESTS / 'rewards.py'}:first_word_number", "device": "cpu",
-               "settings": GenerationSettings(do_sample=True, max_new_tokens=3, seed=5)}
+    options = {
+        "n": 2,
+        "keep": 10,
+        "reward_function": f"{TESTS / 'rewards.py'}:first_word_number",
+        "device": "cpu",
+        "settings": GenerationSettings(do_sample=True, max_new_tokens=3, seed=5),
+    }
     sample_fit_set(llama_pair[1], prompts, tmp_path / "a.jsonl", shard_size=2, **options)
     sample_fit_set(llama_pair[1], prompts, tmp_path / "b.jsonl", shard_size=5, **options)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -25,9 +25,8 @@ from taxcut.sweep.noise import paired_tax_stderr
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
 pytest.importorskip("lm_eval", reason="installed by make test (extra [lmeval])")
-from taxcut.evaluation.lmeval import LmEvalTask  # noqa: E402
-
-from tests.sweep.test_paired_sweeps import full_records  # noqa: E402 - the same comparison of full-data records
+from taxcut.evaluation.lmeval import LmEvalTask
+from tests.sweep.test_paired_sweeps import full_records  # the same comparison of full-data records
 
 TESTS = Path(__file__).parent.parent
 SUCCESSOR_LOGPROB = 10.0 - math.log(math.exp(10.0) + VOCAB - 1)  # log p of the forced next token
@@ -49,16 +48,20 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 def write_task(folder: Path, answers: list[int], *, name: str = "tiny_mc", extra: str = "") -> Path:
     """A local multiple-choice lm-eval task (``dataset_path: json``): document i asks for the word after w{i+4}."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = write_jsonl(folder / f"{name}.jsonl", [
-        {"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": answer}
-        for i, answer in enumerate(answers, start=4)])
+    data = write_jsonl(
+        folder / f"{name}.jsonl",
+        [
+            {"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": answer}
+            for i, answer in enumerate(answers, start=4)
+        ],
+    )
     path = folder / f"{name}.yaml"
     path.write_text(
         f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
         'output_type: multiple_choice\ndoc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\n'
         'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n'
-        "    higher_is_better: true\n  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n"
-        + extra)
+        "    higher_is_better: true\n  - metric: acc_norm\n    aggregation: mean\n    higher_is_better: true\n" + extra
+    )
     return path
 
 
@@ -86,8 +89,9 @@ def test_lm_eval_documents_merge_into_the_full_score_with_per_document_items(suc
     for stats, scores in measured[1:]:
         merged_stats = {m: s.merge(stats[m]) for m, s in merged_stats.items()}
         merged_items = merged_items.merge(scores)
-    assert {m: (s.value, s.stderr) for m, s in merged_stats.items()} == {m: (s.value, s.stderr)
-                                                                          for m, s in full.items()}
+    assert {m: (s.value, s.stderr) for m, s in merged_stats.items()} == {
+        m: (s.value, s.stderr) for m, s in full.items()
+    }
     assert merged_items == full_items
 
     # the tax's paired error: the per-document differences to an SFT model that got every document right
@@ -95,8 +99,9 @@ def test_lm_eval_documents_merge_into_the_full_score_with_per_document_items(suc
     wrong = 5
     closed = math.sqrt(wrong * (12 - wrong) / (12 * 12 * 11))  # sd of the 0/-1 differences over sqrt(n)
     assert paired_difference(full_items, sft) == pytest.approx((-5 / 12, closed, 12))
-    assert paired_tax_stderr({"lm": full["acc_norm"].stderr}, ["lm"], {"lm": full_items}, {"lm": sft}) \
-        == pytest.approx(closed, abs=1e-12)
+    assert paired_tax_stderr({"lm": full["acc_norm"].stderr}, ["lm"], {"lm": full_items}, {"lm": sft}) == pytest.approx(
+        closed, abs=1e-12
+    )
     assert digest(tmp_path / "task") == before  # the task's files are only read
 
 
@@ -117,13 +122,17 @@ def test_a_primary_metric_that_is_no_mean_is_measured_in_full_only(successor, tm
     (tmp_path / "ppl.yaml").write_text(
         f"task: tiny_ppl\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
         'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
-        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n")
+        "metric_list:\n  - metric: word_perplexity\n  - metric: byte_perplexity\n"
+    )
     task = LmEvalTask("ppl", str(tmp_path / "ppl.yaml"))
     assert task.primary_metric == "word_perplexity" and not task.higher_is_better
     stats, items = task.measure_items(*successor)
     assert items is None and stats["word_perplexity"].value > 1 and math.isnan(stats["word_perplexity"].stderr)
-    with pytest.raises(TaxcutError, match=r"lm-eval task 'ppl': its word_perplexity is not a mean of per-document "
-                                          r"scores.*'fidelity: full'"):
+    with pytest.raises(
+        TaxcutError,
+        match=r"lm-eval task 'ppl': its word_perplexity is not a mean of per-document "
+        r"scores.*'fidelity: full'",
+    ):
         task.measure_items(*successor, [0])
 
 
@@ -131,12 +140,22 @@ def write_sweep(folder: Path, pair, task: Path, fidelity: dict) -> Path:
     """A greedy sweep of MA 0, 0.5 and 1: a reward on 16 prompts, and the lm-eval ``task``."""
     folder.mkdir(parents=True, exist_ok=True)
     prompts = write_jsonl(folder / "prompts.jsonl", [{"prompt": f"w{i} w{i + 1}"} for i in range(4, 20)])
-    spec = {"sft": str(pair[0]), "aligned": str(pair[1]), "out": str(folder / "out"),
-            "candidates": {"grid": [0.0, 0.5, 1.0]},
-            "evaluation": {"reward": {"prompts": str(prompts), "function": f"{TESTS / 'rewards.py'}:first_word_number",
-                                      "max_new_tokens": 2},
-                           "tasks": [{"name": "lm", "type": "lm_eval", "task": str(task)}], **fidelity},
-            "device": "cpu"}
+    spec = {
+        "sft": str(pair[0]),
+        "aligned": str(pair[1]),
+        "out": str(folder / "out"),
+        "candidates": {"grid": [0.0, 0.5, 1.0]},
+        "evaluation": {
+            "reward": {
+                "prompts": str(prompts),
+                "function": f"{TESTS / 'rewards.py'}:first_word_number",
+                "max_new_tokens": 2,
+            },
+            "tasks": [{"name": "lm", "type": "lm_eval", "task": str(task)}],
+            **fidelity,
+        },
+        "device": "cpu",
+    }
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -144,12 +163,11 @@ def write_sweep(folder: Path, pair, task: Path, fidelity: dict) -> Path:
 
 def test_an_lm_eval_task_under_halving_equals_the_full_run(llama_pair, tmp_path):
     task = write_task(tmp_path / "task", [i % 2 for i in range(32)])
-    EvaluationSpec.model_validate({"tasks": [{"name": "lm", "type": "lm_eval", "task": str(task)}],
-                                   "fidelity": "halving"})  # no longer refused
-    full_report = run_sweep(SweepSpec.from_yaml(write_sweep(tmp_path / "full", llama_pair, task, {})),
-                            progress=False)
-    halving = write_sweep(tmp_path / "halving", llama_pair, task,
-                          {"fidelity": "halving", "halving": {"start": 0.25}})
+    EvaluationSpec.model_validate(
+        {"tasks": [{"name": "lm", "type": "lm_eval", "task": str(task)}], "fidelity": "halving"}
+    )  # no longer refused
+    full_report = run_sweep(SweepSpec.from_yaml(write_sweep(tmp_path / "full", llama_pair, task, {})), progress=False)
+    halving = write_sweep(tmp_path / "halving", llama_pair, task, {"fidelity": "halving", "halving": {"start": 0.25}})
     run_sweep(SweepSpec.from_yaml(halving), progress=False)
     full = full_records(tmp_path / "full" / "out" / RESULTS_FILE)
     staged = full_records(tmp_path / "halving" / "out" / RESULTS_FILE)
@@ -170,8 +188,11 @@ def test_an_lm_eval_task_under_halving_equals_the_full_run(llama_pair, tmp_path)
 
 
 def test_bleu_keeps_each_records_sentence_bleu(successor, tmp_path):
-    records = [{"prompt": "w1", "reference": "w2 w3 w4 w5"}, {"prompt": "w10", "references": ["w11 w12 w40 w41"]},
-               {"prompt": "w20", "reference": "w21 w30"}]
+    records = [
+        {"prompt": "w1", "reference": "w2 w3 w4 w5"},
+        {"prompt": "w10", "references": ["w11 w12 w40 w41"]},
+        {"prompt": "w20", "reference": "w21 w30"},
+    ]
     task = BleuTask("bleu", write_jsonl(tmp_path / "bleu.jsonl", records), max_new_tokens=4)
     stats, items = task.measure_items(*successor)
     outputs = ["w2 w3 w4 w5", "w11 w12 w13 w14", "w21 w22 w23 w24"]  # the successor model's greedy outputs

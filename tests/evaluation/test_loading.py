@@ -15,7 +15,11 @@ from models import build_reward_model
 
 from taxcut import TaxcutError
 from taxcut.evaluation.loading import (
-    load_causal_lm, load_generation_config, load_reward_model, load_tokenizer, refuse_custom_code,
+    load_causal_lm,
+    load_generation_config,
+    load_reward_model,
+    load_tokenizer,
+    refuse_custom_code,
 )
 
 EVIL_CODE = """
@@ -43,16 +47,27 @@ def evil_config_folder(folder: Path, marker: Path) -> Path:
     """A folder whose config.json names an architecture transformers does not know, implemented in evil.py."""
     folder.mkdir(parents=True)
     plant_code(folder, marker)
-    edit_json(folder / "config.json", model_type="evil_model", architectures=["EvilModel"],
-              auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    edit_json(
+        folder / "config.json",
+        model_type="evil_model",
+        architectures=["EvilModel"],
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+    )
     return folder
 
 
 def run_taxcut(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """``taxcut ARGS`` in a fresh process with ``y`` answers waiting on stdin and a private transformers cache."""
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "taxcut.cli", *args], input="y\ny\ny\n", capture_output=True,
-                          text=True, env=env, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "taxcut.cli", *args],
+        input="y\ny\ny\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def eval_spec(tmp_path: Path, **reward) -> Path:
@@ -79,10 +94,14 @@ def test_the_hazard_is_real(tmp_path):
     """Without taxcut's check, plain transformers with ``y`` on stdin does run the folder's code."""
     marker = tmp_path / "ran"
     folder = evil_config_folder(tmp_path / "evil", marker)
-    code = f"from transformers import AutoConfig\ntry:\n    AutoConfig.from_pretrained({str(folder)!r})\nexcept Exception:\n    pass\n"
+    code = (
+        "from transformers import AutoConfig\n"
+        f"try:\n    AutoConfig.from_pretrained({str(folder)!r})\nexcept Exception:\n    pass\n"
+    )
     env = dict(os.environ, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
-    subprocess.run([sys.executable, "-c", code], input="y\n", capture_output=True, text=True, env=env, timeout=300,
-                   check=False)
+    subprocess.run(
+        [sys.executable, "-c", code], input="y\n", capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert marker.exists()
 
 
@@ -96,8 +115,11 @@ def test_eval_refuses_a_tokenizer_with_auto_map(tmp_path, llama_pair):
     marker = tmp_path / "ran"
     folder = Path(shutil.copytree(llama_pair[0], tmp_path / "model"))
     plant_code(folder, marker)
-    edit_json(folder / "tokenizer_config.json", tokenizer_class="EvilTokenizer",
-              auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    edit_json(
+        folder / "tokenizer_config.json",
+        tokenizer_class="EvilTokenizer",
+        auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]},
+    )
     result = run_taxcut(tmp_path, "eval", str(folder), str(eval_spec(tmp_path)))
     assert_refused(result, folder / "tokenizer_config.json", marker)
 
@@ -106,19 +128,25 @@ def test_eval_refuses_a_reward_model_with_auto_map(tmp_path, llama_pair):
     marker = tmp_path / "ran"
     reward_model = build_reward_model(tmp_path / "rm")
     plant_code(reward_model, marker)
-    edit_json(reward_model / "config.json", model_type="evil_model",
-              auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"})
+    edit_json(
+        reward_model / "config.json",
+        model_type="evil_model",
+        auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForSequenceClassification": "evil.EvilModel"},
+    )
     result = run_taxcut(tmp_path, "eval", str(llama_pair[0]), str(eval_spec(tmp_path, model=str(reward_model))))
     assert_refused(result, reward_model / "config.json", marker)
 
 
-@pytest.mark.parametrize(("file", "content", "hook"), [
-    ("config.json", {"model_type": "llama", "text_config": {"auto_map": {"AutoConfig": "evil.X"}}}, "auto_map"),
-    ("generation_config.json", {"auto_map": {"AutoConfig": "evil.X"}}, "auto_map"),
-    ("tokenizer_config.json", {"auto_map": ["evil.X", None]}, "auto_map"),
-    ("config.json", {"model_type": "llama", "custom_pipelines": {"evil": {"impl": "evil.X"}}}, "custom_pipelines"),
-    ("adapter_config.json", {"auto_mapping": {"base_model_class": "X", "parent_library": "evil"}}, "auto_mapping"),
-])
+@pytest.mark.parametrize(
+    ("file", "content", "hook"),
+    [
+        ("config.json", {"model_type": "llama", "text_config": {"auto_map": {"AutoConfig": "evil.X"}}}, "auto_map"),
+        ("generation_config.json", {"auto_map": {"AutoConfig": "evil.X"}}, "auto_map"),
+        ("tokenizer_config.json", {"auto_map": ["evil.X", None]}, "auto_map"),
+        ("config.json", {"model_type": "llama", "custom_pipelines": {"evil": {"impl": "evil.X"}}}, "custom_pipelines"),
+        ("adapter_config.json", {"auto_mapping": {"base_model_class": "X", "parent_library": "evil"}}, "auto_mapping"),
+    ],
+)
 def test_every_code_hook_is_refused_by_every_loader(tmp_path, llama_pair, file, content, hook):
     folder = Path(shutil.copytree(llama_pair[0], tmp_path / "model"))
     (folder / file).write_text(json.dumps(content))

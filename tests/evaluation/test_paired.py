@@ -24,9 +24,15 @@ TESTS = Path(__file__).parent.parent
 
 
 def result(primary: dict[str, float], stderr: dict[str, float], items: PerItem | None = None) -> EvaluationResult:
-    return EvaluationResult(tasks={t: {"acc": v} for t, v in primary.items()}, primary=primary,
-                            directions={t: True for t in primary}, seconds=1.0,
-                            stderr={t: {"acc": e} for t, e in stderr.items()}, primary_stderr=stderr, items=items)
+    return EvaluationResult(
+        tasks={t: {"acc": v} for t, v in primary.items()},
+        primary=primary,
+        directions={t: True for t in primary},
+        seconds=1.0,
+        stderr={t: {"acc": e} for t, e in stderr.items()},
+        primary_stderr=stderr,
+        items=items,
+    )
 
 
 def test_item_scores_round_trip_merge_and_rounding():
@@ -74,9 +80,10 @@ def test_paired_tax_error_matches_the_closed_form():
     cand_mc = ItemScores.of(range(6), [1, 0, 1, 1, 0, 1])
     baseline = result({"mc": 4 / 6, "ppl": 0.5}, {"mc": 0.19, "ppl": 0.02}, PerItem(None, {"mc": sft_mc}))
     candidate = result({"mc": 4 / 6, "ppl": 0.4}, {"mc": 0.19, "ppl": 0.03}, PerItem(None, {"mc": cand_mc}))
-    closed_form = math.sqrt(2 / 5 / 6 + 0.03 ** 2) / 2  # sqrt(se_paired(mc)^2 + se(ppl)^2) / T
-    assert paired_tax_stderr(candidate.primary_stderr, ["mc", "ppl"], candidate.items.tasks,
-                             baseline.items.tasks) == pytest.approx(closed_form)
+    closed_form = math.sqrt(2 / 5 / 6 + 0.03**2) / 2  # sqrt(se_paired(mc)^2 + se(ppl)^2) / T
+    assert paired_tax_stderr(
+        candidate.primary_stderr, ["mc", "ppl"], candidate.items.tasks, baseline.items.tasks
+    ) == pytest.approx(closed_form)
     row = _row(ma_candidate(0.5), candidate, 0.5, baseline)
     assert row.tax_stderr == pytest.approx(closed_form)
     assert _row(ma_candidate(0.0), baseline, 0.0, baseline).tax_stderr == pytest.approx(0.02 / 2)  # ppl: unpaired
@@ -87,16 +94,27 @@ def test_paired_tax_error_matches_the_closed_form():
 def test_results_lines_with_and_without_items_read(tmp_path):
     candidate = ma_candidate(0.2)
     plain = result({"mc": 0.5}, {"mc": 0.1})
-    kept = result({"mc": 0.5}, {"mc": 0.1}, PerItem(ItemScores.of([0, 1], [0.25, 2.5]),
-                                                    {"mc": ItemScores.of([0, 1], [0, 1])}))
+    kept = result(
+        {"mc": 0.5}, {"mc": 0.1}, PerItem(ItemScores.of([0, 1], [0.25, 2.5]), {"mc": ItemScores.of([0, 1], [0, 1])})
+    )
     store = ResultsStore(tmp_path / RESULTS_FILE)
     for evaluation in (plain, kept):
-        store.append(ResultRecord(candidate_id=candidate.id, candidate=candidate, result=evaluation, mean_alpha=0.2,
-                                  sft="sft", aligned="aligned"))
+        store.append(
+            ResultRecord(
+                candidate_id=candidate.id,
+                candidate=candidate,
+                result=evaluation,
+                mean_alpha=0.2,
+                sft="sft",
+                aligned="aligned",
+            )
+        )
     lines = [json.loads(line) for line in (tmp_path / RESULTS_FILE).read_text().splitlines()]
     assert "items" not in lines[0]  # written only when kept: old readers see the same line as before
-    assert lines[1]["items"] == {"reward": {"items": [0, 1], "values": [0.25, 2.5]},
-                                 "tasks": {"mc": {"items": [0, 1], "values": [0.0, 1.0]}}}
+    assert lines[1]["items"] == {
+        "reward": {"items": [0, 1], "values": [0.25, 2.5]},
+        "tasks": {"mc": {"items": [0, 1], "values": [0.0, 1.0]}},
+    }
     read = store.records()
     assert read[0].result.items is None and read[0].result == plain
     assert read[1].result == kept
@@ -121,19 +139,37 @@ def write_spec(tmp_path: Path, pair, tasks=("mc", "text")) -> Path:
     data = tmp_path / "data"
     data.mkdir()
     (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 10)))
-    (data / "mc.jsonl").write_text("".join(
-        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
-        for i in range(4, 12)))
-    (data / "text.jsonl").write_text("".join(json.dumps({"text": f"w{i} w{i + 1} w{i + 2}"}) + "\n"
-                                             for i in range(4, 8)))
+    (data / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
+            for i in range(4, 12)
+        )
+    )
+    (data / "text.jsonl").write_text(
+        "".join(json.dumps({"text": f"w{i} w{i + 1} w{i + 2}"}) + "\n" for i in range(4, 8))
+    )
     spec = {
-        "sft": str(pair[0]), "aligned": str(pair[1]), "out": "sweep-out", "candidates": {"grid": [0.0, 1.0]},
+        "sft": str(pair[0]),
+        "aligned": str(pair[1]),
+        "out": "sweep-out",
+        "candidates": {"grid": [0.0, 1.0]},
         "evaluation": {
-            "reward": {"prompts": "data/prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:first_word_number",
-                       "max_new_tokens": 3, "samples_per_prompt": 2, "do_sample": True, "seed": 3},
-            "tasks": [task for task in ({"name": "mc", "type": "multiple_choice", "path": "data/mc.jsonl"},
-                                        {"name": "text", "type": "perplexity", "path": "data/text.jsonl"})
-                      if task["name"] in tasks],
+            "reward": {
+                "prompts": "data/prompts.jsonl",
+                "function": f"{TESTS / 'rewards.py'}:first_word_number",
+                "max_new_tokens": 3,
+                "samples_per_prompt": 2,
+                "do_sample": True,
+                "seed": 3,
+            },
+            "tasks": [
+                task
+                for task in (
+                    {"name": "mc", "type": "multiple_choice", "path": "data/mc.jsonl"},
+                    {"name": "text", "type": "perplexity", "path": "data/text.jsonl"},
+                )
+                if task["name"] in tasks
+            ],
         },
     }
     path = tmp_path / "sweep.yaml"
@@ -159,8 +195,13 @@ def test_a_sweep_records_items_and_pairs_the_tax_error(llama_pair, tmp_path):
     sft, aligned = report.rows
     # the SFT row: both tasks paired with themselves are exact
     assert (sft.tax, sft.tax_stderr) == (0.0, 0.0)
-    paired = [paired_difference(ItemScores.from_json(lines[1]["items"]["tasks"][name]),
-                                ItemScores.from_json(lines[0]["items"]["tasks"][name]))[1] for name in ("mc", "text")]
+    paired = [
+        paired_difference(
+            ItemScores.from_json(lines[1]["items"]["tasks"][name]),
+            ItemScores.from_json(lines[0]["items"]["tasks"][name]),
+        )[1]
+        for name in ("mc", "text")
+    ]
     assert aligned.tax_stderr == pytest.approx(math.hypot(*paired) / 2)
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "data").iterdir()} == hashes
 

@@ -9,9 +9,13 @@ from taxcut.evaluation.result import EvaluationResult, RewardScore
 
 
 def test_plain_data_shape_and_back():
-    result = EvaluationResult(tasks={"mc": {"acc": 0.5}}, primary={"mc": 0.5}, directions={"mc": True},
-                              seconds=2.0, reward=RewardScore.from_scores({"reward": 1.5, "reward_stderr": 0.25,
-                                                                           "samples": 4.0}))
+    result = EvaluationResult(
+        tasks={"mc": {"acc": 0.5}},
+        primary={"mc": 0.5},
+        directions={"mc": True},
+        seconds=2.0,
+        reward=RewardScore.from_scores({"reward": 1.5, "reward_stderr": 0.25, "samples": 4.0}),
+    )
     data = result.to_dict()
     assert list(data) == ["tasks", "primary", "reward", "directions", "seconds"]
     assert data["reward"] == {"reward": 1.5, "reward_stderr": 0.25, "samples": 4}

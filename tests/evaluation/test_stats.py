@@ -10,7 +10,14 @@ from taxcut.evaluation.cost import EvaluationCost, count_generated, count_scored
 from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.metrics import corpus_bleu, mean_and_stderr
 from taxcut.evaluation.stats import (
-    CorpusBleu, Mean, Ratio, Reported, binomial_stderr, bleu_statistics, bootstrap_stderr, statistic_from_json,
+    CorpusBleu,
+    Mean,
+    Ratio,
+    Reported,
+    binomial_stderr,
+    bleu_statistics,
+    bootstrap_stderr,
+    statistic_from_json,
 )
 from taxcut.evaluation.subset import DataPart, item_order, share_count
 
@@ -44,10 +51,14 @@ def test_ratio_error_is_the_delta_method():
     assert perplexity.stderr == pytest.approx(math.exp(ratio) * stat.stderr)
 
 
-@pytest.mark.parametrize("make", [
-    lambda v: Mean.of(v), lambda v: Mean.of([float(x > 0.5) for x in v], binary=True),
-    lambda v: Ratio.of([(x, 1.0 + 2 * x) for x in v]),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda v: Mean.of(v),
+        lambda v: Mean.of([float(x > 0.5) for x in v], binary=True),
+        lambda v: Ratio.of([(x, 1.0 + 2 * x) for x in v]),
+    ],
+)
 def test_disjoint_items_merge_into_the_statistic_of_both(make):
     values = [0.1, 0.9, 0.4, 0.7, 0.2, 0.8, 0.3, 0.95, 0.05]
     merged = make(values[:3]).merge(make(values[3:]))
@@ -76,17 +87,31 @@ def test_bootstrap_error_of_a_mean_is_close_to_its_closed_form():
 
 
 def test_statistics_round_trip_through_plain_data():
-    for stat in (Mean.of([1, 0, 1], binary=True), Ratio.of([(1.0, 2.0), (2.0, 3.0)], exp=True),
-                 CorpusBleu(((3, 3, 2, 1, 0, 0, 3, 2, 1, 0),)), Reported(0.5)):
+    for stat in (
+        Mean.of([1, 0, 1], binary=True),
+        Ratio.of([(1.0, 2.0), (2.0, 3.0)], exp=True),
+        CorpusBleu(((3, 3, 2, 1, 0, 0, 3, 2, 1, 0),)),
+        Reported(0.5),
+    ):
         again = statistic_from_json(stat.to_json())
         assert again == stat or (isinstance(stat, Reported) and again.value == stat.value)
 
 
 def test_a_measurement_merges_and_sums_up_with_errors_and_cost():
-    first = Measurement(Mean.of([1.0, 2.0]), {"mc": {"acc": Mean.of([1, 0], binary=True)}}, {"mc": "acc"},
-                        {"mc": True}, EvaluationCost(10, 20, 1.0))
-    second = Measurement(Mean.of([3.0, 4.0]), {"mc": {"acc": Mean.of([1, 1], binary=True)}}, {"mc": "acc"},
-                         {"mc": True}, EvaluationCost(5, 7, 0.5))
+    first = Measurement(
+        Mean.of([1.0, 2.0]),
+        {"mc": {"acc": Mean.of([1, 0], binary=True)}},
+        {"mc": "acc"},
+        {"mc": True},
+        EvaluationCost(10, 20, 1.0),
+    )
+    second = Measurement(
+        Mean.of([3.0, 4.0]),
+        {"mc": {"acc": Mean.of([1, 1], binary=True)}},
+        {"mc": "acc"},
+        {"mc": True},
+        EvaluationCost(5, 7, 0.5),
+    )
     both = first.merge(second)
     result = both.result()
     assert result.reward.reward == 2.5 and result.reward.samples == 4

@@ -20,17 +20,28 @@ TESTS = Path(__file__).parent.parent
 def suite_and_model(llama_pair, tmp_path_factory):
     data = tmp_path_factory.mktemp("stderr")
     (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 12)))
-    (data / "mc.jsonl").write_text("".join(
-        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
-        for i in range(4, 24)))
-    (data / "text.jsonl").write_text("".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n"
-                                             for i in range(4, 14)))
-    spec = EvaluationSpec.model_validate({
-        "reward": {"prompts": str(data / "prompts.jsonl"), "function": f"{TESTS / 'rewards.py'}:prompt_number",
-                   "max_new_tokens": 3},
-        "tasks": [{"name": "mc", "type": "multiple_choice", "path": str(data / "mc.jsonl")},
-                  {"name": "text", "type": "perplexity", "path": str(data / "text.jsonl")}],
-    })
+    (data / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
+            for i in range(4, 24)
+        )
+    )
+    (data / "text.jsonl").write_text(
+        "".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n" for i in range(4, 14))
+    )
+    spec = EvaluationSpec.model_validate(
+        {
+            "reward": {
+                "prompts": str(data / "prompts.jsonl"),
+                "function": f"{TESTS / 'rewards.py'}:prompt_number",
+                "max_new_tokens": 3,
+            },
+            "tasks": [
+                {"name": "mc", "type": "multiple_choice", "path": str(data / "mc.jsonl")},
+                {"name": "text", "type": "perplexity", "path": str(data / "text.jsonl")},
+            ],
+        }
+    )
     sft = llama_pair[0]
     return EvaluationSuite.from_spec(spec), load_causal_lm(sft), load_tokenizer(sft)
 
@@ -46,8 +57,9 @@ def test_errors_match_their_closed_forms(suite_and_model):
     assert result.stderr["mc"]["acc"] == pytest.approx(math.sqrt(accuracy * (1 - accuracy) / 20))
     assert result.primary_stderr == {"mc": result.stderr["mc"]["acc"], "text": result.stderr["text"]["nll"]}
     assert result.stderr["text"]["nll"] > 0
-    assert result.stderr["text"]["perplexity"] == pytest.approx(result.tasks["text"]["perplexity"]
-                                                               * result.stderr["text"]["nll"])
+    assert result.stderr["text"]["perplexity"] == pytest.approx(
+        result.tasks["text"]["perplexity"] * result.stderr["text"]["nll"]
+    )
 
 
 def test_parts_of_the_data_add_up_to_all_of_it(suite_and_model):

@@ -43,8 +43,9 @@ MC_RECORDS = [
 
 def test_forced_generation(successor):
     model, tokenizer = successor
-    outputs = generate(model, tokenizer, ["w1 w2", "w10", "w59", "w3"], GenerationSettings(max_new_tokens=3,
-                                                                                          batch_size=3))
+    outputs = generate(
+        model, tokenizer, ["w1 w2", "w10", "w59", "w3"], GenerationSettings(max_new_tokens=3, batch_size=3)
+    )
     assert outputs == ["w3 w4 w5", "w11 w12 w13", "w0 w1 w2", "w4 w5 w6"]
 
 
@@ -85,8 +86,10 @@ def test_perplexity(successor, tmp_path):
 
 
 def test_reward_from_a_callable(successor, tmp_path):
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "w1"}, {"prompt": "w10"},
-                                                      {"messages": [{"role": "user", "content": "w20"}]}])
+    prompts = write_jsonl(
+        tmp_path / "prompts.jsonl",
+        [{"prompt": "w1"}, {"prompt": "w10"}, {"messages": [{"role": "user", "content": "w20"}]}],
+    )
     function = load_reward_function(f"{TESTS / 'rewards.py'}:first_word_number")
     evaluator = RewardEvaluator(prompts, function_scorer(function), GenerationSettings(max_new_tokens=2))
     scores = evaluator.evaluate(*successor)
@@ -122,12 +125,15 @@ def test_reward_model_that_does_not_load(tmp_path):
         RewardModelScorer(tmp_path / "missing")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ('{"prompt": "w1"}\n{"promt": "w2"}\n', r"bad.jsonl, line 2: no 'prompt' or 'messages' field"),
-    ('{"prompt": "w1"}\n\n{oops\n', r"bad.jsonl, line 3: not valid JSON"),
-    ("", "no records; the prompts file is empty"),
-    ('["a"]\n', "line 1: expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "w1"}\n{"promt": "w2"}\n', r"bad.jsonl, line 2: no 'prompt' or 'messages' field"),
+        ('{"prompt": "w1"}\n\n{oops\n', r"bad.jsonl, line 3: not valid JSON"),
+        ("", "no records; the prompts file is empty"),
+        ('["a"]\n', "line 1: expected a JSON object"),
+    ],
+)
 def test_bad_jsonl_names_the_line(tmp_path, content, message):
     (tmp_path / "bad.jsonl").write_text(content)
     with pytest.raises(TaxcutError, match=message):
@@ -151,8 +157,10 @@ def test_more_bad_task_data(tmp_path, successor):
 
 
 def test_empty_context_is_empty(successor, tmp_path):
-    task = MultipleChoiceTask("mc", write_jsonl(tmp_path / "mc.jsonl", [{"context": "", "question": "w9",
-                                                                          "choices": ["w0", "w5"], "answer": 0}]))
+    task = MultipleChoiceTask(
+        "mc",
+        write_jsonl(tmp_path / "mc.jsonl", [{"context": "", "question": "w9", "choices": ["w0", "w5"], "answer": 0}]),
+    )
     assert task.evaluate(*successor)["acc"] == 1.0  # "" is the context (BOS then w0), not the question or "None"
 
 
@@ -160,8 +168,9 @@ def test_task_field_errors(tmp_path):
     with pytest.raises(TaxcutError, match="mc.jsonl, line 1: no 'choices' field"):
         MultipleChoiceTask("mc", write_jsonl(tmp_path / "mc.jsonl", [{"context": "x", "answer": 0}]))
     with pytest.raises(TaxcutError, match="record 1: 'answer' must be a choice index or one of the choices"):
-        MultipleChoiceTask("mc", write_jsonl(tmp_path / "mc.jsonl", [{"context": "x", "choices": ["a", "b"],
-                                                                      "answer": 5}]))
+        MultipleChoiceTask(
+            "mc", write_jsonl(tmp_path / "mc.jsonl", [{"context": "x", "choices": ["a", "b"], "answer": 5}])
+        )
     with pytest.raises(TaxcutError, match="missing.jsonl: generation task file not found"):
         GenerationTask("gen", tmp_path / "missing.jsonl")
 
@@ -170,9 +179,17 @@ def test_lm_eval_local_yaml_task(successor, tmp_path):
     pytest.importorskip("lm_eval", reason="installed by make test (extra [lmeval])")
     from taxcut.evaluation.lmeval import LmEvalTask
 
-    data = write_jsonl(tmp_path / "mc.jsonl", [dict(r, context=r.get("context") or r.get("question") or r["prompt"],
-                                                    answer=r["choices"].index(r["answer"]) if isinstance(r["answer"], str)
-                                                    else r["answer"]) for r in MC_RECORDS])
+    data = write_jsonl(
+        tmp_path / "mc.jsonl",
+        [
+            dict(
+                r,
+                context=r.get("context") or r.get("question") or r["prompt"],
+                answer=r["choices"].index(r["answer"]) if isinstance(r["answer"], str) else r["answer"],
+            )
+            for r in MC_RECORDS
+        ],
+    )
     (tmp_path / "tiny_mc.yaml").write_text(
         "task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
         f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"

@@ -16,7 +16,11 @@ from taxcut import TaxcutError
 from taxcut.cli import main
 from taxcut.evaluation.generation import GenerationSettings
 from taxcut.evaluation.reward import (
-    RewardEvaluator, RewardModelScorer, checked_rewards, function_scorer, load_reward_function,
+    RewardEvaluator,
+    RewardModelScorer,
+    checked_rewards,
+    function_scorer,
+    load_reward_function,
 )
 
 
@@ -50,16 +54,26 @@ def test_a_byte_order_mark_is_fine(tmp_path):
     assert RewardEvaluator(path, function_scorer(lambda p, r: 0.0)).records == [{"prompt": "w1"}]
 
 
-@pytest.mark.parametrize(("record", "message"), [
-    ({"messages": "hello"}, ("'messages' must be a list of {\"role\": ..., \"content\": ...} objects, got text; "
-                             "give plain text as 'prompt' instead")),
-    ({"messages": []}, "'messages' is an empty list; it must be a list of {\"role\": ..., \"content\": ...} objects"),
-    ({"messages": ["hello"]}, "'messages' item 1 must be an object with 'role' and 'content', got text"),
-    ({"messages": [{"role": "user", "content": "w1"}, {"role": "user"}]},
-     "'messages' item 2: 'content' must be text, got nothing"),
-    ({"messages": [{"role": 3, "content": "w1"}]}, "'messages' item 1: 'role' must be text, got a number"),
-    ({"prompt": ["w1"]}, "'prompt' must be text, got a list"),
-])
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (
+            {"messages": "hello"},
+            (
+                '\'messages\' must be a list of {"role": ..., "content": ...} objects, got text; '
+                "give plain text as 'prompt' instead"
+            ),
+        ),
+        ({"messages": []}, '\'messages\' is an empty list; it must be a list of {"role": ..., "content": ...} objects'),
+        ({"messages": ["hello"]}, "'messages' item 1 must be an object with 'role' and 'content', got text"),
+        (
+            {"messages": [{"role": "user", "content": "w1"}, {"role": "user"}]},
+            "'messages' item 2: 'content' must be text, got nothing",
+        ),
+        ({"messages": [{"role": 3, "content": "w1"}]}, "'messages' item 1: 'role' must be text, got a number"),
+        ({"prompt": ["w1"]}, "'prompt' must be text, got a list"),
+    ],
+)
 def test_malformed_prompts_name_the_line(tmp_path, record, message):
     path = prompts_file(tmp_path, '{"prompt": "w1"}', json.dumps(record))
     with pytest.raises(TaxcutError) as caught:
@@ -74,8 +88,10 @@ def test_a_chat_template_that_refuses_the_messages(tmp_path, successor):
     path = prompts_file(tmp_path, json.dumps({"messages": [{"role": "user", "content": "w1"}]}))
     with pytest.raises(TaxcutError) as caught:
         RewardEvaluator(path, function_scorer(lambda p, r: 0.0)).evaluate(model, tokenizer)
-    assert one_line(caught) == (f"{path}, record 1: the model's chat template cannot render these 'messages' "
-                                "(Conversation roles must alternate); fix the chat or give 'prompt' text instead")
+    assert one_line(caught) == (
+        f"{path}, record 1: the model's chat template cannot render these 'messages' "
+        "(Conversation roles must alternate); fix the chat or give 'prompt' text instead"
+    )
 
 
 def reward_module(tmp_path: Path) -> Path:
@@ -92,14 +108,17 @@ def reward_module(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("function", "message"), [
-    ("raises", "raised KeyError: 'missing' (on response 1); fix the function"),
-    ("text", "returned 'great' (a str) for response 1; a reward must be a number"),
-    ("number_as_text", "returned '3.5' (a str) for response 1; a reward must be a number"),
-    ("nan", "returned nan for response 1; a reward must be a finite number"),
-    ("inf", "returned -inf for response 1; a reward must be a finite number"),
-    ("nothing", "returned None (a NoneType) for response 1; a reward must be a number"),
-])
+@pytest.mark.parametrize(
+    ("function", "message"),
+    [
+        ("raises", "raised KeyError: 'missing' (on response 1); fix the function"),
+        ("text", "returned 'great' (a str) for response 1; a reward must be a number"),
+        ("number_as_text", "returned '3.5' (a str) for response 1; a reward must be a number"),
+        ("nan", "returned nan for response 1; a reward must be a finite number"),
+        ("inf", "returned -inf for response 1; a reward must be a finite number"),
+        ("nothing", "returned None (a NoneType) for response 1; a reward must be a number"),
+    ],
+)
 def test_a_faulty_reward_function_is_named(tmp_path, function, message):
     reference = f"{reward_module(tmp_path)}:{function}"
     score = function_scorer(load_reward_function(reference))
@@ -122,8 +141,10 @@ def test_a_batch_scorer_with_the_wrong_count(tmp_path, successor):
     evaluator = RewardEvaluator(path, short, GenerationSettings(max_new_tokens=1))
     with pytest.raises(TaxcutError) as caught:
         evaluator.evaluate(*successor)
-    assert one_line(caught) == ("reward function 'test_a_batch_scorer_with_the_wrong_count.<locals>.short' returned "
-                                "1 rewards for 2 responses; it must score each once")
+    assert one_line(caught) == (
+        "reward function 'test_a_batch_scorer_with_the_wrong_count.<locals>.short' returned "
+        "1 rewards for 2 responses; it must score each once"
+    )
     with pytest.raises(TaxcutError, match="returned float, not a list of 2 rewards"):
         checked_rewards(1.5, 2, "x")
 
@@ -135,14 +156,19 @@ def test_a_reward_model_that_scores_nan(tmp_path):
         scorer.model.score.weight.fill_(math.nan)
     with pytest.raises(TaxcutError) as caught:
         scorer(["w1"], ["w2"])
-    assert one_line(caught) == f"the reward model {folder} returned nan for response 1; a reward must be a finite number"
+    assert (
+        one_line(caught) == f"the reward model {folder} returned nan for response 1; a reward must be a finite number"
+    )
 
 
 def test_taxcut_eval_reports_user_faults_in_one_line(tmp_path, llama_pair, capsys):
     prompts = prompts_file(tmp_path, '{"prompt": "w1"}')
     spec = tmp_path / "eval.yaml"
-    spec.write_text(json.dumps({"reward": {"prompts": str(prompts), "function": f"{reward_module(tmp_path)}:nan",
-                                           "max_new_tokens": 2}}))
+    spec.write_text(
+        json.dumps(
+            {"reward": {"prompts": str(prompts), "function": f"{reward_module(tmp_path)}:nan", "max_new_tokens": 2}}
+        )
+    )
     assert main(["eval", str(llama_pair[0]), str(spec), "--device", "cpu"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "returned nan for response 1" in err and "internal error" not in err

@@ -59,30 +59,67 @@ def test_ray_is_an_optional_extra(llama_pair, tmp_path, monkeypatch, capsys):
     spec = tmp_path / "sweep.yaml"
     (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "w4 w5"}) + "\n")
     (tmp_path / "text.jsonl").write_text(json.dumps({"text": "w4 w5 w6"}) + "\n")
-    spec.write_text(yaml.safe_dump({
-        "sft": str(llama_pair[0]), "aligned": str(llama_pair[1]), "out": "out", "candidates": {"grid": [0.5]},
-        "evaluation": {"reward": {"prompts": "prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:first_word_number"},
-                       "tasks": [{"name": "text", "type": "perplexity", "path": "text.jsonl"}]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "sft": str(llama_pair[0]),
+                "aligned": str(llama_pair[1]),
+                "out": "out",
+                "candidates": {"grid": [0.5]},
+                "evaluation": {
+                    "reward": {"prompts": "prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:first_word_number"},
+                    "tasks": [{"name": "text", "type": "perplexity", "path": "text.jsonl"}],
+                },
+            }
+        )
+    )
     assert main(["sweep", str(spec), "--ray", "--no-progress"]) == 2
     assert capsys.readouterr().err == "taxcut: error: the Ray executor needs the extra: pip install 'taxcut[ray]'\n"
     assert not (tmp_path / "out").exists()
-    assert main(["sample", "--model", str(llama_pair[1]), "--prompts", str(tmp_path / "prompts.jsonl"),
-                 "--reward-function", f"{TESTS / 'rewards.py'}:first_word_number", "--keep", "1",
-                 "--out", str(tmp_path / "fit.jsonl"), "--ray", "auto"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(llama_pair[1]),
+                "--prompts",
+                str(tmp_path / "prompts.jsonl"),
+                "--reward-function",
+                f"{TESTS / 'rewards.py'}:first_word_number",
+                "--keep",
+                "1",
+                "--out",
+                str(tmp_path / "fit.jsonl"),
+                "--ray",
+                "auto",
+            ]
+        )
+        == 2
+    )
     assert "pip install 'taxcut[ray]'" in capsys.readouterr().err
 
 
 def test_the_executor_section_is_checked(llama_pair, tmp_path):
-    data = {"sft": str(llama_pair[0]), "aligned": str(llama_pair[1]), "out": str(tmp_path / "out"),
-            "evaluation": {"reward": {"prompts": "p.jsonl", "function": "m:f"},
-                           "tasks": [{"name": "t", "type": "perplexity", "path": "t.jsonl"}]}}
-    spec = SweepSpec.model_validate({**data, "executor": {"ray": {"address": "auto", "workers": 4,
-                                                                  "gpus_per_worker": 1}, "sources": "host"}})
+    data = {
+        "sft": str(llama_pair[0]),
+        "aligned": str(llama_pair[1]),
+        "out": str(tmp_path / "out"),
+        "evaluation": {
+            "reward": {"prompts": "p.jsonl", "function": "m:f"},
+            "tasks": [{"name": "t", "type": "perplexity", "path": "t.jsonl"}],
+        },
+    }
+    spec = SweepSpec.model_validate(
+        {**data, "executor": {"ray": {"address": "auto", "workers": 4, "gpus_per_worker": 1}, "sources": "host"}}
+    )
     assert spec.executor.ray.workers == 4 and spec.executor.sources == "host"
     assert SweepSpec.model_validate(data).executor.ray is None  # in-process by default
     path = tmp_path / "s.yaml"
-    for bad, field_name in (({"ray": {"worker": 2}}, "worker"), ({"ray": {"workers": 0}}, "workers"),
-                            ({"sources": "disk"}, "sources")):
+    for bad, field_name in (
+        ({"ray": {"worker": 2}}, "worker"),
+        ({"ray": {"workers": 0}}, "workers"),
+        ({"sources": "disk"}, "sources"),
+    ):
         path.write_text(yaml.safe_dump({**data, "executor": bad}))
         with pytest.raises(TaxcutError, match=field_name):
             SweepSpec.from_yaml(path)
@@ -102,8 +139,14 @@ def test_the_fit_set_does_not_depend_on_the_order_shards_finish(llama_pair, tmp_
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 11)))
     settings = GenerationSettings(do_sample=True, max_new_tokens=3, seed=5)
-    options = {"n": 2, "keep": 10, "reward_function": f"{TESTS / 'rewards.py'}:first_word_number",
-               "settings": settings, "device": "cpu", "shard_size": 3}
+    options = {
+        "n": 2,
+        "keep": 10,
+        "reward_function": f"{TESTS / 'rewards.py'}:first_word_number",
+        "settings": settings,
+        "device": "cpu",
+        "shard_size": 3,
+    }
     in_order = sample_fit_set(llama_pair[1], prompts, tmp_path / "a.jsonl", **options)
     backwards = sample_fit_set(llama_pair[1], prompts, tmp_path / "b.jsonl", executor=Reversed(), **options)
     assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes() and in_order == backwards

@@ -46,14 +46,30 @@ def lab(tmp_path_factory):
 def lab_spec(lab, folder: Path, *, reward: str = "taxcut.lab.tasks:reward", **extra) -> Path:
     """A quick-lab sweep spec file in ``folder`` (results in ``folder/out``)."""
     data = {
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(folder / "out"),
-        "candidates": {"grid": [0.0, 0.25, 0.5, 0.75, 1.0], "block_patterns": [[0.2, 0.5, 0.8]],
-                       "models": [str(lab.checkpoints[0])]},
-        "evaluation": {"reward": {"prompts": str(lab.data / "chat_prompts.jsonl"), "function": reward,
-                                  "max_new_tokens": 8, "do_sample": True, "samples_per_prompt": 2, "seed": 3},
-                       "tasks": [{"name": name, "type": "generation", "path": str(lab.data / f"{name}.jsonl"),
-                                  "max_new_tokens": 4} for name in lab.capability_tasks]},
-        "device": "cpu", **extra,
+        "sft": str(lab.sft),
+        "aligned": str(lab.aligned),
+        "out": str(folder / "out"),
+        "candidates": {
+            "grid": [0.0, 0.25, 0.5, 0.75, 1.0],
+            "block_patterns": [[0.2, 0.5, 0.8]],
+            "models": [str(lab.checkpoints[0])],
+        },
+        "evaluation": {
+            "reward": {
+                "prompts": str(lab.data / "chat_prompts.jsonl"),
+                "function": reward,
+                "max_new_tokens": 8,
+                "do_sample": True,
+                "samples_per_prompt": 2,
+                "seed": 3,
+            },
+            "tasks": [
+                {"name": name, "type": "generation", "path": str(lab.data / f"{name}.jsonl"), "max_new_tokens": 4}
+                for name in lab.capability_tasks
+            ],
+        },
+        "device": "cpu",
+        **extra,
     }
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sweep.yaml").write_text(yaml.safe_dump(data))
@@ -76,18 +92,31 @@ def test_ray_sweep_equals_the_in_process_sweep(cluster, lab, tmp_path):
     fit_set = tmp_path / "fit.jsonl"  # a small fit set, so that HMA fits run on the workers too
     from taxcut.hma.sample import sample_fit_set
 
-    sample_fit_set(lab.aligned, lab.data / "chat_prompts.jsonl", fit_set, n=2, keep=8,
-                   reward_function="taxcut.lab.tasks:reward", device="cpu")
-    extra = {"search": {"budget": 4, "batch": 2},
-             "candidates": {"grid": [0.0, 0.5, 1.0], "block_patterns": [[0.2, 0.5, 0.8]],
-                            "models": [str(lab.checkpoints[0])],
-                            "hma": {"data": str(fit_set), "mean_alphas": [0.3, 0.7], "lr": 0.2}}}
+    sample_fit_set(
+        lab.aligned,
+        lab.data / "chat_prompts.jsonl",
+        fit_set,
+        n=2,
+        keep=8,
+        reward_function="taxcut.lab.tasks:reward",
+        device="cpu",
+    )
+    extra = {
+        "search": {"budget": 4, "batch": 2},
+        "candidates": {
+            "grid": [0.0, 0.5, 1.0],
+            "block_patterns": [[0.2, 0.5, 0.8]],
+            "models": [str(lab.checkpoints[0])],
+            "hma": {"data": str(fit_set), "mean_alphas": [0.3, 0.7], "lr": 0.2},
+        },
+    }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same arithmetic as a worker of 1 CPU
     try:
         with LocalExecutor() as executor:
-            local = run_sweep(SweepSpec.from_yaml(lab_spec(lab, tmp_path / "local", **extra)), progress=False,
-                              executor=executor)
+            local = run_sweep(
+                SweepSpec.from_yaml(lab_spec(lab, tmp_path / "local", **extra)), progress=False, executor=executor
+            )
     finally:
         torch.set_num_threads(threads)
     spec = SweepSpec.from_yaml(lab_spec(lab, tmp_path / "ray", **extra, executor={"ray": {"workers": 2}}))
@@ -103,8 +132,10 @@ def test_ray_sweep_equals_the_in_process_sweep(cluster, lab, tmp_path):
     fitted = sorted((tmp_path / "ray" / "out" / "hma").glob("*.yaml"))
     assert [p.name for p in fitted] == [p.name for p in sorted((tmp_path / "local" / "out" / "hma").glob("*.yaml"))]
     for path in fitted:
-        assert yaml.safe_load(path.read_text())["alphas"] == yaml.safe_load(
-            (tmp_path / "local" / "out" / "hma" / path.name).read_text())["alphas"]
+        assert (
+            yaml.safe_load(path.read_text())["alphas"]
+            == yaml.safe_load((tmp_path / "local" / "out" / "hma" / path.name).read_text())["alphas"]
+        )
 
 
 def test_a_worker_killed_mid_sweep_is_replaced(cluster, lab, tmp_path):
@@ -134,8 +165,11 @@ def test_a_killed_driver_resumes_without_redoing_a_candidate(cluster, lab, tmp_p
     address = ray.get_runtime_context().gcs_address  # the driver joins this cluster, as one started by `ray start`
     path = lab_spec(lab, tmp_path, reward=SLOW_REWARD, executor={"ray": {"address": address, "workers": 2}})
     results = tmp_path / "out" / RESULTS_FILE
-    process = subprocess.Popen([sys.executable, "-m", "taxcut.cli", "sweep", str(path), "--no-progress"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taxcut.cli", "sweep", str(path), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if results.exists() and results.read_text().count("\n") >= 2:
@@ -153,7 +187,6 @@ def test_a_killed_driver_resumes_without_redoing_a_candidate(cluster, lab, tmp_p
     assert after.startswith(before)  # nothing already written is lost or rewritten
     ids = [json.loads(line)["candidate_id"] for line in after.decode().splitlines() if line.endswith("}")]
     assert len(ids) == len(set(ids)) == 7  # every candidate, none twice
-
 
 
 def test_sampling_on_ray_writes_the_in_process_fit_set(cluster, lab, tmp_path):
@@ -177,8 +210,9 @@ def test_a_greedy_soup_scored_on_ray_equals_the_in_process_one(cluster, trio, tm
     from taxcut.tuning.greedy_soup import greedy_soup
 
     text = tmp_path / "text.jsonl"
-    text.write_text("".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n"
-                            for i in range(4, 14)))
+    text.write_text(
+        "".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n" for i in range(4, 14))
+    )
     evaluation = EvaluationSpec.model_validate({"tasks": [{"name": "text", "type": "perplexity", "path": str(text)}]})
     _, models = trio
     local = greedy_soup(models, evaluation, "text.nll", device="cpu")

@@ -34,8 +34,9 @@ def lab(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fit_set(lab, tmp_path_factory):
     path = tmp_path_factory.mktemp("fitset") / "fit.jsonl"
-    sample_fit_set(lab.aligned, lab.data / "chat_prompts.jsonl", path, n=3, keep=12,
-                   reward_function="taxcut.lab.tasks:reward")
+    sample_fit_set(
+        lab.aligned, lab.data / "chat_prompts.jsonl", path, n=3, keep=12, reward_function="taxcut.lab.tasks:reward"
+    )
     return path
 
 
@@ -71,12 +72,21 @@ def test_the_retention_term_is_zero_for_the_sft_model_and_grows_with_w(lab, fit_
         other = [retention_kl(aligned(**b.inputs).logits, b).item() for b in batches]
     assert own == pytest.approx([0.0] * len(batches), abs=1e-6)
     assert min(other) > 1e-5  # the aligned model predicts otherwise
-    same = fit_ratios(lab.sft, lab.sft, fit_set, FitSettings(alpha=0.5, retain_weight=1.0, batch_size=4),
-                      retain=retain, **QUIET)  # merging the SFT model with itself: the merged model is the SFT model
+    same = fit_ratios(
+        lab.sft, lab.sft, fit_set, FitSettings(alpha=0.5, retain_weight=1.0, batch_size=4), retain=retain, **QUIET
+    )  # merging the SFT model with itself: the merged model is the SFT model
     assert max(same.retain_kl) == pytest.approx(0.0, abs=1e-6)
-    fits = {w: fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(
-        alpha=0.5, retain_weight=w, mean="free", lr=0.5, epochs=4, batch_size=4), retain=retain, **QUIET)
-        for w in (0.5, 2.0, 8.0)}
+    fits = {
+        w: fit_ratios(
+            lab.sft,
+            lab.aligned,
+            fit_set,
+            FitSettings(alpha=0.5, retain_weight=w, mean="free", lr=0.5, epochs=4, batch_size=4),
+            retain=retain,
+            **QUIET,
+        )
+        for w in (0.5, 2.0, 8.0)
+    }
     first = {w: fit.retain_kl[0] for w, fit in fits.items()}  # the first step starts at MA for every W
     assert first[0.5] == first[2.0] == first[8.0] > 0
     means = [sum(fits[w].alphas) / 3 for w in (0.5, 2.0, 8.0)]
@@ -84,8 +94,14 @@ def test_the_retention_term_is_zero_for_the_sft_model_and_grows_with_w(lab, fit_
 
 
 def test_a_large_w_with_a_free_mean_moves_toward_the_sft_model(lab, fit_set, retain):
-    result = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(
-        alpha=0.5, retain_weight=1000.0, mean="free", lr=0.5, epochs=4, batch_size=4), retain=retain, **QUIET)
+    result = fit_ratios(
+        lab.sft,
+        lab.aligned,
+        fit_set,
+        FitSettings(alpha=0.5, retain_weight=1000.0, mean="free", lr=0.5, epochs=4, batch_size=4),
+        retain=retain,
+        **QUIET,
+    )
     assert all(a < 0.15 for a in result.alphas), result.alphas
     assert result.retain_kl[-1] < result.retain_kl[0]
 
@@ -93,15 +109,20 @@ def test_a_large_w_with_a_free_mean_moves_toward_the_sft_model(lab, fit_set, ret
 def test_w_zero_is_todays_fit(lab, fit_set, retain):
     settings = {"alpha": 0.5, "lr": 0.2, "batch_size": 4}
     today = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(**settings), **QUIET)
-    zero = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(**settings, retain_weight=0.0), retain=retain,
-                      **QUIET)
+    zero = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(**settings, retain_weight=0.0), retain=retain, **QUIET)
     assert zero.alphas == today.alphas and zero.losses == today.losses and zero.retain_kl == []
     assert today.alphas != [0.5, 0.5, 0.5]  # the fit moved
 
 
 def test_granularity_layer_gives_one_ratio_per_layer(lab, fit_set, retain):
-    result = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(
-        alpha=0.4, blocks=2, granularity="layer", retain_weight=1.0, lr=0.2, batch_size=4), retain=retain, **QUIET)
+    result = fit_ratios(
+        lab.sft,
+        lab.aligned,
+        fit_set,
+        FitSettings(alpha=0.4, blocks=2, granularity="layer", retain_weight=1.0, lr=0.2, batch_size=4),
+        retain=retain,
+        **QUIET,
+    )
     assert len(result.alphas) == lab.config.layers == 3 and result.block_bounds == [(0, 0), (1, 1), (2, 2)]
     assert sum(result.alphas) / 3 == pytest.approx(0.4, abs=1e-6)  # mean fixed
     blocks = fit_ratios(lab.sft, lab.aligned, fit_set, FitSettings(alpha=0.4, blocks=2, lr=0.2), **QUIET)
@@ -111,9 +132,33 @@ def test_granularity_layer_gives_one_ratio_per_layer(lab, fit_set, retain):
 def test_cli_fit_writes_one_ratios_file_per_w_and_records_it(lab, fit_set, retain, tmp_path, capsys):
     before = digest(fit_set, retain)
     out = tmp_path / "ratios.yaml"
-    code = main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set), "--retain",
-                 str(retain), "--retain-weight", "0,4", "--alpha", "0.5", "--lr", "0.2", "--granularity", "layer",
-                 "--mean", "free", "--device", "cpu", "--out", str(out)])
+    code = main(
+        [
+            "fit",
+            "--sft",
+            str(lab.sft),
+            "--aligned",
+            str(lab.aligned),
+            "--data",
+            str(fit_set),
+            "--retain",
+            str(retain),
+            "--retain-weight",
+            "0,4",
+            "--alpha",
+            "0.5",
+            "--lr",
+            "0.2",
+            "--granularity",
+            "layer",
+            "--mean",
+            "free",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     written = {w: yaml.safe_load((tmp_path / f"ratios-w{w}.yaml").read_text()) for w in (0, 4)}
     for weight, spec in written.items():
@@ -122,8 +167,26 @@ def test_cli_fit_writes_one_ratios_file_per_w_and_records_it(lab, fit_set, retai
     assert written[4]["fit"]["retain"] == str(retain.resolve()) and written[4]["fit"]["retain_kl_first"] > 0
     assert written[0]["fit"]["retain"] is None  # W = 0 used no retain term
     assert not out.exists() and digest(fit_set, retain) == before
-    assert main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set),
-                 "--retain-weight", "1", "--alpha", "0.5", "--out", str(tmp_path / "x.yaml")]) != 0
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(lab.sft),
+                "--aligned",
+                str(lab.aligned),
+                "--data",
+                str(fit_set),
+                "--retain-weight",
+                "1",
+                "--alpha",
+                "0.5",
+                "--out",
+                str(tmp_path / "x.yaml"),
+            ]
+        )
+        != 0
+    )
     assert "--retain-weight above 0 needs --retain FILE" in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
 
@@ -132,11 +195,20 @@ def test_a_retain_set_sharing_a_line_with_an_evaluation_file_is_refused(lab, fit
     shared = tmp_path / "retain.jsonl"
     prompt = json.loads((lab.data / "chat_prompts.jsonl").read_text().splitlines()[3])["prompt"]
     shared.write_text(retain.read_text() + json.dumps({"text": prompt}) + "\n")
-    spec = lab_sweep(lab, tmp_path, {"grid": [0.0, 1.0], "hma": {"data": str(fit_set), "mean_alphas": [0.5],
-                                                                 "retain": str(shared), "retain_weights": [1]}})
+    spec = lab_sweep(
+        lab,
+        tmp_path,
+        {
+            "grid": [0.0, 1.0],
+            "hma": {"data": str(fit_set), "mean_alphas": [0.5], "retain": str(shared), "retain_weights": [1]},
+        },
+    )
     before = digest(shared, fit_set, lab.data / "chat_prompts.jsonl")
-    with pytest.raises(TaxcutError, match=rf"retain set {shared} \(record 21\) shares a line with the reward prompts "
-                                          rf"{lab.data / 'chat_prompts.jsonl'} \(record 4\)"):
+    with pytest.raises(
+        TaxcutError,
+        match=rf"retain set {shared} \(record 21\) shares a line with the reward prompts "
+        rf"{lab.data / 'chat_prompts.jsonl'} \(record 4\)",
+    ):
         run_sweep(spec, progress=False)
     assert not (tmp_path / "out").exists() and digest(shared, fit_set, lab.data / "chat_prompts.jsonl") == before
     task = tmp_path / "task.jsonl"  # a task item given as prompt + answer, the retain record as one text
@@ -148,17 +220,30 @@ def test_a_retain_set_sharing_a_line_with_an_evaluation_file_is_refused(lab, fit
 
 
 def test_the_sweep_fits_one_hma_candidate_per_w_and_reuses_them(lab, fit_set, retain, tmp_path):
-    spec = lab_sweep(lab, tmp_path, {"grid": [0.0, 1.0], "hma": {
-        "data": str(fit_set), "mean_alphas": [0.5], "retain": str(retain), "retain_weights": [0, 4],
-        "lr": 0.2, "mean": "free"}})
+    spec = lab_sweep(
+        lab,
+        tmp_path,
+        {
+            "grid": [0.0, 1.0],
+            "hma": {
+                "data": str(fit_set),
+                "mean_alphas": [0.5],
+                "retain": str(retain),
+                "retain_weights": [0, 4],
+                "lr": 0.2,
+                "mean": "free",
+            },
+        },
+    )
     assert ("HMA retain set", retain) in sweep_inputs(spec)  # never a destination
     report = run_sweep(spec, progress=False)
     hma = {row.label: row for row in report.rows if row.kind == "HMA"}
     assert set(hma) == {"HMA a=0.5 W=0 (free mean)", "HMA a=0.5 W=4 (free mean)"}
     files = sorted(p.name for p in (tmp_path / "out" / "hma").glob("*.yaml"))
     assert [name.split("-")[3] for name in files] == ["w0", "w4"]
-    weights = sorted(yaml.safe_load((tmp_path / "out" / "hma" / n).read_text())["fit"]["settings"]["retain_weight"]
-                     for n in files)
+    weights = sorted(
+        yaml.safe_load((tmp_path / "out" / "hma" / n).read_text())["fit"]["settings"]["retain_weight"] for n in files
+    )
     assert weights == [0, 4]
     lines = (tmp_path / "out" / RESULTS_FILE).read_text().splitlines()
     run_sweep(SweepSpec.from_yaml(tmp_path / "s.yaml"), progress=False)  # cached: no fit, nothing re-evaluated
@@ -171,11 +256,20 @@ def lab_sweep(lab, tmp_path: Path, candidates: dict) -> SweepSpec:
     """A short sweep of the lab's pair (chat reward, 8 new tokens; the upper-casing task), via a YAML file."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     data = {
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(tmp_path / "out"), "candidates": candidates,
-        "evaluation": {"reward": {"prompts": str(lab.data / "chat_prompts.jsonl"),
-                                  "function": "taxcut.lab.tasks:reward", "max_new_tokens": 8},
-                       "tasks": [{"name": "upper", "type": "generation", "path": str(lab.data / "uppercase.jsonl"),
-                                  "max_new_tokens": 4}]},
+        "sft": str(lab.sft),
+        "aligned": str(lab.aligned),
+        "out": str(tmp_path / "out"),
+        "candidates": candidates,
+        "evaluation": {
+            "reward": {
+                "prompts": str(lab.data / "chat_prompts.jsonl"),
+                "function": "taxcut.lab.tasks:reward",
+                "max_new_tokens": 8,
+            },
+            "tasks": [
+                {"name": "upper", "type": "generation", "path": str(lab.data / "uppercase.jsonl"), "max_new_tokens": 4}
+            ],
+        },
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     return SweepSpec.from_yaml(tmp_path / "s.yaml")
@@ -183,9 +277,11 @@ def lab_sweep(lab, tmp_path: Path, candidates: dict) -> SweepSpec:
 
 def test_bad_retain_sets_are_one_line_errors_and_never_written_over(lab, fit_set, retain, tmp_path, capsys):
     settings = FitSettings(alpha=0.5, retain_weight=1.0)
-    for text, problem in ((json.dumps({"text": 5}), r"line 1: 'text' must be text, got int"),
-                          (json.dumps({"response": "x"}), r"line 1: no 'text' or 'prompt' field"),
-                          (json.dumps({"text": ""}), r"record 1: 0 token\(s\), nothing to compare the models on")):
+    for text, problem in (
+        (json.dumps({"text": 5}), r"line 1: 'text' must be text, got int"),
+        (json.dumps({"response": "x"}), r"line 1: no 'text' or 'prompt' field"),
+        (json.dumps({"text": ""}), r"record 1: 0 token\(s\), nothing to compare the models on"),
+    ):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(text + "\n")
         with pytest.raises(TaxcutError, match=rf"{bad}(,| ).*{problem}"):
@@ -195,8 +291,25 @@ def test_bad_retain_sets_are_one_line_errors_and_never_written_over(lab, fit_set
     with pytest.raises(TaxcutError, match="--retain-weight 1 needs a retain set"):
         fit_ratios(lab.sft, lab.aligned, fit_set, settings, **QUIET)
     before = digest(retain)
-    code = main(["fit", "--sft", str(lab.sft), "--aligned", str(lab.aligned), "--data", str(fit_set), "--retain",
-                 str(retain), "--retain-weight", "1", "--alpha", "0.5", "--out", str(retain)])
+    code = main(
+        [
+            "fit",
+            "--sft",
+            str(lab.sft),
+            "--aligned",
+            str(lab.aligned),
+            "--data",
+            str(fit_set),
+            "--retain",
+            str(retain),
+            "--retain-weight",
+            "1",
+            "--alpha",
+            "0.5",
+            "--out",
+            str(retain),
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "retain" in err and len(err.strip().splitlines()) == 1
     assert digest(retain) == before

@@ -28,7 +28,7 @@ def test_merge_with_an_adapter_as_the_aligned_model(llama_pair, tmp_path):
     out = merge(MergeSpec(sft=llama_pair[0], aligned=tmp_path / "adapter", alpha=0.5, out=tmp_path / "out"))
     merged, sft = load_weights(out), load_weights(llama_pair[0])
     for name, tensor in merged.items():
-        expected = (0.5 * sft[name].float() + 0.5 * reference[name].float())
+        expected = 0.5 * sft[name].float() + 0.5 * reference[name].float()
         torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-6)
     assert (out / "config.json").is_file()  # from the adapter's base
     AutoModelForCausalLM.from_pretrained(out)
@@ -45,16 +45,20 @@ def test_adapter_for_another_base_is_refused(pairs, tmp_path, capsys):
     save_file(state, small / "model.safetensors", metadata={"format": "pt"})
     config["base_model_name_or_path"] = str(small)
     (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(TaxcutError, match="adapter for another base: 'model.layers.0.self_attn.q_proj.weight' is "
-                                          r"\[16, 32\]"):
+    with pytest.raises(
+        TaxcutError,
+        match="adapter for another base: 'model.layers.0.self_attn.q_proj.weight' is "
+        r"\[16, 32\]",
+    ):
         Checkpoint(tmp_path / "adapter", "aligned")
 
 
 def test_gpt2_conv1d_with_lora_bias(pairs, tmp_path):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(pairs["gpt2"][0])
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], init_lora_weights=False, fan_in_fan_out=True,
-                        lora_bias=True)
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["c_attn"], init_lora_weights=False, fan_in_fan_out=True, lora_bias=True
+    )
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
         for name, parameter in peft_model.named_parameters():

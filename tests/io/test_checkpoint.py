@@ -24,8 +24,10 @@ SHARDS = {
 
 def tensors_of(names: list[str]) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(len(names))
-    return {name: torch.randn(6, 5, generator=generator).to(torch.bfloat16 if "embed" in name else torch.float32)
-            for name in names}
+    return {
+        name: torch.randn(6, 5, generator=generator).to(torch.bfloat16 if "embed" in name else torch.float32)
+        for name in names
+    }
 
 
 def sharded_folder(folder: Path, shards: dict[str, list[str]] = SHARDS, index: dict[str, str] | None = None) -> Path:
@@ -139,14 +141,17 @@ def test_a_tensor_the_index_names_but_its_shard_lacks(tmp_path):
     assert refused(folder) == (
         f"{folder / 'model.safetensors.index.json'}: names tensor 'model.layers.2.mlp.up_proj.weight' in "
         "model-00002-of-00002.safetensors, but model-00002-of-00002.safetensors does not hold it; "
-        "restore the shard or re-save the model")
+        "restore the shard or re-save the model"
+    )
 
 
 def test_a_tensor_listed_in_the_wrong_shard(tmp_path):
     index = dict(true_index(), **{"model.norm.weight": "model-00001-of-00002.safetensors"})
     folder = sharded_folder(tmp_path / "m", index=index)
-    assert ("names tensor 'model.norm.weight' in model-00001-of-00002.safetensors, but it stands in "
-            "model-00002-of-00002.safetensors; re-save the model") in refused(folder)
+    assert (
+        "names tensor 'model.norm.weight' in model-00001-of-00002.safetensors, but it stands in "
+        "model-00002-of-00002.safetensors; re-save the model"
+    ) in refused(folder)
 
 
 def test_a_tensor_the_index_does_not_list(tmp_path):
@@ -155,7 +160,8 @@ def test_a_tensor_the_index_does_not_list(tmp_path):
     folder = sharded_folder(tmp_path / "m", index=index)
     assert refused(folder) == (
         f"{folder / 'model-00001-of-00002.safetensors'}: holds tensor 'model.layers.0.mlp.up_proj.weight', which "
-        "model.safetensors.index.json does not list; re-save the model")
+        "model.safetensors.index.json does not list; re-save the model"
+    )
 
 
 @pytest.mark.parametrize("escape", ["absolute", "dotdot", "symlinked file", "symlinked folder"])

@@ -1,4 +1,5 @@
-"""The destination policy: empty paths, inputs, what --overwrite may replace, staging, exclusive publishing, sweeping."""
+"""The destination policy: empty paths, inputs, what --overwrite may replace, staging, exclusive publishing,
+sweeping."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from destination_fixtures import dead_pid
 
 from taxcut.errors import TaxcutError
 from taxcut.io import publish
@@ -24,7 +26,6 @@ from taxcut.io.destination import (
     staged_folder,
 )
 from taxcut.io.publish import STALE_AFTER_S, sweep_stale_staging
-from destination_fixtures import dead_pid
 
 MEANWHILE = "was written by another run meanwhile; nothing of this run was kept"
 
@@ -58,11 +59,8 @@ def housekeeping(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if ".taxcut-" in p.name)
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------------- 1. empty paths
+
 
 @pytest.mark.parametrize("raw", ["", " ", "\t", "  \n "])
 def test_empty_or_whitespace_destination_is_refused(raw):
@@ -72,7 +70,8 @@ def test_empty_or_whitespace_destination_is_refused(raw):
 
 def test_missing_destination_is_refused():
     assert refusal(lambda: destination_path(None, "--out DIR (or 'out:' in the spec)")) == (
-        "no destination: give --out DIR (or 'out:' in the spec)")
+        "no destination: give --out DIR (or 'out:' in the spec)"
+    )
 
 
 def test_destination_path_accepts_real_paths(monkeypatch, tmp_path):
@@ -93,11 +92,13 @@ def test_staging_refuses_an_empty_string(tmp_path, monkeypatch, raw):
 
 
 def test_root_is_refused():
-    assert "the root folder cannot be a destination" in refusal(lambda: check_destination("/", overwrite=True,
-                                                                                          inputs=[]))
+    assert "the root folder cannot be a destination" in refusal(
+        lambda: check_destination("/", overwrite=True, inputs=[])
+    )
 
 
 # ------------------------------------------------------------------------------------------- 2. never into an input
+
 
 @pytest.mark.parametrize("where", ["same", "inside", "contains"])
 def test_destination_overlapping_an_input_folder_is_refused(model, where):
@@ -105,8 +106,9 @@ def test_destination_overlapping_an_input_folder_is_refused(model, where):
     before = snapshot(model)
     message = refusal(lambda: write_folder(out, {"x": "y"}, overwrite=True, inputs=[("sft", model)]))
     relation = {"same": "is", "inside": "lies inside", "contains": "contains"}[where]
-    assert message == (f"{out}: the destination {relation} the sft folder {model}; "
-                       "write the merge somewhere outside the inputs")
+    assert message == (
+        f"{out}: the destination {relation} the sft folder {model}; write the merge somewhere outside the inputs"
+    )
     assert snapshot(model) == before
     assert not housekeeping(out.parent)
 
@@ -130,8 +132,9 @@ def test_the_spec_file_itself_is_an_input(tmp_path):
     for out in (spec, tmp_path):
         message = refusal(write_file, out, "x", overwrite=True, inputs=[("spec", spec)], kind="report")
         assert "the spec file" in message and "write the report somewhere outside the inputs" in message
-    assert "the spec file" in refusal(lambda: claim_folder(tmp_path, inputs=[("spec", spec)], kind="sweep results",
-                                                           entries=["results.jsonl"]))
+    assert "the spec file" in refusal(
+        lambda: claim_folder(tmp_path, inputs=[("spec", spec)], kind="sweep results", entries=["results.jsonl"])
+    )
     assert spec.read_text() == "# my comments\nsft: a\n"
 
 
@@ -140,18 +143,22 @@ def test_overlap_is_judged_through_symlinks(tmp_path, model):
     link.symlink_to(model)
     before = snapshot(model)
     # the destination is a link to the input, goes through one, or the input is given through one
-    assert " is the sft folder" in refusal(lambda: write_folder(link, {"x": "y"}, overwrite=True,
-                                                                inputs=[("sft", model)]))
-    assert "lies inside the sft folder" in refusal(lambda: write_file(link / "ratios.yaml", "x", overwrite=True,
-                                                                      inputs=[("sft", model)]))
-    assert " is the sft folder" in refusal(lambda: write_folder(model, {"x": "y"}, overwrite=True,
-                                                                inputs=[("sft", link)]))
+    assert " is the sft folder" in refusal(
+        lambda: write_folder(link, {"x": "y"}, overwrite=True, inputs=[("sft", model)])
+    )
+    assert "lies inside the sft folder" in refusal(
+        lambda: write_file(link / "ratios.yaml", "x", overwrite=True, inputs=[("sft", model)])
+    )
+    assert " is the sft folder" in refusal(
+        lambda: write_folder(model, {"x": "y"}, overwrite=True, inputs=[("sft", link)])
+    )
     data = tmp_path / "prompts.jsonl"
     data.write_text("p\n")
     data_link = tmp_path / "fit.jsonl"
     data_link.symlink_to(data)
-    assert " is the prompts file" in refusal(lambda: write_file(data_link, "x", overwrite=True,
-                                                                inputs=[("prompts", data)]))
+    assert " is the prompts file" in refusal(
+        lambda: write_file(data_link, "x", overwrite=True, inputs=[("prompts", data)])
+    )
     assert snapshot(model) == before and data.read_text() == "p\n"
 
 
@@ -165,7 +172,8 @@ def test_a_sibling_with_a_common_prefix_is_not_an_input(tmp_path, model):
     assert (model.parent / "sft-merged" / "x").is_file()
 
 
-# ------------------------------------------------------------------------------------------- 3. overwrite only what taxcut wrote
+# ----------------------------------------------------------------------------- 3. overwrite only what taxcut wrote
+
 
 def test_a_new_folder_gets_the_marker_listing_its_files(tmp_path):
     out = tmp_path / "merged"
@@ -180,7 +188,8 @@ def test_an_existing_taxcut_folder_needs_overwrite(tmp_path):
     out = tmp_path / "merged"
     write_folder(out, {"a": "old"})
     assert refusal(lambda: write_folder(out, {"a": "new"})) == (
-        f"{out}: exists and is not empty; pass --overwrite to replace it")
+        f"{out}: exists and is not empty; pass --overwrite to replace it"
+    )
     assert (out / "a").read_text() == "old"
     write_folder(out, {"b": "new"}, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [MARKER, "b"]
@@ -197,7 +206,8 @@ def test_a_folder_of_user_files_is_never_replaced(tmp_path, overwrite):
         (out / "figures" / f"fig{i}.png").write_bytes(bytes([i]))
     before = snapshot(out)
     assert refusal(lambda: write_folder(out, {"a": "b"}, overwrite=overwrite)) == (
-        f"{out}: contains 12 files taxcut did not write, e.g. thesis.tex; choose another destination")
+        f"{out}: contains 12 files taxcut did not write, e.g. thesis.tex; choose another destination"
+    )
     assert snapshot(out) == before
     assert not housekeeping(tmp_path)
 
@@ -207,7 +217,8 @@ def test_a_user_file_added_to_a_taxcut_folder_protects_it(tmp_path):
     write_folder(out, {"model.safetensors": "w"})
     (out / "notes.md").write_text("my notes")
     assert refusal(lambda: write_folder(out, {"a": "b"}, overwrite=True)) == (
-        f"{out}: contains 1 file taxcut did not write, e.g. notes.md; choose another destination")
+        f"{out}: contains 1 file taxcut did not write, e.g. notes.md; choose another destination"
+    )
     assert (out / "notes.md").read_text() == "my notes" and (out / "model.safetensors").read_text() == "w"
 
 
@@ -228,7 +239,8 @@ def test_a_provenance_file_does_not_cover_other_files(tmp_path):
     (out / "model.safetensors").write_text("w")
     (out / "thesis.tex").write_text("mine")
     assert "contains 1 file taxcut did not write, e.g. thesis.tex" in refusal(
-        lambda: write_folder(out, {"a": "b"}, overwrite=True))
+        lambda: write_folder(out, {"a": "b"}, overwrite=True)
+    )
     assert (out / "thesis.tex").read_text() == "mine"
 
 
@@ -251,7 +263,8 @@ def test_a_file_where_a_folder_goes_is_refused(tmp_path):
     out = tmp_path / "merged"
     out.write_text("mine")
     assert refusal(lambda: write_folder(out, {"a": "b"}, overwrite=True)) == (
-        f"{out}: exists and is a file, not a folder; choose another destination")
+        f"{out}: exists and is a file, not a folder; choose another destination"
+    )
     assert out.read_text() == "mine"
 
 
@@ -267,7 +280,8 @@ def test_a_taxcut_file_needs_overwrite_and_is_then_replaced(tmp_path):
     out = tmp_path / "ratios.yaml"
     write_file(out, "alphas: [0.1]\n", kind="ratios file")
     assert refusal(lambda: write_file(out, "alphas: [0.2]\n", kind="ratios file")) == (
-        f"{out}: exists; pass --overwrite to replace it")
+        f"{out}: exists; pass --overwrite to replace it"
+    )
     write_file(out, "alphas: [0.2]\n", overwrite=True, kind="ratios file")
     write_file(out, "alphas: [0.3]\n", overwrite=True, kind="ratios file")  # and again: the sidecar follows
     assert out.read_text() == "alphas: [0.3]\n"
@@ -279,7 +293,8 @@ def test_a_user_file_is_never_replaced(tmp_path, overwrite):
     out = tmp_path / "config.json"
     out.write_bytes(b'{"mine": 1}')
     assert refusal(lambda: write_file(out, "x", overwrite=overwrite)) == (
-        f"{out}: is a file taxcut did not write (or one changed since); choose another destination")
+        f"{out}: is a file taxcut did not write (or one changed since); choose another destination"
+    )
     assert out.read_bytes() == b'{"mine": 1}'
     assert not housekeeping(tmp_path)
 
@@ -289,7 +304,8 @@ def test_a_taxcut_file_edited_since_is_the_users(tmp_path):
     write_file(out, "alphas: [0.1]\n")
     out.write_text("alphas: [0.1]  # tuned by hand\n")
     assert "is a file taxcut did not write (or one changed since)" in refusal(
-        lambda: write_file(out, "x", overwrite=True))
+        lambda: write_file(out, "x", overwrite=True)
+    )
     assert out.read_text() == "alphas: [0.1]  # tuned by hand\n"
 
 
@@ -297,7 +313,8 @@ def test_a_folder_where_a_file_goes_is_refused(tmp_path):
     out = tmp_path / "fit.jsonl"
     out.mkdir()
     assert refusal(lambda: write_file(out, "x", overwrite=True)) == (
-        f"{out}: exists and is a folder, not a file; choose another destination")
+        f"{out}: exists and is a folder, not a file; choose another destination"
+    )
 
 
 # ------------------------------------------------------------------------------------------- claimed results folders
@@ -326,16 +343,19 @@ def test_claiming_refuses_user_folders_and_other_kinds(tmp_path):
     (user / "thesis.tex").write_text("mine")
     (user / "results.jsonl").write_text("mine too")
     assert refusal(lambda: claim_folder(user, inputs=[], kind="sweep results", entries=RESULTS)) == (
-        f"{user}: contains 1 file taxcut did not write, e.g. thesis.tex; choose another destination")
+        f"{user}: contains 1 file taxcut did not write, e.g. thesis.tex; choose another destination"
+    )
     assert not (user / MARKER).exists()
     model = tmp_path / "merged"
     write_folder(model, {"model.safetensors": "w"})
     assert refusal(lambda: claim_folder(model, inputs=[], kind="sweep results", entries=RESULTS)) == (
-        f"{model}: is a merge folder taxcut wrote, not a sweep results folder; choose another destination")
+        f"{model}: is a merge folder taxcut wrote, not a sweep results folder; choose another destination"
+    )
     afile = tmp_path / "file"
     afile.write_text("x")
     assert "exists and is a file, not a folder" in refusal(
-        lambda: claim_folder(afile, inputs=[], kind="sweep results", entries=RESULTS))
+        lambda: claim_folder(afile, inputs=[], kind="sweep results", entries=RESULTS)
+    )
 
 
 def test_a_results_folder_from_before_the_marker_is_adopted(tmp_path):
@@ -350,6 +370,7 @@ def test_a_results_folder_from_before_the_marker_is_adopted(tmp_path):
 
 # ------------------------------------------------------------------------------------------- 4. files staged beside
 
+
 def test_a_staged_file_lies_beside_the_destination_with_its_suffix(tmp_path):
     out = tmp_path / "front.png"
     with staged_file(out, overwrite=False, inputs=[], kind="plot") as partial:
@@ -362,8 +383,11 @@ def test_a_staged_file_lies_beside_the_destination_with_its_suffix(tmp_path):
 @pytest.mark.parametrize("writer", [write_file, write_folder])
 def test_a_failure_leaves_no_destination_and_no_staging(tmp_path, writer):
     out = tmp_path / "out"
-    staged = (staged_file(out, overwrite=False, inputs=[], kind="x") if writer is write_file
-              else staged_folder(out, overwrite=False, inputs=[]))
+    staged = (
+        staged_file(out, overwrite=False, inputs=[], kind="x")
+        if writer is write_file
+        else staged_folder(out, overwrite=False, inputs=[])
+    )
     with pytest.raises(RuntimeError), staged:
         raise RuntimeError("the merge failed")
     assert list(tmp_path.iterdir()) == []
@@ -380,6 +404,7 @@ def test_a_failure_while_overwriting_keeps_the_old_output(tmp_path):
 
 # ------------------------------------------------------------------------------------------- 5. exclusive publish
 
+
 def race(write) -> int:
     """Run ``write(barrier, who)`` in two threads that meet inside the staging block; return the winner.
 
@@ -390,7 +415,7 @@ def race(write) -> int:
     def run(who: int) -> None:
         try:
             write(barrier, who)
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:  # collected for the assertion
             results[who] = exc
 
     threads = [threading.Thread(target=run, args=(who,)) for who in (0, 1)]
@@ -460,8 +485,10 @@ def test_an_empty_folder_appearing_meanwhile_is_not_written_over(tmp_path, monke
 def test_a_user_file_added_before_the_publish_is_kept(tmp_path):
     out = tmp_path / "merged"
     write_folder(out, {"a": "old"})
-    with (pytest.raises(TaxcutError, match="contains 1 file taxcut did not write, e.g. notes.md"),
-          staged_folder(out, overwrite=True, inputs=[]) as staging):
+    with (
+        pytest.raises(TaxcutError, match="contains 1 file taxcut did not write, e.g. notes.md"),
+        staged_folder(out, overwrite=True, inputs=[]) as staging,
+    ):
         (staging / "a").write_text("new")
         (out / "notes.md").write_text("mine")  # while the run was writing
     assert (out / "notes.md").read_text() == "mine"
@@ -491,8 +518,14 @@ def test_two_processes_exactly_one_wins(tmp_path, overwrite):
     if overwrite:
         write_folder(out, {"who": "earlier"})
     ready = [tmp_path / f"ready-{i}" for i in range(2)]
-    processes = [subprocess.Popen([sys.executable, "-c", RACER, str(out), str(r), str(go), str(int(overwrite))],
-                                  stderr=subprocess.PIPE, text=True) for r in ready]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(out), str(r), str(go), str(int(overwrite))],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in ready
+    ]
     deadline = time.monotonic() + 120  # a guard against a hang, not a timing assertion
     while not all(r.exists() for r in ready) and time.monotonic() < deadline:
         if any(p.poll() is not None for p in processes):
@@ -509,6 +542,7 @@ def test_two_processes_exactly_one_wins(tmp_path, overwrite):
 
 
 # ------------------------------------------------------------------------------------------- 6. stale staging swept
+
 
 def staging_name(target: str, pid: int, host: str | None = publish._HOST, what: str = "partial") -> str:
     return f".{target}.taxcut-{what}-{pid}-" + (f"{host}-" if host else "") + "abc123xy"
@@ -581,7 +615,7 @@ def test_free_locks_and_orphan_sidecars_are_swept(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".kept.jsonl.taxcut", ".notes.taxcut", "kept.jsonl"]
 
 
-# ------------------------------------------------------------------------------------------- 7. killed runs, disk errors
+# ---------------------------------------------------------------------------------- 7. killed runs, disk errors
 
 KILLED = """
 import os, signal, sys
@@ -631,5 +665,6 @@ def test_check_destination_fails_fast_without_writing(tmp_path, model):
     out = tmp_path / "merged"
     check_destination(out, overwrite=False, inputs=[("sft", model)])
     assert "lies inside the sft folder" in refusal(
-        lambda: check_destination(model / "x", overwrite=False, inputs=[("sft", model)], folder=False))
+        lambda: check_destination(model / "x", overwrite=False, inputs=[("sft", model)], folder=False)
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["models"]

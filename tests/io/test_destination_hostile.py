@@ -1,4 +1,4 @@
-"""Hostile destinations, second pass (issue 18, item 6): another mount of an input, weights linked out of the model
+"""Hostile destinations, second pass: another mount of an input, weights linked out of the model
 folder, a link planted at the lock, staging look-alikes, control characters in paths, edited taxcut folders."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from destination_fixtures import dead_pid
 from models import write_synthetic_pair
 from safetensors.torch import save_file
 
@@ -22,7 +23,6 @@ from taxcut.io import destination, publish
 from taxcut.io.checkpoint import Checkpoint
 from taxcut.io.destination import MARKER, check_destination, claim_folder, staged_file, staged_folder
 from taxcut.io.publish import quoted, remove_leftovers, sweep_stale_staging
-from destination_fixtures import dead_pid
 
 
 def write_folder(out: Path, files: dict[str, str | bytes], *, overwrite: bool = False, inputs=()) -> None:
@@ -62,11 +62,8 @@ def digest_tree(folder: Path) -> dict[str, str]:
     return found
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------------- 1. another mount
+
 
 @pytest.fixture
 def bind_mount(tmp_path):
@@ -77,8 +74,10 @@ def bind_mount(tmp_path):
         at.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["mount", "--bind", str(source), str(at)], capture_output=True, text=True)
         if done.returncode != 0:
-            pytest.skip(f"cannot bind-mount here ({done.stderr.strip() or done.returncode}); the (device, inode) "
-                        "comparison is covered by test_one_folder_reached_two_ways_is_one_folder")
+            pytest.skip(
+                f"cannot bind-mount here ({done.stderr.strip() or done.returncode}); the (device, inode) "
+                "comparison is covered by test_one_folder_reached_two_ways_is_one_folder"
+            )
         mounted.append(at)
         return at
 
@@ -111,8 +110,20 @@ def test_merge_into_a_bind_mount_of_its_input_exits_nonzero(tmp_path, capsys, bi
     sft, aligned = write_synthetic_pair(tmp_path, layers=1, elements=8)
     before = digest_tree(sft)
     alias = bind_mount(sft, tmp_path / "mnt")
-    code = main(["merge", "--sft", str(sft), "--aligned", str(aligned), "--alpha", "0.5",
-                 "--out", str(alias / "merged"), "--no-progress"])
+    code = main(
+        [
+            "merge",
+            "--sft",
+            str(sft),
+            "--aligned",
+            str(aligned),
+            "--alpha",
+            "0.5",
+            "--out",
+            str(alias / "merged"),
+            "--no-progress",
+        ]
+    )
     error = capsys.readouterr().err
     assert code != 0 and "Traceback" not in error
     assert error.count("\n") == 1 and "lies (through another path or mount) inside the sft model folder" in error
@@ -135,6 +146,7 @@ def test_one_folder_reached_two_ways_is_one_folder(tmp_path, model):
 
 
 # ------------------------------------------------------------------------------------------- 2. weights linked out
+
 
 def single_file_model(folder: Path, weights: str = "model.safetensors") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,8 +173,10 @@ def test_a_single_weight_file_linked_outside_the_folder_is_refused(tmp_path, wei
         (folder / weights).symlink_to(Path("sub") / weights)
     before = digest_tree(elsewhere)
     message = refusal(Checkpoint, folder, "sft")
-    assert message == (f"{folder / weights}: links to {elsewhere / weights}, outside the model folder; a model's "
-                       "weights must lie inside its own folder — copy the file there")
+    assert message == (
+        f"{folder / weights}: links to {elsewhere / weights}, outside the model folder; a model's "
+        "weights must lie inside its own folder — copy the file there"
+    )
     assert digest_tree(elsewhere) == before
 
 
@@ -186,6 +200,7 @@ def test_a_single_weight_file_linked_inside_the_folder_or_its_cache_blobs_opens(
 
 # ------------------------------------------------------------------------------------------- 3. the lock file
 
+
 def test_a_link_planted_at_the_lock_is_never_followed(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's notes")
@@ -198,8 +213,11 @@ def test_a_link_planted_at_the_lock_is_never_followed(tmp_path):
         assert message == f"{lock}: is not taxcut's lock file (a link or not a plain file); remove it and run again"
         assert not out.exists() and lock.is_symlink()
     assert victim.read_text() == "the user's notes" and not missing.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".fit.jsonl.taxcut-lock", ".merged.taxcut-lock",
-                                                          "victim.txt"]  # no staging left either
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".fit.jsonl.taxcut-lock",
+        ".merged.taxcut-lock",
+        "victim.txt",
+    ]  # no staging left either
 
 
 def test_a_fifo_at_the_lock_is_refused_not_waited_on(tmp_path):
@@ -221,6 +239,7 @@ def test_the_sweep_removes_only_empty_plain_lock_files(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- 4. staging look-alikes
+
 
 def look_alike(folder: Path, target: str, pid: int, *, what: str = "partial") -> str:
     return f".{target}.taxcut-{what}-{pid}-{publish._HOST}-users0wn"
@@ -296,6 +315,7 @@ def test_the_fallback_renames_mark_what_they_leave(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------------- 5. control characters
 
+
 @pytest.mark.parametrize("name", ["bad\nname", "tab\there", "esc\x1b[31mred", "cr\rname"])
 def test_a_destination_with_control_characters_is_quoted_on_one_line(tmp_path, model, name):
     out = tmp_path / name
@@ -311,8 +331,9 @@ def test_a_destination_with_control_characters_is_quoted_on_one_line(tmp_path, m
 def test_an_input_and_a_foreign_file_with_a_newline_are_quoted(tmp_path):
     data = tmp_path / "da\nta"
     data.mkdir()
-    assert f"the data folder {str(data)!r};" in refusal(check_destination, data / "out", overwrite=False,
-                                                       inputs=[("data", data)])
+    assert f"the data folder {str(data)!r};" in refusal(
+        check_destination, data / "out", overwrite=False, inputs=[("data", data)]
+    )
     out = tmp_path / "out"
     out.mkdir()
     (out / "new\nline.txt").write_text("mine")
@@ -321,6 +342,7 @@ def test_an_input_and_a_foreign_file_with_a_newline_are_quoted(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- 6. edited taxcut folders
+
 
 def marker_of(folder: Path) -> dict:
     return json.loads((folder / MARKER).read_text())
@@ -335,8 +357,10 @@ def test_overwrite_of_a_taxcut_folder_edited_since_is_refused(tmp_path):
     (out / "sub" / "tokenizer.json").write_text('{"added": "by hand"}')
     before = digest_tree(out)
     message = refusal(write_folder, out, {"config.json": "new"}, overwrite=True)
-    assert message == (f"{out}: holds sub/tokenizer.json, changed since taxcut wrote it (it may hold your edits); "
-                       "choose another destination")
+    assert message == (
+        f"{out}: holds sub/tokenizer.json, changed since taxcut wrote it (it may hold your edits); "
+        "choose another destination"
+    )
     assert "changed since taxcut wrote it" in refusal(check_destination, out, overwrite=True, inputs=[])
     assert digest_tree(out) == before
     (out / "sub" / "tokenizer.json").write_text("{}")  # the edit undone: taxcut's again

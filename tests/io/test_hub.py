@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -25,8 +23,9 @@ from taxcut.io.provenance import PROVENANCE_FILE, weights_identity
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.toolkit import ToolkitSpec
 
-MISSING = ("org/missing: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it first or unset "
-           "HF_HUB_OFFLINE")
+MISSING = (
+    "org/missing: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it first or unset HF_HUB_OFFLINE"
+)
 
 
 def test_hub_id_forms():
@@ -60,7 +59,10 @@ def test_a_spec_file_keeps_hub_ids(hub, tmp_path):
     toolkit = tmp_path / "specs" / "soup.yaml"
     toolkit.write_text(yaml.safe_dump({"method": "linear", "models": ["org/sft", {"path": "org/aligned"}, "local"]}))
     assert [m.path for m in ToolkitSpec.from_yaml(toolkit).models] == [
-        Path("org/sft"), Path("org/aligned"), tmp_path / "specs" / "local"]
+        Path("org/sft"),
+        Path("org/aligned"),
+        tmp_path / "specs" / "local",
+    ]
     evaluation = EvaluationSpec(reward={"prompts": "p.jsonl", "model": "org/rm"}).relative_to(tmp_path / "specs")
     assert (evaluation.reward.model, evaluation.reward.prompts) == (Path("org/rm"), tmp_path / "specs" / "p.jsonl")
 
@@ -143,22 +145,48 @@ def test_a_new_commit_is_a_new_weights_identity(hub, tmp_path):
 
 
 def test_only_what_taxcut_reads_is_fetched():
-    sharded = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-               "model-00002-of-00002.safetensors", "consolidated.safetensors", "pytorch_model.bin.index.json",
-               "pytorch_model-00001-of-00002.bin", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-               "generation_config.json", "README.md", "original/consolidated.00.pth", "onnx/model.onnx",
-               "additional_chat_templates/tool_use.jinja", "training_args.bin", "optimizer.pt"]
+    sharded = [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "consolidated.safetensors",
+        "pytorch_model.bin.index.json",
+        "pytorch_model-00001-of-00002.bin",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+        "README.md",
+        "original/consolidated.00.pth",
+        "onnx/model.onnx",
+        "additional_chat_templates/tool_use.jinja",
+        "training_args.bin",
+        "optimizer.pt",
+    ]
     files, index = files_to_fetch(sharded)
     assert index == "model.safetensors.index.json"  # its shards are fetched once it is read
-    assert files == ["additional_chat_templates/tool_use.jinja", "chat_template.jinja", "config.json",
-                     "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
-                     "tokenizer_config.json"]
+    assert files == [
+        "additional_chat_templates/tool_use.jinja",
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors.index.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     assert files_to_fetch(["config.json", "model.safetensors", "pytorch_model.bin"]) == (
-        ["config.json", "model.safetensors"], None)
+        ["config.json", "model.safetensors"],
+        None,
+    )
     assert files_to_fetch(["config.json", "pytorch_model.bin", "vocab.json", "merges.txt"]) == (
-        ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"], None)  # .bin only without safetensors
+        ["config.json", "merges.txt", "pytorch_model.bin", "vocab.json"],
+        None,
+    )  # .bin only without safetensors
     assert files_to_fetch(["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]) == (
-        ["adapter_config.json", "adapter_model.safetensors"], None)
+        ["adapter_config.json", "adapter_model.safetensors"],
+        None,
+    )
 
 
 def test_a_sweep_over_hub_models_measures_a_new_commit_again(hub, tmp_path, capsys):

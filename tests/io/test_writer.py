@@ -43,7 +43,7 @@ def test_chunked_writes_give_a_file_safetensors_reads(tmp_path):
     for tensor in values.values():
         flat = tensor.reshape(-1)
         for start in range(0, flat.numel(), 4):  # several appends per tensor
-            writer.write(flat[start:start + 4].contiguous())
+            writer.write(flat[start : start + 4].contiguous())
     writer.close()
     with safe_open(tmp_path / shard.file_name, framework="pt") as handle:
         assert handle.metadata() == {"format": "pt"}
@@ -86,7 +86,7 @@ def test_write_behind_keeps_order_and_reuses_its_buffers(tmp_path):
 
     writer.write = write
     for start in range(0, values.numel(), 4):
-        chunk = values[start:start + 4]
+        chunk = values[start : start + 4]
         out = behind.buffer()[: chunk.numel() * 4].view(torch.float32)
         out.copy_(chunk)
         behind.submit(writer, out)

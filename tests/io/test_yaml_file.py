@@ -32,17 +32,20 @@ def test_alias_bomb(tmp_path, content):
     assert "expands to more than 200000 values once its aliases (*name) are expanded" in refused(tmp_path, content)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("a: &x [1, *x]\n", "spec.yaml, line 1: alias *x refers to a value that contains it"),
-    ("a: " + "[" * 40 + "]" * 40 + "\n", "spec.yaml, line 1: nested deeper than 32 levels"),
-    ("a: " + "[" * 200_000 + "]" * 200_000 + "\n", "spec.yaml, line 1: nested deeper than 32 levels"),
-    ("a: 1\nb: *nope\n", "spec.yaml: not valid YAML (line 2): found undefined alias 'nope'"),
-    ("a: &x 1\nb: &x 2\n", "found duplicate anchor 'x' (second occurrence)"),
-    ("a: " + "9" * 5000 + "\n", "a value cannot be read (Exceeds the limit (4300 digits)"),
-    ("a: !!python/object/apply:os.system [echo]\n", "not valid YAML (line 1): could not determine a constructor"),
-    (b"a: 1\nb: caf\xe9\n", "spec.yaml, line 2: not a text file (YAML must be UTF-8)"),
-    ("- 1\n", "a spec must be a YAML mapping of fields, got list"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("a: &x [1, *x]\n", "spec.yaml, line 1: alias *x refers to a value that contains it"),
+        ("a: " + "[" * 40 + "]" * 40 + "\n", "spec.yaml, line 1: nested deeper than 32 levels"),
+        ("a: " + "[" * 200_000 + "]" * 200_000 + "\n", "spec.yaml, line 1: nested deeper than 32 levels"),
+        ("a: 1\nb: *nope\n", "spec.yaml: not valid YAML (line 2): found undefined alias 'nope'"),
+        ("a: &x 1\nb: &x 2\n", "found duplicate anchor 'x' (second occurrence)"),
+        ("a: " + "9" * 5000 + "\n", "a value cannot be read (Exceeds the limit (4300 digits)"),
+        ("a: !!python/object/apply:os.system [echo]\n", "not valid YAML (line 1): could not determine a constructor"),
+        (b"a: 1\nb: caf\xe9\n", "spec.yaml, line 2: not a text file (YAML must be UTF-8)"),
+        ("- 1\n", "a spec must be a YAML mapping of fields, got list"),
+    ],
+)
 def test_refusals_name_the_file_and_line(tmp_path, content, message):
     assert message in refused(tmp_path, content)
 
@@ -54,8 +57,11 @@ def test_size_limit(tmp_path):
 def test_ordinary_yaml_and_modest_aliases_still_read(tmp_path):
     path = tmp_path / "spec.yaml"
     path.write_text("alphas: &three [0.3, 0.5, 0.7]\nother: *three\nrules:\n  - {match: 'lm_head.*', alpha: 0.5}\n")
-    assert read_yaml_mapping(path) == {"alphas": [0.3, 0.5, 0.7], "other": [0.3, 0.5, 0.7],
-                                       "rules": [{"match": "lm_head.*", "alpha": 0.5}]}
+    assert read_yaml_mapping(path) == {
+        "alphas": [0.3, 0.5, 0.7],
+        "other": [0.3, 0.5, 0.7],
+        "rules": [{"match": "lm_head.*", "alpha": 0.5}],
+    }
     path.write_text("")
     assert read_yaml_mapping(path) == {}
     with pytest.raises(TaxcutError, match="missing.yaml: spec file not found"):

@@ -73,15 +73,37 @@ def test_reloads_with_transformers_and_generates(pairs, tmp_path, arch):
 @pytest.mark.parametrize(
     ("fields", "expected"),
     [
-        ({"alphas": [0.1, 0.5, 0.9]}, {"model.layers.0.": 0.1, "model.layers.1.": 0.5, "model.layers.2.": 0.5,
-                                       "model.layers.3.": 0.9, "model.embed_tokens": 0.1, "model.norm": 0.5,
-                                       "lm_head": 0.5}),
-        ({"layer_alphas": [0.0, 0.25, 0.75, 1.0]}, {"model.layers.1.": 0.25, "model.layers.3.": 1.0,
-                                                     "model.embed_tokens": 0.0, "lm_head": 0.5}),
-        ({"alphas": [0.2, 0.6], "block_bounds": [[0, 2], [3, 3]],
-          "rules": [{"match": "*.mlp.*", "alpha": 0.05}, {"regex": r"lm_head\..*", "alpha": 0.95}]},
-         {"model.layers.2.self_attn": 0.2, "model.layers.3.self_attn": 0.6, "model.layers.3.mlp": 0.05,
-          "model.layers.0.mlp": 0.05, "lm_head": 0.95, "model.norm": 0.4}),
+        (
+            {"alphas": [0.1, 0.5, 0.9]},
+            {
+                "model.layers.0.": 0.1,
+                "model.layers.1.": 0.5,
+                "model.layers.2.": 0.5,
+                "model.layers.3.": 0.9,
+                "model.embed_tokens": 0.1,
+                "model.norm": 0.5,
+                "lm_head": 0.5,
+            },
+        ),
+        (
+            {"layer_alphas": [0.0, 0.25, 0.75, 1.0]},
+            {"model.layers.1.": 0.25, "model.layers.3.": 1.0, "model.embed_tokens": 0.0, "lm_head": 0.5},
+        ),
+        (
+            {
+                "alphas": [0.2, 0.6],
+                "block_bounds": [[0, 2], [3, 3]],
+                "rules": [{"match": "*.mlp.*", "alpha": 0.05}, {"regex": r"lm_head\..*", "alpha": 0.95}],
+            },
+            {
+                "model.layers.2.self_attn": 0.2,
+                "model.layers.3.self_attn": 0.6,
+                "model.layers.3.mlp": 0.05,
+                "model.layers.0.mlp": 0.05,
+                "lm_head": 0.95,
+                "model.norm": 0.4,
+            },
+        ),
     ],
 )
 def test_each_tensor_gets_the_ratio_plan_promised(llama_pair, tmp_path, fields, expected):
@@ -142,8 +164,13 @@ def test_tied_head_stored_twice_is_written_once(pairs, tmp_path):
         save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
         (folder / "config.json").write_text((source / "config.json").read_text())
         folders.append(folder)
-    spec = MergeSpec(sft=folders[0], aligned=folders[1], alphas=[0.2, 0.5, 0.8], out=tmp_path / "out",
-                     rules=[{"match": "lm_head.weight", "alpha": 0.6}])
+    spec = MergeSpec(
+        sft=folders[0],
+        aligned=folders[1],
+        alphas=[0.2, 0.5, 0.8],
+        out=tmp_path / "out",
+        rules=[{"match": "lm_head.weight", "alpha": 0.6}],
+    )
     with plan(spec) as merge_plan:
         assert merge_plan.dropped_tied == {"lm_head.weight": "model.embed_tokens.weight"}
         assert "not written: lm_head.weight (tied to model.embed_tokens.weight" in merge_plan.render()
@@ -189,8 +216,15 @@ def test_pytorch_bin_inputs(tmp_path):
 def test_side_files_provenance_and_card(pairs, tmp_path):
     sft_dir, aligned_dir = pairs["llama"]
     out = merge(MergeSpec(sft=sft_dir, aligned=aligned_dir, alpha=0.5, out=tmp_path / "out"))
-    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "chat_template.jinja", "README.md", "taxcut_provenance.json"):
+    for name in (
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+        "taxcut_provenance.json",
+    ):
         assert (out / name).is_file(), name
     assert (out / "chat_template.jinja").read_text() == (aligned_dir / "chat_template.jinja").read_text()
     provenance = json.loads((out / "taxcut_provenance.json").read_text())
@@ -251,8 +285,7 @@ def test_side_files_from_the_sft_model(llama_pair, tmp_path):
     for path in sft_dir.iterdir():
         (tmp_path / "sft" / path.name).write_bytes(path.read_bytes())
     (tmp_path / "sft" / "chat_template.jinja").write_text("SFT TEMPLATE")
-    out = merge(MergeSpec(sft=tmp_path / "sft", aligned=aligned_dir, alpha=0.5, out=tmp_path / "out",
-                          files_from="sft"))
+    out = merge(MergeSpec(sft=tmp_path / "sft", aligned=aligned_dir, alpha=0.5, out=tmp_path / "out", files_from="sft"))
     assert (out / "chat_template.jinja").read_text() == "SFT TEMPLATE"
 
 
@@ -260,8 +293,10 @@ def test_merging_never_imports_transformers():
     import subprocess
     import sys
 
-    code = ("import sys, taxcut, taxcut.merging.engine, taxcut.cli; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft', 'accelerate')))")
+    code = (
+        "import sys, taxcut, taxcut.merging.engine, taxcut.cli; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('transformers', 'peft', 'accelerate')))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -280,8 +315,7 @@ def test_tied_head_goes_with_the_token_embedding_not_positions(tmp_path):
     from transformers import GPT2Config
 
     torch.manual_seed(0)
-    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=64, vocab_size=64, bos_token_id=1,
-                        eos_token_id=2)
+    config = GPT2Config(n_embd=16, n_layer=2, n_head=2, n_positions=64, vocab_size=64, bos_token_id=1, eos_token_id=2)
     folders = []
     for role in ("sft", "aligned"):
         model = AutoModelForCausalLM.from_config(config)
@@ -290,8 +324,9 @@ def test_tied_head_goes_with_the_token_embedding_not_positions(tmp_path):
         tensors["lm_head.weight"] = tensors["transformer.wte.weight"].clone()
         save_file(tensors, tmp_path / role / "model.safetensors", metadata={"format": "pt"})
         folders.append(tmp_path / role)
-    spec = MergeSpec(sft=folders[0], aligned=folders[1], alphas=[0.2, 0.8], rules=[{"match": "lm_head.weight",
-                                                                                       "alpha": 0.5}])
+    spec = MergeSpec(
+        sft=folders[0], aligned=folders[1], alphas=[0.2, 0.8], rules=[{"match": "lm_head.weight", "alpha": 0.5}]
+    )
     with plan(spec) as merge_plan:
         assert merge_plan.dropped_tied == {"lm_head.weight": "transformer.wte.weight"}
         assert merge_plan.ratio_of("transformer.wte.weight") == 0.5

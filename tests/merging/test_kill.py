@@ -18,8 +18,23 @@ from taxcut import MergeSpec, merge
 def test_sigkill_midway_leaves_no_destination(tmp_path):
     sft, aligned = write_synthetic_pair(tmp_path, layers=24, elements=2_000_000)  # 2 x 48 x 8 MB
     out = tmp_path / "merged"
-    command = [sys.executable, "-m", "taxcut.cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
-               "--alpha", "0.5", "--out", str(out), "--max-shard-size", "50MB", "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "taxcut.cli",
+        "merge",
+        "--sft",
+        str(sft),
+        "--aligned",
+        str(aligned),
+        "--alpha",
+        "0.5",
+        "--out",
+        str(out),
+        "--max-shard-size",
+        "50MB",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     written = []

@@ -16,8 +16,9 @@ from taxcut.spec.mergekit_config import Condition, MergekitConfig, evaluate_sett
 
 
 def _hashes(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest() for f in folders for p in sorted(f.rglob("*")) if p.is_file()
+    }
 
 
 def _write(tmp_path: Path, config: dict, name: str = "config.yml") -> Path:
@@ -48,10 +49,17 @@ def test_filters_match_substrings_in_order_then_fall_through():
 
 def test_a_models_own_parameters_win_then_top_level(llama_pair, tmp_path):
     sft, aligned = llama_pair
-    path = _write(tmp_path, {"merge_method": "linear", "parameters": {"weight": 0.25, "normalize": False},
-                             "models": [{"model": str(sft)},
-                                        {"model": str(aligned), "parameters": {"weight": [
-                                            {"filter": "mlp", "value": [0.0, 1.0]}]}}]})
+    path = _write(
+        tmp_path,
+        {
+            "merge_method": "linear",
+            "parameters": {"weight": 0.25, "normalize": False},
+            "models": [
+                {"model": str(sft)},
+                {"model": str(aligned), "parameters": {"weight": [{"filter": "mlp", "value": [0.0, 1.0]}]}},
+            ],
+        },
+    )
     config = MergekitConfig.from_yaml(path)
     from taxcut.merging.request import request_for
 
@@ -64,9 +72,17 @@ def test_a_models_own_parameters_win_then_top_level(llama_pair, tmp_path):
 
 def test_merge_and_plan_run_a_linear_gradient_config(llama_pair, tmp_path, capsys):
     sft, aligned = llama_pair
-    path = _write(tmp_path, {"merge_method": "linear", "dtype": "float32",
-                             "models": [{"model": str(sft), "parameters": {"weight": [1.0, 0.0]}},
-                                        {"model": str(aligned), "parameters": {"weight": [0.0, 1.0]}}]})
+    path = _write(
+        tmp_path,
+        {
+            "merge_method": "linear",
+            "dtype": "float32",
+            "models": [
+                {"model": str(sft), "parameters": {"weight": [1.0, 0.0]}},
+                {"model": str(aligned), "parameters": {"weight": [0.0, 1.0]}},
+            ],
+        },
+    )
     before = _hashes(sft, aligned, tmp_path)
     assert main(["plan", str(path)]) == 0
     assert "mergekit merge_method linear" in capsys.readouterr().out
@@ -74,7 +90,7 @@ def test_merge_and_plan_run_a_linear_gradient_config(llama_pair, tmp_path, capsy
     assert _hashes(sft, aligned) == {k: v for k, v in before.items() if not k.startswith(str(tmp_path))}
     out, x, y = load_weights(tmp_path / "out"), load_weights(sft), load_weights(aligned)
     name = "model.layers.1.mlp.up_proj.weight"  # layer 1 of 4: t = 1/3, weights 2/3 and 1/3
-    expected = (x[name].double() * (2 / 3) + y[name].double() / 3)
+    expected = x[name].double() * (2 / 3) + y[name].double() / 3
     assert torch.allclose(out[name].double(), expected, atol=1e-6)
     assert torch.equal(out["model.embed_tokens.weight"], x["model.embed_tokens.weight"])  # outside: t = 0
     assert torch.equal(out["model.layers.3.self_attn.q_proj.weight"], y["model.layers.3.self_attn.q_proj.weight"])
@@ -84,33 +100,51 @@ def test_merge_and_plan_run_a_linear_gradient_config(llama_pair, tmp_path, capsy
 
 def test_with_parameter_substitutes_a_scalar_or_gradient(llama_pair, tmp_path):
     sft, aligned = llama_pair
-    config = MergekitConfig.from_yaml(_write(tmp_path, {
-        "merge_method": "slerp", "base_model": str(sft), "parameters": {"t": 0.5},
-        "models": [{"model": str(sft)}, {"model": str(aligned)}]}))
+    config = MergekitConfig.from_yaml(
+        _write(
+            tmp_path,
+            {
+                "merge_method": "slerp",
+                "base_model": str(sft),
+                "parameters": {"t": 0.5},
+                "models": [{"model": str(sft)}, {"model": str(aligned)}],
+            },
+        )
+    )
     assert config.with_parameter("t", [0.1, 0.9]).parameters == {"t": [0.1, 0.9]}
     assert config.parameters == {"t": 0.5}  # the original is unchanged
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"slices": [{"sources": [{"model": "x", "layer_range": [0, 2]}]}]}, "'slices' .*frankenmerges"),
-    ({"merge_method": "passthrough"}, "merge_method 'passthrough' is not run by taxcut; it runs .*dare_linear.*"
-                                      "linear.*slerp.*task_arithmetic.*ties"),
-    ({"merge_method": "model_averaging"}, "merge_method 'model_averaging' is not run by taxcut"),
-    ({"merge_method": "della"}, "merge_method 'della' is not run by taxcut"),
-    ({"tokenizer_source": "union"}, "'union' .*is not run by taxcut"),
-    ({"tokenizer": {"source": "base"}}, "a 'tokenizer' section"),
-    ({"chat_template": "chatml"}, "'chat_template' is not applied"),
-    ({"layer_range": [0, 2]}, "field 'layer_range' is not a known field"),
-    ({"parameters": {"weight": 1.0, "densty": 0.5}}, "'densty' is not a parameter of mergekit's 'linear'"),
-    ({"parameters": {}}, "needs parameter 'weight' for model"),
-    ({"parameters": {"weight": "heavy"}}, "parameter 'weight' for tensor"),
-    ({"tokenizer_source": "base"}, "'tokenizer_source: base' needs a 'base_model'"),
-    ({"dtype": "int8"}, "field 'dtype'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"slices": [{"sources": [{"model": "x", "layer_range": [0, 2]}]}]}, "'slices' .*frankenmerges"),
+        (
+            {"merge_method": "passthrough"},
+            "merge_method 'passthrough' is not run by taxcut; it runs .*dare_linear.*"
+            "linear.*slerp.*task_arithmetic.*ties",
+        ),
+        ({"merge_method": "model_averaging"}, "merge_method 'model_averaging' is not run by taxcut"),
+        ({"merge_method": "della"}, "merge_method 'della' is not run by taxcut"),
+        ({"tokenizer_source": "union"}, "'union' .*is not run by taxcut"),
+        ({"tokenizer": {"source": "base"}}, "a 'tokenizer' section"),
+        ({"chat_template": "chatml"}, "'chat_template' is not applied"),
+        ({"layer_range": [0, 2]}, "field 'layer_range' is not a known field"),
+        ({"parameters": {"weight": 1.0, "densty": 0.5}}, "'densty' is not a parameter of mergekit's 'linear'"),
+        ({"parameters": {}}, "needs parameter 'weight' for model"),
+        ({"parameters": {"weight": "heavy"}}, "parameter 'weight' for tensor"),
+        ({"tokenizer_source": "base"}, "'tokenizer_source: base' needs a 'base_model'"),
+        ({"dtype": "int8"}, "field 'dtype'"),
+    ],
+)
 def test_refusals_name_the_field_or_method_and_write_nothing(llama_pair, tmp_path, capsys, change, message):
     sft, aligned = llama_pair
-    config = {"merge_method": "linear", "models": [{"model": str(sft)}, {"model": str(aligned)}],
-              "parameters": {"weight": 1.0}, **change}
+    config = {
+        "merge_method": "linear",
+        "models": [{"model": str(sft)}, {"model": str(aligned)}],
+        "parameters": {"weight": 1.0},
+        **change,
+    }
     path = _write(tmp_path, config)
     before = _hashes(sft, aligned)
     assert main(["merge", str(path), "--out", str(tmp_path / "out"), "--no-progress"]) != 0
@@ -126,8 +160,14 @@ def test_lora_plus_syntax_is_refused(llama_pair, tmp_path):
 
 
 def test_hub_ids_with_revision_stay_as_written(tmp_path):
-    config = MergekitConfig.from_dict({"merge_method": "slerp", "base_model": "org/base@main",
-                                       "models": [{"model": "org/base@main"}, {"model": "org/tuned@v1"}]}, tmp_path)
+    config = MergekitConfig.from_dict(
+        {
+            "merge_method": "slerp",
+            "base_model": "org/base@main",
+            "models": [{"model": "org/base@main"}, {"model": "org/tuned@v1"}],
+        },
+        tmp_path,
+    )
     assert config.inputs() == ["org/base@main", "org/tuned@v1"]
 
 
@@ -177,7 +217,7 @@ def test_a_layer_the_gradient_misses_is_exported_by_its_prefix(deep_bf16_pair):
     from taxcut.methods.model_averaging import _gradient_exact, _layer_filter
     from taxcut.spec.merge import MergeSpec
 
-    midpoint = 0.5 + 2.0 ** -25  # between two float32 values: rounds to 0.5 (even)
+    midpoint = 0.5 + 2.0**-25  # between two float32 values: rounds to 0.5 (even)
     gradient = [(1 - a, a) for a in [0.9] * 31 + [midpoint] + [0.9] * 8]
     assert not _gradient_exact(gradient, midpoint, 31)
     assert _gradient_exact(gradient, 0.9, 30) and _gradient_exact(gradient, 0.9, 25)
@@ -187,8 +227,12 @@ def test_a_layer_the_gradient_misses_is_exported_by_its_prefix(deep_bf16_pair):
 
 def test_a_mergekit_config_exports_as_itself(llama_pair, tmp_path, capsys):
     sft, aligned = llama_pair
-    config = {"merge_method": "slerp", "base_model": str(sft), "dtype": "bfloat16",
-              "models": [{"model": str(sft)}, {"model": str(aligned)}],
-              "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 1.0]}, {"value": 0.3}]}}
+    config = {
+        "merge_method": "slerp",
+        "base_model": str(sft),
+        "dtype": "bfloat16",
+        "models": [{"model": str(sft)}, {"model": str(aligned)}],
+        "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 0.5, 1.0]}, {"value": 0.3}]},
+    }
     assert main(["export-mergekit", str(_write(tmp_path, config))]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == config

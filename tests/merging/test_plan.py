@@ -43,8 +43,9 @@ def test_toolkit_refuses_a_tied_and_an_untied_model(pairs, tmp_path, order):
 
 def test_toolkit_bad_shard_size_is_a_field_error(llama_pair, tmp_path, capsys):
     spec = tmp_path / "soup.yaml"
-    spec.write_text(yaml.safe_dump({"method": "linear", "models": [str(p) for p in llama_pair],
-                                    "max_shard_size": "lots"}))
+    spec.write_text(
+        yaml.safe_dump({"method": "linear", "models": [str(p) for p in llama_pair], "max_shard_size": "lots"})
+    )
     assert main(["merge", str(spec), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "field 'max_shard_size' cannot read 'lots' as a size" in err
@@ -60,8 +61,9 @@ def test_model_averaging_is_the_two_input_case_of_the_toolkit(llama_pair, tmp_pa
 
     merge(MergeSpec(sft=sft, aligned=aligned, alphas=[0.2, 0.7], out=tmp_path / "spec"), progress=False)
     averaging = build_plan(MergeSpec(sft=sft, aligned=aligned, alpha=0.5)).method.name
-    toolkit = ToolkitSpec(method=averaging, models=[sft, aligned], parameters={"alphas": [0.2, 0.7]},
-                          out=tmp_path / "toolkit")
+    toolkit = ToolkitSpec(
+        method=averaging, models=[sft, aligned], parameters={"alphas": [0.2, 0.7]}, out=tmp_path / "toolkit"
+    )
     merge(toolkit, progress=False)
     left, right = load_weights(tmp_path / "spec"), load_weights(tmp_path / "toolkit")
     assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
@@ -84,14 +86,39 @@ def test_per_tensor_parameters_and_sites(llama_pair):
 
 def test_unknown_parameter_is_named(llama_pair, tmp_path, capsys):
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(llama_pair[0]), "models": [str(llama_pair[1])],
-                                    "parameters": {"densty": 0.5}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "method": "ties",
+                "base": str(llama_pair[0]),
+                "models": [str(llama_pair[1])],
+                "parameters": {"densty": 0.5},
+            }
+        )
+    )
     assert main(["plan", str(spec)]) == 2
     assert "method 'ties': parameter 'densty' is not a parameter of this method" in capsys.readouterr().err
 
 
 def test_merge_prints_the_plans_notes(llama_pair, tmp_path, capsys):
     sft, aligned = llama_pair
-    assert main(["merge", "--sft", str(sft), "--aligned", str(aligned), "--alpha", "0.5", "--rule", "nothing.*=0.1",
-                 "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "merge",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "--alpha",
+                "0.5",
+                "--rule",
+                "nothing.*=0.1",
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "note: rule(s) 1 match no tensor" in capsys.readouterr().err

@@ -15,8 +15,10 @@ def test_unequal_blocks_print_both_means(llama_pair, tmp_path, capsys):
     """--alphas 0.2,0.8 over blocks of 1 and 3 layers: the block mean is 0.5 (what the final norm gets, what HMA
     holds at a), the mean over the 4 layers 0.65."""
     sft, aligned = llama_pair
-    assert main(["plan", "--sft", str(sft), "--aligned", str(aligned), "--alphas", "0.2,0.8",
-                 "--block-bounds", "0-0,1-3"]) == 0
+    assert (
+        main(["plan", "--sft", str(sft), "--aligned", str(aligned), "--alphas", "0.2,0.8", "--block-bounds", "0-0,1-3"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "mean a   0.5 over the 2 blocks (what HMA holds at a; the tensors after the layers get it)" in out
     assert "0.65 over the 4 layers (each block weighted by its number of layers)" in out
@@ -25,11 +27,13 @@ def test_unequal_blocks_print_both_means(llama_pair, tmp_path, capsys):
         assert next(t for t in plan.tensors if t.name == "model.norm.weight").decision.value == 0.5
         assert (plan.resolver.mean, plan.resolver.layer_mean) == (0.5, 0.65)
         assert plan.summary()["layer_mean_alpha"] == 0.65
-    out_folder = merge(MergeSpec(sft=sft, aligned=aligned, alphas=[0.2, 0.8], block_bounds=[(0, 0), (1, 3)],
-                                 out=tmp_path / "out"))
+    out_folder = merge(
+        MergeSpec(sft=sft, aligned=aligned, alphas=[0.2, 0.8], block_bounds=[(0, 0), (1, 3)], out=tmp_path / "out")
+    )
     card = (out_folder / "README.md").read_text()
-    assert ("Mean ratio of the 2 blocks (alphas; the tensors after the layers get it): 0.5; over the 4 decoder "
-            "layers: 0.65") in card
+    assert (
+        "Mean ratio of the 2 blocks (alphas; the tensors after the layers get it): 0.5; over the 4 decoder layers: 0.65"
+    ) in card
 
 
 def test_equal_blocks_print_one_mean(llama_pair, capsys):
@@ -55,8 +59,9 @@ def test_mergekit_weights_are_rounded_alike_on_both_sides(llama_pair):
     assert aligned_weights[-1] == {"value": [0.3, 0.3, 0.7, 0.7]}  # 0.1 + 0.2 = 0.30000000000000004, rounded
     assert sft_weights[-1] == {"value": [0.7, 0.7, 0.3, 0.3]}
     for left, right in zip(sft_weights, aligned_weights):
-        values = zip(left["value"], right["value"]) if isinstance(left["value"], list) else [(left["value"],
-                                                                                                right["value"])]
+        values = (
+            zip(left["value"], right["value"]) if isinstance(left["value"], list) else [(left["value"], right["value"])]
+        )
         assert all(a + b == 1.0 for a, b in values)
 
 

@@ -1,4 +1,4 @@
-"""Models whose tokenizers give the same text other ids are refused (issue 18, item 5), unless allowed; a flag's
+"""Models whose tokenizers give the same text other ids are refused, unless allowed; a flag's
 comma list with an empty element is refused (item 6); a protected file is never named "file file"."""
 
 from __future__ import annotations
@@ -53,8 +53,10 @@ def test_a_vocabulary_differing_in_one_id_is_refused_naming_the_file_and_token(c
     assert main(merge_args(pair, out)) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert (f"taxcut: error: {pair[1]}: the aligned model's tokenizer does not match the sft model's (tokenizer.json: "
-            "token 'w5' is id 9 in the sft model but 10 in the aligned model)") in err
+    assert (
+        f"taxcut: error: {pair[1]}: the aligned model's tokenizer does not match the sft model's (tokenizer.json: "
+        "token 'w5' is id 9 in the sft model but 10 in the aligned model)"
+    ) in err
     assert "--allow-tokenizer-mismatch" in err
     assert not out.exists() and [digest(folder) for folder in pair] == before
 
@@ -85,8 +87,14 @@ def test_the_spec_field_allows_it_too(capsys, tmp_path, pair):
 def test_a_tokenizer_saved_again_with_other_formatting_is_accepted(capsys, tmp_path, pair):
     def resave(data):  # other key order and spacing, truncation and padding set, decoder changed
         data["truncation"] = {"max_length": 16, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}
-        data["padding"] = {"strategy": "BatchLongest", "direction": "Left", "pad_id": 0, "pad_type_id": 0,
-                           "pad_token": "<pad>", "pad_to_multiple_of": None}
+        data["padding"] = {
+            "strategy": "BatchLongest",
+            "direction": "Left",
+            "pad_id": 0,
+            "pad_type_id": 0,
+            "pad_token": "<pad>",
+            "pad_to_multiple_of": None,
+        }
         data["decoder"] = {"type": "Fuse"}
         data["model"] = dict(reversed(list(data["model"].items())))
         data["added_tokens"] = list(reversed(data["added_tokens"]))
@@ -98,14 +106,21 @@ def test_a_tokenizer_saved_again_with_other_formatting_is_accepted(capsys, tmp_p
     assert "tokenizer" not in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda d: d["added_tokens"].append({"id": 64, "content": "<|im_start|>", "special": True}),
-     "tokenizer.json: token '<|im_start|>' (id 64) is in the aligned model but not in the sft model"),
-    (lambda d: d["model"]["vocab"].pop("w59"), "tokenizer.json: token 'w59' (id 63) is in the sft model but not in "
-     "the aligned model"),
-    (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "tokenizer.json: the pre-tokenizer differs"),
-    (lambda d: d.update(normalizer={"type": "Lowercase"}), "tokenizer.json: the normalizer differs"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda d: d["added_tokens"].append({"id": 64, "content": "<|im_start|>", "special": True}),
+            "tokenizer.json: token '<|im_start|>' (id 64) is in the aligned model but not in the sft model",
+        ),
+        (
+            lambda d: d["model"]["vocab"].pop("w59"),
+            "tokenizer.json: token 'w59' (id 63) is in the sft model but not in the aligned model",
+        ),
+        (lambda d: d.update(pre_tokenizer={"type": "Whitespace"}), "tokenizer.json: the pre-tokenizer differs"),
+        (lambda d: d.update(normalizer={"type": "Lowercase"}), "tokenizer.json: the normalizer differs"),
+    ],
+)
 def test_what_decides_the_ids_is_compared(capsys, tmp_path, pair, change, expected):
     edit_tokenizer(pair[1], change)
     with pytest.raises(TaxcutError, match="does not match the sft model's") as caught:
@@ -116,8 +131,11 @@ def test_what_decides_the_ids_is_compared(capsys, tmp_path, pair, change, expect
 def test_special_tokens_are_compared(pair):
     config = pair[1] / "tokenizer_config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "eos_token": "<pad>"}))
-    with pytest.raises(TaxcutError, match=r"tokenizer_config.json: 'eos_token' is '</s>' in the sft model but "
-                                          r"'<pad>' in the aligned model"):
+    with pytest.raises(
+        TaxcutError,
+        match=r"tokenizer_config.json: 'eos_token' is '</s>' in the sft model but "
+        r"'<pad>' in the aligned model",
+    ):
         build_plan(MergeSpec(sft=pair[0], aligned=pair[1], alpha=0.5))
 
 
@@ -133,8 +151,11 @@ def test_toolkit_inputs_are_compared_with_the_first(tmp_path, trio):
     third = Path(shutil.copytree(models[0], tmp_path / "third"))
     edit_tokenizer(third, swap_ids)
     spec = ToolkitSpec(method="task_arithmetic", base=base, models=[models[0], third], parameters={"lambda": 0.5})
-    with pytest.raises(TaxcutError, match=r"the model 2's tokenizer does not match the base model's \(tokenizer.json: "
-                                          r"token 'w5' is id 9"):
+    with pytest.raises(
+        TaxcutError,
+        match=r"the model 2's tokenizer does not match the base model's \(tokenizer.json: "
+        r"token 'w5' is id 9",
+    ):
         build_plan(spec)
     allowed = spec.model_copy(update={"allow_tokenizer_mismatch": True})
     with build_plan(allowed) as plan:
@@ -148,13 +169,15 @@ def test_slow_tokenizer_files_are_compared_with_tokenizer_json(tmp_path):
     slow.mkdir(), fast.mkdir()
     (slow / "vocab.json").write_text(json.dumps(vocab))
     (slow / "merges.txt").write_text("#version: 0.2\na b\n")
-    (fast / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"]]},
-                                                     "added_tokens": []}))
+    (fast / "tokenizer.json").write_text(
+        json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": [["a", "b"]]}, "added_tokens": []})
+    )
     names = ("sft model", "aligned model")
     assert tokenizer_difference(tokenizer_aspects([slow]), tokenizer_aspects([fast]), names) is None
     (slow / "merges.txt").write_text("#version: 0.2\nb a\n")
     assert tokenizer_difference(tokenizer_aspects([slow]), tokenizer_aspects([fast]), names) == (
-        "tokenizer.json (the sft model's merges.txt): merge 0 is 'b a' in the sft model but 'a b' in the aligned model")
+        "tokenizer.json (the sft model's merges.txt): merge 0 is 'b a' in the sft model but 'a b' in the aligned model"
+    )
 
 
 def test_a_fit_of_mismatched_models_is_refused_before_loading_them(capsys, tmp_path, pair):
@@ -162,22 +185,79 @@ def test_a_fit_of_mismatched_models_is_refused_before_loading_them(capsys, tmp_p
     data = tmp_path / "fit.jsonl"
     data.write_text('{"prompt": "w1 w2", "response": "w3 w4"}\n')
     out = tmp_path / "ratios.yaml"
-    assert main(["fit", "--sft", str(pair[0]), "--aligned", str(pair[1]), "--data", str(data), "--alpha", "0.5",
-                 "--out", str(out)]) != 0
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(pair[0]),
+                "--aligned",
+                str(pair[1]),
+                "--data",
+                str(data),
+                "--alpha",
+                "0.5",
+                "--out",
+                str(out),
+            ]
+        )
+        != 0
+    )
     assert "tokenizer.json: token 'w5' is id 9" in capsys.readouterr().err and not out.exists()
-    assert main(["fit", "--sft", str(pair[0]), "--aligned", str(pair[1]), "--data", str(data), "--alpha", "0.5",
-                 "--out", str(out), "--allow-tokenizer-mismatch", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--sft",
+                str(pair[0]),
+                "--aligned",
+                str(pair[1]),
+                "--data",
+                str(data),
+                "--alpha",
+                "0.5",
+                "--out",
+                str(out),
+                "--allow-tokenizer-mismatch",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "allow_tokenizer_mismatch: true" in out.read_text()  # merging the ratios file allows it as the fit did
     assert main(["plan", str(out)]) == 0
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["fit", "--sft", "a", "--aligned", "b", "--data", "d", "--alpha", "0.5", "--out", "o", "--eps", "0,0.1,,0.2"],
-     "--eps"),
-    (["fit", "--sft", "a", "--aligned", "b", "--data", "d", "--alpha", "0.5", "--out", "o", "--reg", "0.1,"], "--reg"),
-    (["merge", "--sft", "a", "--aligned", "b", "--alphas", "0.1,,0.2"], "--alphas"),
-    (["merge", "--sft", "a", "--aligned", "b", "--layer-alphas", ",0.1"], "--layer-alphas"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (
+            [
+                "fit",
+                "--sft",
+                "a",
+                "--aligned",
+                "b",
+                "--data",
+                "d",
+                "--alpha",
+                "0.5",
+                "--out",
+                "o",
+                "--eps",
+                "0,0.1,,0.2",
+            ],
+            "--eps",
+        ),
+        (
+            ["fit", "--sft", "a", "--aligned", "b", "--data", "d", "--alpha", "0.5", "--out", "o", "--reg", "0.1,"],
+            "--reg",
+        ),
+        (["merge", "--sft", "a", "--aligned", "b", "--alphas", "0.1,,0.2"], "--alphas"),
+        (["merge", "--sft", "a", "--aligned", "b", "--layer-alphas", ",0.1"], "--layer-alphas"),
+    ],
+)
 def test_an_empty_element_in_a_comma_list_is_refused(capsys, argv, flag):
     with pytest.raises(SystemExit) as caught:
         main(argv)

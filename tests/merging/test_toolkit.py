@@ -1,6 +1,5 @@
 """Toolkit specs through the one planner and executor: refusals, the CLI, `taxcut plan`."""
 
-
 from __future__ import annotations
 
 import json
@@ -32,8 +31,11 @@ def test_refusals(trio, tmp_path, pairs):
 def test_cli_routes_a_method_spec(trio, tmp_path, capsys):
     base, models = trio
     spec = tmp_path / "ties.yaml"
-    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [str(m) for m in models],
-                                    "parameters": {"density": 0.5}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"method": "ties", "base": str(base), "models": [str(m) for m in models], "parameters": {"density": 0.5}}
+        )
+    )
     assert main(["merge", str(spec), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
     provenance = json.loads((tmp_path / "out" / "taxcut_provenance.json").read_text())
     assert provenance["method"].startswith("ties (Yadav et al. 2023")
@@ -53,8 +55,16 @@ def test_method_specs_refuse_averaging_flags(trio, tmp_path, capsys):
 def test_plan_of_a_toolkit_spec(trio, tmp_path, capsys):
     base, models = trio
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [str(m) for m in models],
-                                    "parameters": {"density": [0.2, 0.8], "lambda": 1.0}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "method": "ties",
+                "base": str(base),
+                "models": [str(m) for m in models],
+                "parameters": {"density": [0.2, 0.8], "lambda": 1.0},
+            }
+        )
+    )
     assert main(["plan", str(spec)]) == 0
     text = capsys.readouterr().out
     assert "method   ties: Yadav et al. 2023" in text

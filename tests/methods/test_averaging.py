@@ -1,7 +1,6 @@
 """Averaging methods (linear soups, checkpoint averaging, ExPO, sparse soups, variance correction) against
 independent computations."""
 
-
 from __future__ import annotations
 
 import numpy as np
@@ -54,8 +53,11 @@ def test_sparse_soup_keeps_the_shared_mask_and_refuses_others(trio, tmp_path):
     for index, model in enumerate(models[::2]):
         folder = tmp_path / f"sparse{index}"
         folder.mkdir()
-        save_file({k: v * masks[k] for k, v in load_weights(model).items()}, folder / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(
+            {k: v * masks[k] for k, v in load_weights(model).items()},
+            folder / "model.safetensors",
+            metadata={"format": "pt"},
+        )
         (folder / "config.json").write_text((model / "config.json").read_text())
         sparse.append(folder)
     out = merged(tmp_path, "sparse_soup", [(m, 1.0) for m in sparse])
@@ -77,10 +79,16 @@ def test_checkpoint_averaging_all_last_and_ema(trio, tmp_path):
     for step, model in zip((100, 20, 3), models):  # sorted by step: 3, 20, 100
         shutil.copytree(model, run / f"checkpoint-{step}")
     by_step = {3: numpy_of(models[2]), 20: numpy_of(models[1]), 100: numpy_of(models[0])}
-    for selection, weights in (({}, {3: 1, 20: 1, 100: 1}), ({"last": 2}, {20: 1, 100: 1}),
-                               ({"ema": 0.5}, {3: 0.25, 20: 0.25, 100: 0.5})):
-        spec = ToolkitSpec(method="checkpoints", checkpoints={"folder": run, **selection},
-                           out=tmp_path / f"out-{len(weights)}-{selection.get('ema')}")
+    for selection, weights in (
+        ({}, {3: 1, 20: 1, 100: 1}),
+        ({"last": 2}, {20: 1, 100: 1}),
+        ({"ema": 0.5}, {3: 0.25, 20: 0.25, 100: 0.5}),
+    ):
+        spec = ToolkitSpec(
+            method="checkpoints",
+            checkpoints={"folder": run, **selection},
+            out=tmp_path / f"out-{len(weights)}-{selection.get('ema')}",
+        )
         out = load_weights(run_method_merge(spec, progress=False))
         total = sum(weights.values())
         for name, tensor in out.items():

@@ -1,6 +1,5 @@
 """Greedy soups: the selection as the method's prepare step."""
 
-
 from __future__ import annotations
 
 import json
@@ -28,13 +27,23 @@ def test_greedy_soup_keeps_what_helps(tmp_path):
         head[token - 1, token] = 30.0 / VOCAB**0.5
     tensors["lm_head.weight"] = head
     save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
-    (tmp_path / "mc.jsonl").write_text("".join(
-        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i - 1}"], "answer": 0}) + "\n"
-        for i in range(5, 30)))
+    (tmp_path / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i - 1}"], "answer": 0}) + "\n"
+            for i in range(5, 30)
+        )
+    )
     spec = tmp_path / "soup.yaml"
-    spec.write_text(yaml.safe_dump({
-        "method": "greedy_soup", "models": [str(bad), str(good), str(twin)], "parameters": {"score": "mc"},
-        "evaluation": {"tasks": [{"name": "mc", "type": "multiple_choice", "path": "mc.jsonl"}]}}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "method": "greedy_soup",
+                "models": [str(bad), str(good), str(twin)],
+                "parameters": {"score": "mc"},
+                "evaluation": {"tasks": [{"name": "mc", "type": "multiple_choice", "path": "mc.jsonl"}]},
+            }
+        )
+    )
     assert main(["merge", str(spec), "--out", str(tmp_path / "soup"), "--no-progress"]) == 0
     provenance = json.loads((tmp_path / "soup" / "taxcut_provenance.json").read_text())
     greedy = provenance["spec"]["parameters"]["greedy"]

@@ -46,7 +46,14 @@ def test_uniform_alpha_everywhere():
 
 def test_block_defaults_outside_the_layers():
     r = resolver(alphas=[0.2, 0.5, 0.8])
-    assert [r.value_for(f"model.layers.{i}.mlp.up_proj.weight").alpha for i in range(6)] == [0.2, 0.2, 0.5, 0.5, 0.8, 0.8]
+    assert [r.value_for(f"model.layers.{i}.mlp.up_proj.weight").alpha for i in range(6)] == [
+        0.2,
+        0.2,
+        0.5,
+        0.5,
+        0.8,
+        0.8,
+    ]
     assert r.value_for("model.embed_tokens.weight").alpha == 0.2  # embeddings: the first block's ratio
     assert r.value_for("model.norm.weight").alpha == pytest.approx(0.5)  # the mean
     assert r.value_for("lm_head.weight").alpha == pytest.approx(0.5)
@@ -62,11 +69,14 @@ def test_explicit_bounds_and_per_layer():
 
 
 def test_rules_first_match_wins_over_everything():
-    r = resolver(alphas=[0.2, 0.5, 0.8], rules=[
-        {"match": "model.layers.*.mlp.*", "alpha": 0.05},
-        {"regex": r"model\.layers\.[0-9]+\..*", "alpha": 0.9},
-        {"match": "lm_head.weight", "alpha": 1.0},
-    ])
+    r = resolver(
+        alphas=[0.2, 0.5, 0.8],
+        rules=[
+            {"match": "model.layers.*.mlp.*", "alpha": 0.05},
+            {"regex": r"model\.layers\.[0-9]+\..*", "alpha": 0.9},
+            {"match": "lm_head.weight", "alpha": 1.0},
+        ],
+    )
     assert r.value_for("model.layers.4.mlp.up_proj.weight").alpha == 0.05
     assert r.value_for("model.layers.4.self_attn.q_proj.weight").alpha == 0.9
     assert r.value_for("lm_head.weight").alpha == 1.0
@@ -83,7 +93,13 @@ def test_layer_count_mismatch_is_refused():
 def test_a_method_parameter_per_block_is_resolved_like_ratios():
     density = BlockValues.of(detect_layers(NAMES), "parameters.density", [0.2, 0.5, 0.8])
     assert [density.value_for(f"model.layers.{i}.mlp.up_proj.weight").value for i in range(6)] == [
-        0.2, 0.2, 0.5, 0.5, 0.8, 0.8]
+        0.2,
+        0.2,
+        0.5,
+        0.5,
+        0.8,
+        0.8,
+    ]
     assert density.value_for("model.embed_tokens.weight").value == 0.2
     assert density.value_for("lm_head.weight").value == pytest.approx(0.5)
     assert BlockValues.of(detect_layers(NAMES), "parameters.t", 0.3).value_for("lm_head.weight").value == 0.3

@@ -1,4 +1,4 @@
-"""Depth profiles (LiNeS, issue 20 item 1): ``profile: [alpha, beta]`` gives layer l of L the ratio
+"""Depth profiles (LiNeS): ``profile: [alpha, beta]`` gives layer l of L the ratio
 ``clip(alpha + beta * l / (L - 1), 0, 1)``, resolved through the per-layer machinery, so that the merged tensors are
 exactly those of ``interpolate`` at those ratios (as ``layer_alphas``: embeddings get ``alpha``, final norm and
 lm_head the mean of the per-layer ratios)."""
@@ -20,15 +20,18 @@ from taxcut.methods.interpolation import interpolate
 from taxcut.spec.merge import MergeSpec, profile_mean, profile_ratios, spec_from_dict
 
 
-@pytest.mark.parametrize(("alpha", "beta", "layers", "expected"), [
-    (0.2, 0.6, 4, [0.2, 0.4, 0.6, 0.8]),          # 0.2 + 0.6 * l / 3
-    (0.5, 1.0, 5, [0.5, 0.75, 1.0, 1.0, 1.0]),     # clipped at 1 from the middle up
-    (0.3, -0.9, 4, [0.3, 0.0, 0.0, 0.0]),          # clipped at 0: 0.3 - 0.3 = 0 exactly, then below
-    (0.0, 0.0, 3, [0.0, 0.0, 0.0]),                # the SFT model
-    (1.0, 0.0, 2, [1.0, 1.0]),                     # the aligned model
-    (0.4, 0.6, 2, [0.4, 1.0]),
-    (0.7, 0.9, 1, [0.7]),                          # one layer: alpha, whatever beta
-])
+@pytest.mark.parametrize(
+    ("alpha", "beta", "layers", "expected"),
+    [
+        (0.2, 0.6, 4, [0.2, 0.4, 0.6, 0.8]),  # 0.2 + 0.6 * l / 3
+        (0.5, 1.0, 5, [0.5, 0.75, 1.0, 1.0, 1.0]),  # clipped at 1 from the middle up
+        (0.3, -0.9, 4, [0.3, 0.0, 0.0, 0.0]),  # clipped at 0: 0.3 - 0.3 = 0 exactly, then below
+        (0.0, 0.0, 3, [0.0, 0.0, 0.0]),  # the SFT model
+        (1.0, 0.0, 2, [1.0, 1.0]),  # the aligned model
+        (0.4, 0.6, 2, [0.4, 1.0]),
+        (0.7, 0.9, 1, [0.7]),  # one layer: alpha, whatever beta
+    ],
+)
 def test_profile_ratios_by_hand(alpha, beta, layers, expected):
     assert profile_ratios(alpha, beta, layers) == pytest.approx(expected, abs=1e-12)
     assert all(0.0 <= r <= 1.0 for r in profile_ratios(alpha, beta, layers))
@@ -44,8 +47,12 @@ def test_profile_mean_is_the_layers_mean_unless_clipped():
 
 
 def test_resolver_gives_the_layers_the_profile_embeddings_alpha_and_the_head_the_mean():
-    names = ["model.embed_tokens.weight", *(f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)),
-             "model.norm.weight", "lm_head.weight"]
+    names = [
+        "model.embed_tokens.weight",
+        *(f"model.layers.{i}.mlp.up_proj.weight" for i in range(4)),
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
     layout = detect_layers(names)
     from taxcut.methods.model_averaging import AveragingParameters, ModelAveraging
 
@@ -73,8 +80,9 @@ def _layer(name: str) -> int | None:
     return None
 
 
-@pytest.mark.parametrize(("arch", "profile"), [("llama", (0.2, 0.6)), ("llama", (0.5, 1.0)), ("qwen2", (0.1, 0.8)),
-                                               ("gpt2", (0.6, -0.3))])
+@pytest.mark.parametrize(
+    ("arch", "profile"), [("llama", (0.2, 0.6)), ("llama", (0.5, 1.0)), ("qwen2", (0.1, 0.8)), ("gpt2", (0.6, -0.3))]
+)
 def test_merged_tensors_are_interpolate_at_the_profile_ratios(pairs, tmp_path, arch, profile):
     sft_folder, aligned_folder = pairs[arch]
     before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(sft_folder.rglob("*.safetensors"))]
@@ -134,17 +142,20 @@ def test_spec_round_trip(tmp_path):
     assert again.profile == [0.25, 0.5] and again.alpha is None and again == spec
 
 
-@pytest.mark.parametrize(("fields", "message"), [
-    ({"profile": [0.2]}, "'profile' has 1 values: give two, [alpha, beta]"),
-    ({"profile": [0.2, 0.3, 0.4]}, "'profile' has 3 values"),
-    ({"profile": [float("nan"), 0.3]}, "'profile' alpha = nan is not a finite number"),
-    ({"profile": [0.2, float("inf")]}, "'profile' beta = inf is not a finite number"),
-    ({"profile": [1.2, 0.0]}, "'profile' alpha = 1.2 is outside [0, 1]"),
-    ({"profile": [0.2, 0.3], "alpha": 0.5}, "got 'alpha', 'profile'"),
-    ({"profile": [0.2, 0.3], "layer_alphas": [0.5]}, "got 'layer_alphas', 'profile'"),
-    ({"profile": [True, 0.3]}, "field 'profile' expected a number"),
-    ({"profile": "0.2,0.3"}, "field 'profile'"),
-])
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"profile": [0.2]}, "'profile' has 1 values: give two, [alpha, beta]"),
+        ({"profile": [0.2, 0.3, 0.4]}, "'profile' has 3 values"),
+        ({"profile": [float("nan"), 0.3]}, "'profile' alpha = nan is not a finite number"),
+        ({"profile": [0.2, float("inf")]}, "'profile' beta = inf is not a finite number"),
+        ({"profile": [1.2, 0.0]}, "'profile' alpha = 1.2 is outside [0, 1]"),
+        ({"profile": [0.2, 0.3], "alpha": 0.5}, "got 'alpha', 'profile'"),
+        ({"profile": [0.2, 0.3], "layer_alphas": [0.5]}, "got 'layer_alphas', 'profile'"),
+        ({"profile": [True, 0.3]}, "field 'profile' expected a number"),
+        ({"profile": "0.2,0.3"}, "field 'profile'"),
+    ],
+)
 def test_bad_profiles_are_one_line_errors_naming_the_field(fields, message):
     with pytest.raises(TaxcutError) as caught:
         spec_from_dict({"sft": "a", "aligned": "b", **fields}, source="my.yaml")
@@ -152,10 +163,13 @@ def test_bad_profiles_are_one_line_errors_naming_the_field(fields, message):
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--profile", "0.2"], "'profile' has 1 values"),
-    (["--profile", "nan,0.2"], "'profile' alpha = nan is not a finite number"),
-])
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--profile", "0.2"], "'profile' has 1 values"),
+        (["--profile", "nan,0.2"], "'profile' alpha = nan is not a finite number"),
+    ],
+)
 def test_bad_profile_flags_write_nothing(llama_pair, tmp_path, capsys, flags, message):
     sft, aligned = llama_pair
     out = tmp_path / "never"
@@ -168,8 +182,21 @@ def test_bad_profile_flags_write_nothing(llama_pair, tmp_path, capsys, flags, me
 def test_profile_flag_excludes_the_other_ratio_flags(llama_pair, tmp_path, capsys):
     sft, aligned = llama_pair
     with pytest.raises(SystemExit):
-        main(["merge", "--sft", str(sft), "--aligned", str(aligned), "--out", str(tmp_path / "x"),
-              "--profile", "0.2,0.2", "--alpha", "0.5"])
+        main(
+            [
+                "merge",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "--out",
+                str(tmp_path / "x"),
+                "--profile",
+                "0.2,0.2",
+                "--alpha",
+                "0.5",
+            ]
+        )
     assert "not allowed with argument" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 

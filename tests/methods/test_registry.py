@@ -29,18 +29,29 @@ def test_every_method_declares_its_paper_and_parameters():
 def test_no_module_names_a_method_but_its_own():
     """No `if spec.method == "..."`, no lookup by a literal name, outside the method's own module."""
     get_method("linear")
-    owner = {name: Path(type(method).__module__.replace(".", "/") + ".py").relative_to("taxcut").as_posix()
-             for name, method in METHODS.items()}
+    owner = {
+        name: Path(type(method).__module__.replace(".", "/") + ".py").relative_to("taxcut").as_posix()
+        for name, method in METHODS.items()
+    }
     found = []
     for path in PACKAGE.rglob("*.py"):
         relative = path.relative_to(PACKAGE).as_posix()
         tree = ast.parse(path.read_text())
-        mergekit_names = {id(value) for node in ast.walk(tree) if isinstance(node, ast.Dict)  # mergekit's names
-                          for key, value in zip(node.keys, node.values)
-                          if isinstance(key, ast.Constant) and key.value == "merge_method"}
+        mergekit_names = {
+            id(value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Dict)  # mergekit's names
+            for key, value in zip(node.keys, node.values)
+            if isinstance(key, ast.Constant) and key.value == "merge_method"
+        }
         for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and id(node) not in mergekit_names and node.value in owner and owner[node.value] != relative \
-                    and (relative, node.value) != INPUT_SELECTION_FIELD:
+            if (
+                isinstance(node, ast.Constant)
+                and id(node) not in mergekit_names
+                and node.value in owner
+                and owner[node.value] != relative
+                and (relative, node.value) != INPUT_SELECTION_FIELD
+            ):
                 found.append(f"{relative}:{node.lineno} names {node.value!r}")
     assert not found, found
 

@@ -1,6 +1,5 @@
 """SLERP against its formula."""
 
-
 from __future__ import annotations
 
 import math

@@ -1,6 +1,5 @@
 """Task arithmetic, TIES and DARE against their definitions."""
 
-
 from __future__ import annotations
 
 import numpy as np
@@ -67,8 +66,9 @@ def test_dare_linear_against_its_definition(trio, tmp_path):
     from taxcut.methods.task_vectors import tensor_seed
 
     base, models = trio
-    out = merged(tmp_path, "dare_linear", [(m, w) for m, w in zip(models, (1.0, 0.5, 2.0))], base=base,
-                 density=0.3, seed=11)
+    out = merged(
+        tmp_path, "dare_linear", [(m, w) for m, w in zip(models, (1.0, 0.5, 2.0))], base=base, density=0.3, seed=11
+    )
     b, inputs = load_weights(base), [load_weights(m) for m in models]
     for name, tensor in out.items():
         torch.manual_seed(tensor_seed(11, name))
@@ -84,24 +84,37 @@ def test_per_block_parameters(trio, tmp_path):
     base, models = trio
     out = merged(tmp_path, "task_arithmetic", [(m, 1.0) for m in models], base=base, **{"lambda": [0.2, 0.6]})
     b, inputs = numpy_of(base), [numpy_of(m) for m in models]
-    expected_lambda = {"model.layers.0.": 0.2, "model.layers.1.": 0.2, "model.layers.2.": 0.6, "model.layers.3.": 0.6,
-                       "model.embed_tokens": 0.2, "model.norm": 0.4, "lm_head": 0.4}
+    expected_lambda = {
+        "model.layers.0.": 0.2,
+        "model.layers.1.": 0.2,
+        "model.layers.2.": 0.6,
+        "model.layers.3.": 0.6,
+        "model.embed_tokens": 0.2,
+        "model.norm": 0.4,
+        "lm_head": 0.4,
+    }
     for name, tensor in out.items():
         lam = next(v for prefix, v in expected_lambda.items() if name.startswith(prefix))
         expected = b[name] + np.float32(lam) * sum(x[name] - b[name] for x in inputs)
         np.testing.assert_allclose(tensor.numpy(), expected, rtol=0, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize(("parameters", "message"), [
-    ({"density": "abc"}, "parameter 'density' must be a number in (0, 1]"),
-    ({"density": 0}, "parameter 'density' must be a number in (0, 1]"),
-    ({"majority_sign_method": "foo"}, "'majority_sign_method' is 'total' or 'frequency'"),
-])
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ({"density": "abc"}, "parameter 'density' must be a number in (0, 1]"),
+        ({"density": 0}, "parameter 'density' must be a number in (0, 1]"),
+        ({"majority_sign_method": "foo"}, "'majority_sign_method' is 'total' or 'frequency'"),
+    ],
+)
 def test_bad_method_parameters(trio, tmp_path, capsys, parameters, message):
     base, models = trio
     spec = tmp_path / "s.yaml"
-    spec.write_text(yaml.safe_dump({"method": "ties", "base": str(base), "models": [str(m) for m in models],
-                                    "parameters": parameters}))
+    spec.write_text(
+        yaml.safe_dump(
+            {"method": "ties", "base": str(base), "models": [str(m) for m in models], "parameters": parameters}
+        )
+    )
     assert main(["merge", str(spec), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -115,8 +128,9 @@ def test_dare_ties_against_its_definition(trio, tmp_path):
 
     base, models = trio
     weights, density = (1.0, 0.5, 2.0), 0.4
-    out = merged(tmp_path, "dare_ties", list(zip(models, weights)), base=base, density=density, seed=5,
-                 **{"lambda": 0.8})
+    out = merged(
+        tmp_path, "dare_ties", list(zip(models, weights)), base=base, density=density, seed=5, **{"lambda": 0.8}
+    )
     b, inputs = load_weights(base), [load_weights(m) for m in models]
     for name, tensor in out.items():
         torch.manual_seed(tensor_seed(5, name))
@@ -130,5 +144,6 @@ def test_dare_ties_against_its_definition(trio, tmp_path):
         agree = np.sign(stacked) == majority
         weighted = stacked * np.array(weights).reshape(-1, *[1] * (stacked.ndim - 1))
         expected = (weighted * agree).sum(axis=0) / np.maximum(agree.sum(axis=0), 1)
-        np.testing.assert_allclose(tensor.double().numpy(), b[name].double().numpy() + 0.8 * expected, rtol=0,
-                                   atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(
+            tensor.double().numpy(), b[name].double().numpy() + 0.8 * expected, rtol=0, atol=1e-5, err_msg=name
+        )

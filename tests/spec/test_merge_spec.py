@@ -11,9 +11,14 @@ from taxcut.spec import parse_size, spec_from_dict
 
 def test_yaml_round_trip(tmp_path):
     spec = MergeSpec(
-        sft="a", aligned="b", out="c", alphas=[0.2, 0.5, 0.8], block_bounds=[(0, 1), (2, 2), (3, 5)],
+        sft="a",
+        aligned="b",
+        out="c",
+        alphas=[0.2, 0.5, 0.8],
+        block_bounds=[(0, 1), (2, 2), (3, 5)],
         rules=[{"match": "lm_head.*", "alpha": 0.4}, {"regex": r"model\.norm\..*", "alpha": 0.1}],
-        dtype="bfloat16", max_shard_size="2GB",
+        dtype="bfloat16",
+        max_shard_size="2GB",
     )
     path = tmp_path / "spec.yaml"
     path.write_text(spec.to_yaml())
@@ -37,7 +42,10 @@ def test_yaml_round_trip(tmp_path):
         ({"alpha": float("nan")}, "'alpha' = nan is not a finite number"),
         ({"alphas": []}, "'alphas' is empty"),
         ({"alphas": [0.1, 0.2], "block_bounds": [[0, 3]]}, "'block_bounds' has 1 blocks but 'alphas' has 2"),
-        ({"alphas": [0.1, 0.2], "block_bounds": [[0, 3], [5, 6]]}, "'block_bounds[1]' = [5, 6]: blocks must be contiguous"),
+        (
+            {"alphas": [0.1, 0.2], "block_bounds": [[0, 3], [5, 6]]},
+            "'block_bounds[1]' = [5, 6]: blocks must be contiguous",
+        ),
         ({"alphas": [0.1, 0.2], "block_bounds": [[1, 3], [4, 6]]}, "should start at 0"),
         ({"alpha": 0.5, "block_bounds": [[0, 3]]}, "'block_bounds' goes with 'alphas'"),
         ({"alpha": 0.5, "rules": [{"alpha": 0.1}]}, "a rule needs exactly one of 'match' (a glob) or 'regex'"),
@@ -76,8 +84,10 @@ def test_bad_yaml_file(tmp_path):
         MergeSpec.from_yaml(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize(("text", "expected"), [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30),
-                                                 (1234, 1234), ("1.5KB", 1500), ("10", 10)])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("5GB", 5 * 10**9), ("500MB", 5 * 10**8), ("2GiB", 2 * 2**30), (1234, 1234), ("1.5KB", 1500), ("10", 10)],
+)
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 

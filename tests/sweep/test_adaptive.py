@@ -68,8 +68,11 @@ def test_families_share_their_ends_and_the_budget_covers_the_start():
     sft, aligned = ma_candidate(0.0), ma_candidate(1.0)
     ends = {0.0: sft, 1.0: aligned}
     ma = Family("MA", lambda a: ends.get(a) or ma_candidate(a))
-    blocks = Family("blocks", lambda a: ends.get(a) or Candidate(label="b", kind="blocks",
-                                                                  alphas=profile_at([0.2, 0.5, 0.8], a)), (0.5,))
+    blocks = Family(
+        "blocks",
+        lambda a: ends.get(a) or Candidate(label="b", kind="blocks", alphas=profile_at([0.2, 0.5, 0.8], a)),
+        (0.5,),
+    )
     seen: list[str] = []
 
     def measure(candidates):
@@ -85,7 +88,7 @@ def test_families_share_their_ends_and_the_budget_covers_the_start():
 def curve_point(candidate: Candidate) -> NoisyPoint:
     """A concave front: reward a^(1/4), tax a^2."""
     a = candidate.mean_alpha
-    return NoisyPoint(a ** 0.25, a * a)
+    return NoisyPoint(a**0.25, a * a)
 
 
 def list_of(curve):

@@ -9,8 +9,12 @@ from taxcut.sweep.cost import cost_account
 
 
 def test_the_cost_account_adds_up():
-    entries = [(EvaluationCost(100, 400, 2.0), 1.0), (EvaluationCost(120, 380, 2.5), 1.0),
-               (EvaluationCost(15, 50, 0.25), 0.125), (None, 1.0)]
+    entries = [
+        (EvaluationCost(100, 400, 2.0), 1.0),
+        (EvaluationCost(120, 380, 2.5), 1.0),
+        (EvaluationCost(15, 50, 0.25), 0.125),
+        (None, 1.0),
+    ]
     account = cost_account(entries)
     assert account.spent == EvaluationCost(235, 830, 4.75)
     assert account.full == EvaluationCost(100 + 120 + 120, 400 + 380 + 400, 2.0 + 2.5 + 2.0)  # the dropped one x 8

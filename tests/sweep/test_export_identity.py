@@ -1,4 +1,4 @@
-"""Export writes exactly the candidate that was measured (issue 18, item 1): a results line must be whole JSON,
+"""Export writes exactly the candidate that was measured: a results line must be whole JSON,
 its id must be its candidate's, it must record the inputs, and today's inputs must have the content it records;
 a results file that is a symbolic link is never followed. Each refusal leaves the user's files as they were."""
 
@@ -20,23 +20,25 @@ from taxcut.cli import main
 from taxcut.spec.candidates import ma_candidate
 from taxcut.spec.sweep import SweepSpec
 from taxcut.sweep.results import ResultsStore
-from taxcut.sweep.runner import RESULTS_FILE, export_candidate, run_sweep
+from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
 
 def digest(path: Path) -> str:
     """A hash of a file, or of a folder's files with their names."""
     if path.is_file():
         return hashlib.sha256(path.read_bytes()).hexdigest()
-    return hashlib.sha256(b"".join(p.name.encode() + digest(p).encode()
-                                   for p in sorted(path.rglob("*")) if p.is_file())).hexdigest()
+    return hashlib.sha256(
+        b"".join(p.name.encode() + digest(p).encode() for p in sorted(path.rglob("*")) if p.is_file())
+    ).hexdigest()
 
 
 @pytest.fixture
 def swept(llama_pair, tmp_path):
     """A finished sweep (MA a=0 and a=0.5) over copies of the llama pair: (results file, sft, aligned)."""
     sft, aligned = (Path(shutil.copytree(p, tmp_path / "models" / p.name)) for p in llama_pair)
-    run_sweep(SweepSpec.from_yaml(write_sweep(tmp_path, (sft, aligned), alphas=(0.0, 0.5), patterns=())),
-              progress=False)
+    run_sweep(
+        SweepSpec.from_yaml(write_sweep(tmp_path, (sft, aligned), alphas=(0.0, 0.5), patterns=())), progress=False
+    )
     return tmp_path / "sweep-out" / RESULTS_FILE, sft, aligned
 
 
@@ -65,15 +67,19 @@ def test_a_line_without_inputs_exports_only_with_force_and_a_warning(swept, tmp_
     before = state(results, sft, aligned)
     assert export(results, MID, tmp_path / "x") == 2
     err = capsys.readouterr().err
-    assert f"{results}, line 2: candidate {MID} (MA a=0.5): its line does not record the inputs it was measured " \
-           "on, so its scores cannot be checked against today's weights; rerun the sweep, or pass --force" in err
+    assert (
+        f"{results}, line 2: candidate {MID} (MA a=0.5): its line does not record the inputs it was measured "
+        "on, so its scores cannot be checked against today's weights; rerun the sweep, or pass --force" in err
+    )
     assert err.count("\n") == 1 and not (tmp_path / "x").exists() and state(results, sft, aligned) == before
 
     assert export(results, MID, tmp_path / "forced", "--force") == 0
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert warnings == [f"taxcut: warning: {results}, line 2: candidate {MID} (MA a=0.5): its scores cannot be "
-                        "checked against today's weights (its line does not record the inputs it was measured on); "
-                        "exporting it as --force asks"]
+    assert warnings == [
+        f"taxcut: warning: {results}, line 2: candidate {MID} (MA a=0.5): its scores cannot be "
+        "checked against today's weights (its line does not record the inputs it was measured on); "
+        "exporting it as --force asks"
+    ]
     exported = json.loads((tmp_path / "forced" / "taxcut_provenance.json").read_text())["exported"]
     assert exported["inputs_verified"] is False and exported["line"] == 2
     assert exported["forced_despite"] == "its line does not record the inputs it was measured on"
@@ -99,8 +105,10 @@ def test_a_swapped_candidate_id_is_refused_in_export_and_in_resume(swept, tmp_pa
     before = state(results, sft, aligned)
     assert export(results, MID, tmp_path / "x") == 2
     err = capsys.readouterr().err
-    assert f"{results}, line 1: candidate_id '{MID}' is not the id of the line's candidate fields " \
-           f"({ma_candidate(0.0).id}): the line was edited; restore it, or delete it and rerun the sweep" in err
+    assert (
+        f"{results}, line 1: candidate_id '{MID}' is not the id of the line's candidate fields "
+        f"({ma_candidate(0.0).id}): the line was edited; restore it, or delete it and rerun the sweep" in err
+    )
     with pytest.raises(TaxcutError, match=f"line 1: candidate_id '{MID}' is not the id"):
         run_sweep(SweepSpec.from_yaml(tmp_path / "sweep.yaml"), progress=False)  # a forged line is never reused
     assert not (tmp_path / "x").exists() and state(results, sft, aligned) == before
@@ -114,8 +122,11 @@ def test_an_alpha_edited_under_its_id_is_refused(swept, tmp_path, capsys):
     before = state(results, sft, aligned)
     assert export(results, MID, tmp_path / "x") == 2
     err = capsys.readouterr().err
-    assert f"{results}, line 2: candidate_id '{MID}' is not the id of the line's candidate fields " \
-           f"({ma_candidate(0.9).id})" in err and err.count("\n") == 1
+    assert (
+        f"{results}, line 2: candidate_id '{MID}' is not the id of the line's candidate fields ({ma_candidate(0.9).id})"
+        in err
+        and err.count("\n") == 1
+    )
     assert not (tmp_path / "x").exists() and state(results, sft, aligned) == before
 
 
@@ -144,8 +155,10 @@ def test_a_weight_file_changed_in_place_with_its_time_restored_is_refused(swept,
     before = state(results, sft, aligned)
     assert export(results, MID, tmp_path / "x") == 2
     err = capsys.readouterr().err
-    assert f"{results}, line 2: candidate {MID} (MA a=0.5): was measured on other inputs: the aligned model's " \
-           "model.safetensors changed since; rerun the sweep, or pass --force" in err
+    assert (
+        f"{results}, line 2: candidate {MID} (MA a=0.5): was measured on other inputs: the aligned model's "
+        "model.safetensors changed since; rerun the sweep, or pass --force" in err
+    )
     assert not (tmp_path / "x").exists() and state(results, sft, aligned) == before
 
 
@@ -192,12 +205,14 @@ def test_verify_full_without_recorded_full_hashes_is_refused(swept, tmp_path, ca
     results, sft, aligned = swept
     before = state(results, sft, aligned)
     assert export(results, MID, tmp_path / "x", "--verify", "full", "--force") == 2
-    assert "the sweep recorded sampled hashes of its inputs only, so --verify full has nothing to compare with; " \
-           "rerun the sweep with 'input_hashes: full', or export with --verify sample" in capsys.readouterr().err
+    assert (
+        "the sweep recorded sampled hashes of its inputs only, so --verify full has nothing to compare with; "
+        "rerun the sweep with 'input_hashes: full', or export with --verify sample" in capsys.readouterr().err
+    )
     assert not (tmp_path / "x").exists() and state(results, sft, aligned) == before
 
 
-@pytest.mark.parametrize("bad", ["hello", "{\"candidate_id\": 1}}", "[1, 2", "{\"a\": 1 \"b\": 2}", "{'a': 1}"])
+@pytest.mark.parametrize("bad", ["hello", '{"candidate_id": 1}}', "[1, 2", '{"a": 1 "b": 2}', "{'a': 1}"])
 def test_a_line_that_is_not_json_names_file_and_line(swept, tmp_path, capsys, bad):
     results, sft, aligned = swept
     text = results.read_text()

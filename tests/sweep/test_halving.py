@@ -26,7 +26,9 @@ def fake_measure(candidate: Candidate, part: DataPart) -> Measurement:
     return Measurement(
         Mean.of([reward + (0.3 if i % 2 else -0.3) for i in rewards]),
         {"mc": {"acc": Mean.of([float((37 * i) % ITEMS < accuracy * ITEMS) for i in questions], binary=True)}},
-        {"mc": "acc"}, {"mc": True})
+        {"mc": "acc"},
+        {"mc": True},
+    )
 
 
 class Book:
@@ -75,7 +77,11 @@ def test_a_candidate_dominated_beyond_its_error_bars_is_dropped_and_the_sft_mode
     assert [s for c, s in book.records if c == DOMINATED.id] == [0.125]
     # survivors grew by the items they had not seen: 1/8, then 1/8 more, 1/4 more, 1/2 more
     assert [(start, stop) for cid, start, stop in evaluate.calls if cid == GOOD.id] == [
-        (0.0, 0.125), (0.125, 0.25), (0.25, 0.5), (0.5, 1.0)]
+        (0.0, 0.125),
+        (0.125, 0.25),
+        (0.25, 0.5),
+        (0.5, 1.0),
+    ]
     # ... and their full result is that of all the items, with its errors
     full, direct = book.full(GOOD.id), fake_measure(GOOD, DataPart()).result()
     assert full.reward.reward == pytest.approx(direct.reward.reward) and full.reward.samples == ITEMS
@@ -87,8 +93,7 @@ def test_an_incumbent_measured_in_full_drops_a_newcomer():
     book = Book()
     successive_halving([GOOD], SFT, Evaluator(), book)
     evaluate = Evaluator()
-    outcome = successive_halving([DOMINATED], SFT, evaluate, book,
-                                 incumbents=[NoisyPoint(2.1, -0.2, 0.04, 0.06)])
+    outcome = successive_halving([DOMINATED], SFT, evaluate, book, incumbents=[NoisyPoint(2.1, -0.2, 0.04, 0.06)])
     assert outcome.dropped == {DOMINATED.id: 0.125}
     assert evaluate.calls == [(DOMINATED.id, 0.0, 0.125)]  # the SFT model's stages are in the book already
 
@@ -105,7 +110,8 @@ def test_a_killed_halving_resumes_and_redoes_nothing():
     fresh = Book()
     assert successive_halving([GOOD, DOMINATED, BEST_TAX], SFT, Evaluator(), fresh).dropped == outcome.dropped
     assert {k: m.result().primary for k, m in fresh.records.items()} == {
-        k: m.result().primary for k, m in book.records.items()}
+        k: m.result().primary for k, m in book.records.items()
+    }
     third = Evaluator()
     successive_halving([GOOD, DOMINATED, BEST_TAX], SFT, third, book)
     assert third.calls == []  # a finished halving has nothing left to do
@@ -138,12 +144,18 @@ def test_a_resumed_halving_replays_its_decisions_on_the_stages():
         items = part.items("reward", ITEMS) or list(range(ITEMS))
         questions = part.items("mc", ITEMS) or list(range(ITEMS))
         if candidate.id == sprinter.id:  # reward 3 on the first eighth of the items, 0 on the rest; always right
-            return Measurement(Mean.of([3.0 if i in early else 0.0 for i in items]),
-                               {"mc": {"acc": Mean.of([1.0 for _ in questions], binary=True)}}, {"mc": "acc"},
-                               {"mc": True})
-        return Measurement(Mean.of([1.0 + (0.1 if i % 2 else -0.1) for i in items]),  # reward 1, the SFT's accuracy
-                           {"mc": {"acc": Mean.of([float(i % 2) for i in questions], binary=True)}}, {"mc": "acc"},
-                           {"mc": True})
+            return Measurement(
+                Mean.of([3.0 if i in early else 0.0 for i in items]),
+                {"mc": {"acc": Mean.of([1.0 for _ in questions], binary=True)}},
+                {"mc": "acc"},
+                {"mc": True},
+            )
+        return Measurement(
+            Mean.of([1.0 + (0.1 if i % 2 else -0.1) for i in items]),  # reward 1, the SFT's accuracy
+            {"mc": {"acc": Mean.of([float(i % 2) for i in questions], binary=True)}},
+            {"mc": "acc"},
+            {"mc": True},
+        )
 
     def evaluate(candidates, part):
         for candidate in candidates:
@@ -187,7 +199,9 @@ def tied_measure(candidate: Candidate, part: DataPart) -> Measurement:
         return Measurement(
             Mean.of([reward + (0.3 if i % 2 else -0.3) for i in rewards]),
             {"mc": {"acc": Mean.of([float((37 * i) % ITEMS < accuracy * ITEMS) for i in questions], binary=True)}},
-            {"mc": "acc"}, {"mc": True})
+            {"mc": "acc"},
+            {"mc": True},
+        )
     return fake_measure(candidate, part)
 
 
@@ -199,6 +213,7 @@ def tied_evaluator(calls):
         for candidate in candidates:
             calls.append((candidate.id, part.start, part.stop))
             yield candidate, tied_measure(candidate, part)
+
     return evaluate
 
 
@@ -219,8 +234,9 @@ def test_of_two_twins_only_one_is_dropped_and_what_is_kept_is_never_dropped():
     outcome = successive_halving([GOOD, TWIN], SFT, tied_evaluator([]), book, HalvingSettings(tolerance=0.8))
     assert list(outcome.dropped.values()) == [0.125]
     assert sum(book.full(c.id) is not None for c in (GOOD, TWIN)) == 1
-    kept = successive_halving([GOOD, RUNNER_UP], SFT, tied_evaluator([]), Book(), HalvingSettings(tolerance=0.5),
-                              keep={RUNNER_UP.id})
+    kept = successive_halving(
+        [GOOD, RUNNER_UP], SFT, tied_evaluator([]), Book(), HalvingSettings(tolerance=0.5), keep={RUNNER_UP.id}
+    )
     assert RUNNER_UP.id not in kept.dropped  # the aligned model is kept like the SFT model
 
 

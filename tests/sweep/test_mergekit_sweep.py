@@ -1,4 +1,4 @@
-"""Sweeping a mergekit config along one of its parameters (issue 21, item 4): each value is a candidate, merged as
+"""Sweeping a mergekit config along one of its parameters: each value is a candidate, merged as
 `taxcut merge CONFIG` merges the config with that value, evaluated like any candidate, and exported bit for bit."""
 
 from __future__ import annotations
@@ -41,30 +41,60 @@ def _write(path: Path, data: dict) -> Path:
 def _config(lab, folder: Path, **parameters) -> Path:
     """A slerp config of the lab pair in mergekit's own form, its models relative to the config's folder."""
     sft, aligned = (os.path.relpath(p, folder) for p in (lab.sft, lab.aligned))
-    return _write(folder / "slerp.yml", {
-        "merge_method": "slerp", "base_model": sft, "dtype": "float32",
-        "models": [{"model": sft}, {"model": aligned}],
-        "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 1.0]}, {"value": 0.5}], **parameters}})
+    return _write(
+        folder / "slerp.yml",
+        {
+            "merge_method": "slerp",
+            "base_model": sft,
+            "dtype": "float32",
+            "models": [{"model": sft}, {"model": aligned}],
+            "parameters": {"t": [{"filter": "self_attn", "value": [0.0, 1.0]}, {"value": 0.5}], **parameters},
+        },
+    )
 
 
 def _sweep(lab, folder: Path, config: Path, values=VALUES) -> Path:
     """The sweep spec: the SFT baseline and one candidate per value of the config's `t`, on a few lab items."""
     task = lab.capability_tasks[0]
-    return _write(folder / "sweep.yaml", {
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": "sweep-out", "device": "cpu",
-        "candidates": {"grid": [], "mergekit": {"config": config.name, "sweep_over": {"parameter": "t",
-                                                                                   "values": values}}},
-        "evaluation": {
-            "reward": {"prompts": _head(lab.data / "chat_prompts.jsonl", folder / "prompts.jsonl", 4),
-                       "function": "taxcut.lab.tasks:reward", "max_new_tokens": 40},
-            "tasks": [{"name": task, "type": "generation", "max_new_tokens": 8,
-                       "path": _head(lab.data / f"{task}.jsonl", folder / "task.jsonl", 8)}]}})
+    return _write(
+        folder / "sweep.yaml",
+        {
+            "sft": str(lab.sft),
+            "aligned": str(lab.aligned),
+            "out": "sweep-out",
+            "device": "cpu",
+            "candidates": {
+                "grid": [],
+                "mergekit": {"config": config.name, "sweep_over": {"parameter": "t", "values": values}},
+            },
+            "evaluation": {
+                "reward": {
+                    "prompts": _head(lab.data / "chat_prompts.jsonl", folder / "prompts.jsonl", 4),
+                    "function": "taxcut.lab.tasks:reward",
+                    "max_new_tokens": 40,
+                },
+                "tasks": [
+                    {
+                        "name": task,
+                        "type": "generation",
+                        "max_new_tokens": 8,
+                        "path": _head(lab.data / f"{task}.jsonl", folder / "task.jsonl", 8),
+                    }
+                ],
+            },
+        },
+    )
 
 
 def _digest(*paths: Path) -> str:
-    return hashlib.sha256(b"".join(p.read_bytes() for path in paths
-                                   for p in ([path] if path.is_file() else sorted(path.rglob("*"))) if p.is_file())
-                          ).hexdigest()
+    return hashlib.sha256(
+        b"".join(
+            p.read_bytes()
+            for path in paths
+            for p in ([path] if path.is_file() else sorted(path.rglob("*")))
+            if p.is_file()
+        )
+    ).hexdigest()
 
 
 def test_a_sweep_over_a_slerp_configs_t_runs_on_the_lab_and_exports_what_merge_writes(lab, tmp_path):
@@ -87,8 +117,10 @@ def test_a_sweep_over_a_slerp_configs_t_runs_on_the_lab_and_exports_what_merge_w
 
     # export of the gradient candidate = `taxcut merge` of the config with that value, byte for byte
     candidate = records[2]["candidate_id"]
-    assert main(["export", str(tmp_path / "sweep-out"), "--candidate", candidate, "--out",
-                 str(tmp_path / "exported")]) == 0
+    assert (
+        main(["export", str(tmp_path / "sweep-out"), "--candidate", candidate, "--out", str(tmp_path / "exported")])
+        == 0
+    )
     plain = tmp_path / "plain"
     plain.mkdir()
     merged_config = _config(lab, plain, t=VALUES[1])  # the config with its t replaced by the swept value
@@ -126,12 +158,19 @@ def test_ids_follow_the_configs_content_and_the_value(lab, tmp_path):
     assert not set(ids) & {c.id for c in expand(SweepSpec.from_yaml(_sweep(lab, tmp_path, edited)))[1:]}
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda c, lab: c["models"].append({"model": str(lab.checkpoints[0])}),
-     "model '.*' is neither the sweep's sft .* nor its aligned model; a swept config merges those two"),
-    (lambda c, lab: c["models"][1].update(parameters={"t": 0.2}),
-     "'t' is also set in the parameters of model '.*', which would win over the swept value"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda c, lab: c["models"].append({"model": str(lab.checkpoints[0])}),
+            "model '.*' is neither the sweep's sft .* nor its aligned model; a swept config merges those two",
+        ),
+        (
+            lambda c, lab: c["models"][1].update(parameters={"t": 0.2}),
+            "'t' is also set in the parameters of model '.*', which would win over the swept value",
+        ),
+    ],
+)
 def test_a_config_of_other_models_or_a_per_model_value_is_refused(lab, tmp_path, capsys, change, message):
     config = _config(lab, tmp_path)
     data = yaml.safe_load(config.read_text())

@@ -7,7 +7,12 @@ import math
 import pytest
 
 from taxcut.sweep.noise import (
-    NoisyPoint, dominates_beyond_noise, hypervolume, noise_aware_front, tax_stderr, z_value,
+    NoisyPoint,
+    dominates_beyond_noise,
+    hypervolume,
+    noise_aware_front,
+    tax_stderr,
+    z_value,
 )
 from taxcut.sweep.pareto import pareto_front
 
@@ -36,12 +41,12 @@ def test_dominance_beyond_the_noise_needs_both_axes():
 
 def test_noise_aware_front_keeps_what_the_data_cannot_rule_out():
     points = [
-        NoisyPoint(0.0, 0.0, 0.05, 0.02),   # SFT
+        NoisyPoint(0.0, 0.0, 0.05, 0.02),  # SFT
         NoisyPoint(0.9, 0.10, 0.05, 0.02),  # on the front
         NoisyPoint(0.85, 0.11, 0.05, 0.02),  # strictly dominated by the one above, but only within the noise
         NoisyPoint(0.4, 0.30, 0.05, 0.02),  # dominated far beyond the noise
         NoisyPoint(1.2, 0.60, 0.05, 0.02),  # on the front
-        NoisyPoint(math.nan, 0.1),          # never on a front
+        NoisyPoint(math.nan, 0.1),  # never on a front
     ]
     strict = pareto_front([(p.reward, p.tax) for p in points])
     noisy = noise_aware_front(points)

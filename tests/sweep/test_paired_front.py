@@ -24,14 +24,23 @@ BASELINE = PerItem(tasks={"qa": ItemScores.of(KEYS, [1.0, 0.5, 0.75, 0.25])})
 def scores(shift: float, jitter: float = 0.0) -> PerItem:
     """Per-item reward and "qa" scores, all moved by ``shift`` and, alternately, by -jitter and +jitter."""
     moved = [shift + (jitter if k % 2 else -jitter) for k in KEYS]
-    return PerItem(ItemScores.of(KEYS, [v + d for v, d in zip(SPREAD, moved)]),
-                   {"qa": ItemScores.of(KEYS, [v + d for v, d in zip([0.75, 0.5, 0.25, 0.0], moved)])})
+    return PerItem(
+        ItemScores.of(KEYS, [v + d for v, d in zip(SPREAD, moved)]),
+        {"qa": ItemScores.of(KEYS, [v + d for v, d in zip([0.75, 0.5, 0.25, 0.0], moved)])},
+    )
 
 
 def point(shift: float, jitter: float = 0.0, *, items: bool = True, baseline: PerItem = BASELINE) -> NoisyPoint:
     """A candidate 0.125 better on both axes per unit of ``shift``, with each model's own (unpaired) errors."""
-    return NoisyPoint(reward=1.5 + shift, tax=0.25 - shift, reward_stderr=OWN_ERROR, tax_stderr=OWN_ERROR,
-                      items=scores(shift, jitter) if items else None, baseline=baseline, tasks=("qa",))
+    return NoisyPoint(
+        reward=1.5 + shift,
+        tax=0.25 - shift,
+        reward_stderr=OWN_ERROR,
+        tax_stderr=OWN_ERROR,
+        items=scores(shift, jitter) if items else None,
+        baseline=baseline,
+        tasks=("qa",),
+    )
 
 
 def test_a_constant_difference_is_beyond_the_noise_paired_but_not_unpaired():
@@ -71,8 +80,9 @@ def test_the_tax_falls_back_when_the_baselines_or_items_differ():
     worse = point(0.0)
     other_baseline = PerItem(tasks={"qa": ItemScores.of(KEYS, [1.0, 0.5, 0.75, 0.0])})
     assert not dominates_beyond_noise(point(0.125, baseline=other_baseline), worse)  # tax: another SFT measurement
-    fewer = replace(point(0.125), items=PerItem(scores(0.125).reward,
-                                               {"qa": ItemScores.of(range(3), [0.875, 0.625, 0.375])}))
+    fewer = replace(
+        point(0.125), items=PerItem(scores(0.125).reward, {"qa": ItemScores.of(range(3), [0.875, 0.625, 0.375])})
+    )
     assert not dominates_beyond_noise(fewer, worse)  # tax: not the same items
     reward_only = replace(point(0.125), items=PerItem(scores(0.125).reward, {}))
     assert not dominates_beyond_noise(reward_only, worse)  # tax: no task items
@@ -85,9 +95,16 @@ def result(shift: float, *, items: bool = True, sft: bool = False) -> Evaluation
         per_item = PerItem(ItemScores.of(KEYS, [v - 1.0 for v in SPREAD]), BASELINE.tasks)
     qa = sum(per_item.tasks["qa"].values) / 4
     reward = sum(per_item.reward.values) / 4
-    return EvaluationResult(tasks={"qa": {"acc": qa}}, primary={"qa": qa}, directions={"qa": True}, seconds=1.0,
-                            reward=RewardScore(reward, OWN_ERROR, 4), stderr={"qa": {"acc": OWN_ERROR}},
-                            primary_stderr={"qa": OWN_ERROR}, items=per_item if items else None)
+    return EvaluationResult(
+        tasks={"qa": {"acc": qa}},
+        primary={"qa": qa},
+        directions={"qa": True},
+        seconds=1.0,
+        reward=RewardScore(reward, OWN_ERROR, 4),
+        stderr={"qa": {"acc": OWN_ERROR}},
+        primary_stderr={"qa": OWN_ERROR},
+        items=per_item if items else None,
+    )
 
 
 @pytest.mark.parametrize("with_items, expected", [(True, [True, False, True]), (False, [True, True, True])])
@@ -96,10 +113,19 @@ def test_the_sweep_report_front_pairs_on_the_items(tmp_path, with_items, expecte
     # the SFT model, are 0.1021 each (differences -0.25, 0, -0.5, -0.25 to the SFT model), so unpaired the tax gap
     # 0.125 < 1.645 * sqrt(2) * 0.1021 = 0.2374 keeps A; paired, the gap has error 0 and A is dominated.
     candidates = [ma_candidate(0.0), ma_candidate(0.3), ma_candidate(0.4)]
-    results = [result(0.0, sft=True, items=with_items), result(0.0, items=with_items),
-               result(0.125, items=with_items)]
-    records = [ResultRecord(candidate_id=c.id, candidate=c, result=r, mean_alpha=c.mean_alpha, sft="sft",
-                            aligned="aligned", context="ctx") for c, r in zip(candidates, results)]
+    results = [result(0.0, sft=True, items=with_items), result(0.0, items=with_items), result(0.125, items=with_items)]
+    records = [
+        ResultRecord(
+            candidate_id=c.id,
+            candidate=c,
+            result=r,
+            mean_alpha=c.mean_alpha,
+            sft="sft",
+            aligned="aligned",
+            context="ctx",
+        )
+        for c, r in zip(candidates, results)
+    ]
     report = summarize(records, "ctx", candidates, tmp_path / "out")
     assert [row.tax for row in report.rows] == pytest.approx([0.0, 0.25, 0.125])
     if with_items:

@@ -14,7 +14,6 @@ from taxcut.evaluation.subset import DataPart
 from taxcut.spec.candidates import ma_candidate
 from taxcut.sweep.halving import best_case_gain, successive_halving
 from taxcut.sweep.noise import NoisyPoint, dominates_beyond_noise, z_value
-
 from tests.sweep.test_halving import Book, Evaluator
 
 
@@ -50,8 +49,9 @@ def _point(rewards, accuracy, baseline_accuracy, *, reward_stderr=1.0, tax_stder
     tasks = PerItem(None, {"mc": _scores(baseline_accuracy)})
     items = PerItem(_scores(rewards), {"mc": _scores(accuracy)})
     tax = sum(baseline_accuracy) / len(baseline_accuracy) - sum(accuracy) / len(accuracy)
-    return NoisyPoint(sum(rewards) / len(rewards), tax, reward_stderr, tax_stderr, items=items, baseline=tasks,
-                      tasks=("mc",))
+    return NoisyPoint(
+        sum(rewards) / len(rewards), tax, reward_stderr, tax_stderr, items=items, baseline=tasks, tasks=("mc",)
+    )
 
 
 def test_at_a_stage_dominance_pairs_cautiously_and_agreement_is_not_certainty():
@@ -108,8 +108,12 @@ def paired_measure(candidate, part: DataPart) -> Measurement:
     reward_values = [(3.0 if (7 * i) % 2 else -3.0) + 0.01 * i + lead for i in rewards]
     right = [float(candidate.alpha != 0.8 or i % 4 == 0) for i in questions]  # 'behind' misses 3 in 4
     return Measurement(
-        Mean.of(reward_values), {"mc": {"acc": Mean.of(right, binary=True)}}, {"mc": "acc"}, {"mc": True},
-        items=PerItem(ItemScores.of(rewards, reward_values), {"mc": ItemScores.of(questions, right)}))
+        Mean.of(reward_values),
+        {"mc": {"acc": Mean.of(right, binary=True)}},
+        {"mc": "acc"},
+        {"mc": True},
+        items=PerItem(ItemScores.of(rewards, reward_values), {"mc": ItemScores.of(questions, right)}),
+    )
 
 
 def test_halving_drops_what_only_the_paired_difference_shows_and_keeps_the_full_data_result_exact():
@@ -135,6 +139,7 @@ def _with(evaluator: Evaluator, measure):
         for candidate in candidates:
             evaluator.calls.append((candidate.id, part.start, part.stop))
             yield candidate, measure(candidate, part)
+
     return evaluate
 
 
@@ -142,4 +147,5 @@ def _without_items(measure):
     def plain(candidate, part):
         m = measure(candidate, part)
         return Measurement(m.reward, m.tasks, m.primary_metrics, m.directions, m.cost, None)
+
     return plain

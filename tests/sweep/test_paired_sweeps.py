@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import yaml
 
 from taxcut.spec.sweep import SweepSpec
@@ -23,19 +22,29 @@ def write_spec(folder: Path, pair, *, evaluation: dict | None = None, **extra) -
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
     (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 36)))
-    (data / "mc.jsonl").write_text("".join(
-        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
-        for i in range(4, 36)))
+    (data / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
+            for i in range(4, 36)
+        )
+    )
     spec = {
-        "sft": str(pair[0]), "aligned": str(pair[1]), "out": str(folder / "out"),
+        "sft": str(pair[0]),
+        "aligned": str(pair[1]),
+        "out": str(folder / "out"),
         "candidates": {"grid": [0.0, 0.5, 1.0]},
         "evaluation": {
-            "reward": {"prompts": str(data / "prompts.jsonl"), "function": f"{TESTS / 'rewards.py'}:first_word_number",
-                       "max_new_tokens": 3, **SAMPLED},
+            "reward": {
+                "prompts": str(data / "prompts.jsonl"),
+                "function": f"{TESTS / 'rewards.py'}:first_word_number",
+                "max_new_tokens": 3,
+                **SAMPLED,
+            },
             "tasks": [{"name": "mc", "type": "multiple_choice", "path": str(data / "mc.jsonl")}],
             **(evaluation or {}),
         },
-        "device": "cpu", **extra,
+        "device": "cpu",
+        **extra,
     }
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -54,8 +63,9 @@ def full_records(results: Path) -> dict[str, dict]:
 
 def test_a_halving_sweeps_full_data_records_equal_a_full_sweeps_bit_for_bit(llama_pair, tmp_path):
     run_sweep(SweepSpec.from_yaml(write_spec(tmp_path / "full", llama_pair)), progress=False)
-    halving = write_spec(tmp_path / "halving", llama_pair, evaluation={"fidelity": "halving",
-                                                                        "halving": {"start": 0.25}})
+    halving = write_spec(
+        tmp_path / "halving", llama_pair, evaluation={"fidelity": "halving", "halving": {"start": 0.25}}
+    )
     run_sweep(SweepSpec.from_yaml(halving), progress=False)
     full = full_records(tmp_path / "full" / "out" / RESULTS_FILE)
     staged = full_records(tmp_path / "halving" / "out" / RESULTS_FILE)

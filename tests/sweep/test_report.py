@@ -11,10 +11,32 @@ from taxcut.sweep.report import KIND_STYLES, SweepRow, markdown_table, plot_fron
 
 
 def rows() -> list[SweepRow]:
-    return [SweepRow(id="a" * 12, label="MA a=0", kind="MA", mean_alpha=0.0, reward=0.0, reward_stderr=0.1, tax=0.0,
-                     primary={"mc": 0.8}, scores={"mc": {"acc": 0.8}}, pareto=True),
-            SweepRow(id="b" * 12, label="raft-1", kind="model", mean_alpha=None, reward=1.0, reward_stderr=0.1,
-                     tax=0.3, primary={"mc": 0.5}, scores={"mc": {"acc": 0.5}}, pareto=True)]
+    return [
+        SweepRow(
+            id="a" * 12,
+            label="MA a=0",
+            kind="MA",
+            mean_alpha=0.0,
+            reward=0.0,
+            reward_stderr=0.1,
+            tax=0.0,
+            primary={"mc": 0.8},
+            scores={"mc": {"acc": 0.8}},
+            pareto=True,
+        ),
+        SweepRow(
+            id="b" * 12,
+            label="raft-1",
+            kind="model",
+            mean_alpha=None,
+            reward=1.0,
+            reward_stderr=0.1,
+            tax=0.3,
+            primary={"mc": 0.5},
+            scores={"mc": {"acc": 0.5}},
+            pareto=True,
+        ),
+    ]
 
 
 def test_every_kind_has_a_style():
@@ -30,8 +52,10 @@ def test_tables_of_typed_rows(tmp_path):
     ]
     table = markdown_table(rows())
     assert f"| {'b' * 12} | raft-1 | — | 1.0000 ± 0.1000 | 0.3000 | ★ | 0.5000 |" in table  # no error recorded
-    noisy = [replace(rows()[0], tax_stderr=0.02, primary_stderr={"mc": 0.04}),
-             replace(rows()[1], pareto=False, pareto_within_noise=True)]
+    noisy = [
+        replace(rows()[0], tax_stderr=0.02, primary_stderr={"mc": 0.04}),
+        replace(rows()[1], pareto=False, pareto_within_noise=True),
+    ]
     table = markdown_table(noisy)
     assert f"| {'a' * 12} | MA a=0 | 0 | 0.0000 ± 0.1000 | 0.0000 ± 0.0200 | ★ | 0.8000 ± 0.0400 |" in table
     assert f"| {'b' * 12} | raft-1 | — | 1.0000 ± 0.1000 | 0.3000 | ☆ | 0.5000 |" in table

@@ -12,11 +12,21 @@ from taxcut.sweep.results import ResultRecord, ResultsStore
 
 # a line as earlier versions wrote it (the reward's sample count a float); its id is its candidate fields' id
 OLD_LINE = {
-    "aligned": "/m/aligned", "candidate": {"alphas": [0.2, 0.5, 0.8]}, "candidate_id": "feccfa03fb4a",
-    "context": "c0ffee", "directions": {"mc": True, "text": False}, "dtype": None, "extrapolate": False,
-    "finished": "2026-11-20T10:00:00+00:00", "kind": "blocks", "label": "blocks [0.2, 0.5, 0.8]",
-    "mean_alpha": 0.5, "primary": {"mc": 0.75, "text": 2.5},
-    "reward": {"reward": 0.25, "reward_stderr": 0.05, "samples": 8.0}, "seconds": 1.234, "sft": "/m/sft",
+    "aligned": "/m/aligned",
+    "candidate": {"alphas": [0.2, 0.5, 0.8]},
+    "candidate_id": "feccfa03fb4a",
+    "context": "c0ffee",
+    "directions": {"mc": True, "text": False},
+    "dtype": None,
+    "extrapolate": False,
+    "finished": "2026-11-20T10:00:00+00:00",
+    "kind": "blocks",
+    "label": "blocks [0.2, 0.5, 0.8]",
+    "mean_alpha": 0.5,
+    "primary": {"mc": 0.75, "text": 2.5},
+    "reward": {"reward": 0.25, "reward_stderr": 0.05, "samples": 8.0},
+    "seconds": 1.234,
+    "sft": "/m/sft",
     "tasks": {"mc": {"acc": 0.75, "acc_norm": 0.5}, "text": {"nll": 2.5, "perplexity": 12.18}},
     "taxcut_version": "0.1.0",
 }
@@ -40,13 +50,16 @@ def test_a_record_survives_the_round_trip(tmp_path):
     assert store.find("fecc") == record
 
 
-@pytest.mark.parametrize(("line", "problem"), [
-    ({"candidate_id": "x"}, "field 'candidate' "),
-    ({**OLD_LINE, "primary": {"mc": "high"}}, "field 'primary.mc' Input should be a valid number"),
-    ({**OLD_LINE, "kind": "grid"}, "field 'kind' Input should be 'MA', 'scoped-MA', 'blocks'"),
-    ({key: value for key, value in OLD_LINE.items() if key != "tasks"}, "field 'tasks' is missing"),
-    ([1, 2], "not a result record (expected a JSON object)"),
-])
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ({"candidate_id": "x"}, "field 'candidate' "),
+        ({**OLD_LINE, "primary": {"mc": "high"}}, "field 'primary.mc' Input should be a valid number"),
+        ({**OLD_LINE, "kind": "grid"}, "field 'kind' Input should be 'MA', 'scoped-MA', 'blocks'"),
+        ({key: value for key, value in OLD_LINE.items() if key != "tasks"}, "field 'tasks' is missing"),
+        ([1, 2], "not a result record (expected a JSON object)"),
+    ],
+)
 def test_a_broken_complete_line_names_the_file_and_line(tmp_path, line, problem):
     path = tmp_path / "results.jsonl"
     path.write_text(json.dumps(OLD_LINE) + "\n" + json.dumps(line) + "\n")

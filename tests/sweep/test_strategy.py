@@ -19,19 +19,29 @@ from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 TESTS = Path(__file__).parent.parent
 
 
-def write_spec(tmp_path: Path, pair, *, candidates: dict, evaluation: dict | None = None,
-               function: str = "first_word_number") -> Path:
+def write_spec(
+    tmp_path: Path, pair, *, candidates: dict, evaluation: dict | None = None, function: str = "first_word_number"
+) -> Path:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "prompts.jsonl").write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}"}) + "\n" for i in range(4, 36)))
-    (data / "mc.jsonl").write_text("".join(
-        json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
-        for i in range(4, 36)))
+    (data / "mc.jsonl").write_text(
+        "".join(
+            json.dumps({"context": f"w{i}", "choices": [f"w{i + 1}", f"w{i + 7}"], "answer": 0}) + "\n"
+            for i in range(4, 36)
+        )
+    )
     spec = {
-        "sft": str(pair[0]), "aligned": str(pair[1]), "out": "sweep-out", "candidates": candidates,
+        "sft": str(pair[0]),
+        "aligned": str(pair[1]),
+        "out": "sweep-out",
+        "candidates": candidates,
         "evaluation": {
-            "reward": {"prompts": "data/prompts.jsonl", "function": f"{TESTS / 'rewards.py'}:{function}",
-                       "max_new_tokens": 2},
+            "reward": {
+                "prompts": "data/prompts.jsonl",
+                "function": f"{TESTS / 'rewards.py'}:{function}",
+                "max_new_tokens": 2,
+            },
             "tasks": [{"name": "mc", "type": "multiple_choice", "path": "data/mc.jsonl"}],
             **(evaluation or {}),
         },
@@ -47,8 +57,9 @@ def lines(path: Path) -> list[dict]:
 
 
 def test_adaptive_grid_sweep(llama_pair, tmp_path, capsys):
-    path = write_spec(tmp_path, llama_pair, candidates={"strategy": "adaptive", "budget": 5,
-                                                         "block_patterns": [[0.2, 0.5, 0.8]]})
+    path = write_spec(
+        tmp_path, llama_pair, candidates={"strategy": "adaptive", "budget": 5, "block_patterns": [[0.2, 0.5, 0.8]]}
+    )
     assert main(["sweep", str(path), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     records = lines(tmp_path / "sweep-out" / RESULTS_FILE)
@@ -64,16 +75,20 @@ def test_adaptive_grid_sweep(llama_pair, tmp_path, capsys):
     report = run_sweep(SweepSpec.from_yaml(path), progress=False)  # all done: nothing evaluated again
     assert len(lines(tmp_path / "sweep-out" / RESULTS_FILE)) == len(records)
     assert len(report.rows) == len(records) and report.cost.candidates == len(records)
-    assert report.cost.spent.tokens == sum(r["cost"]["generated_tokens"] + r["cost"]["scored_tokens"]
-                                           for r in records)  # the account adds up
+    assert report.cost.spent.tokens == sum(
+        r["cost"]["generated_tokens"] + r["cost"]["scored_tokens"] for r in records
+    )  # the account adds up
     assert all(row.tax_stderr >= 0 for row in report.rows)
     assert all(row.pareto_within_noise for row in report.rows if row.pareto)
 
 
 def test_adaptive_grid_with_halving_spends_at_most_its_budget_in_full_evaluations(llama_pair, tmp_path):
-    path = write_spec(tmp_path, llama_pair, candidates={"strategy": "adaptive", "budget": 5,
-                                                         "block_patterns": [[0.2, 0.5, 0.8]]},
-                      evaluation={"fidelity": "halving", "halving": {"start": 0.25}})
+    path = write_spec(
+        tmp_path,
+        llama_pair,
+        candidates={"strategy": "adaptive", "budget": 5, "block_patterns": [[0.2, 0.5, 0.8]]},
+        evaluation={"fidelity": "halving", "halving": {"start": 0.25}},
+    )
     report = run_sweep(SweepSpec.from_yaml(path), progress=False)
     shares: dict[str, float] = {}
     for record in lines(tmp_path / "sweep-out" / RESULTS_FILE):
@@ -86,8 +101,12 @@ def test_adaptive_grid_with_halving_spends_at_most_its_budget_in_full_evaluation
 
 
 def test_halving_sweep_labels_its_stages_and_reports_full_data_only(llama_pair, tmp_path):
-    path = write_spec(tmp_path, llama_pair, candidates={"grid": [0.0, 0.5, 1.0]},
-                      evaluation={"fidelity": "halving", "halving": {"start": 0.25}})
+    path = write_spec(
+        tmp_path,
+        llama_pair,
+        candidates={"grid": [0.0, 0.5, 1.0]},
+        evaluation={"fidelity": "halving", "halving": {"start": 0.25}},
+    )
     report = run_sweep(SweepSpec.from_yaml(path), progress=False)
     records = lines(tmp_path / "sweep-out" / RESULTS_FILE)
     full_context = next(r["context"] for r in records if r["share"] == 1.0)
@@ -113,9 +132,13 @@ def test_halving_sweep_labels_its_stages_and_reports_full_data_only(llama_pair, 
 
 
 def test_killed_halving_sweep_resumes_and_redoes_nothing(llama_pair, tmp_path):
-    path = write_spec(tmp_path, llama_pair, candidates={"grid": [0.0, 0.25, 0.5, 0.75, 1.0]},
-                      evaluation={"fidelity": "halving", "halving": {"start": 0.25}},
-                      function="slow_first_word_number")
+    path = write_spec(
+        tmp_path,
+        llama_pair,
+        candidates={"grid": [0.0, 0.25, 0.5, 0.75, 1.0]},
+        evaluation={"fidelity": "halving", "halving": {"start": 0.25}},
+        function="slow_first_word_number",
+    )
     results = tmp_path / "sweep-out" / RESULTS_FILE
     before = kill_sweep_after(path, results, lines=4)
     run_sweep(SweepSpec.from_yaml(path), progress=False)
@@ -133,8 +156,9 @@ def test_strategy_settings_are_checked(llama_pair, tmp_path):
     path = write_spec(tmp_path, llama_pair, candidates={"grid": [0.5]}, evaluation={"halving": {"start": 0.5}})
     with pytest.raises(TaxcutError, match="'halving' applies to 'fidelity: halving'"):
         SweepSpec.from_yaml(path)
-    path = write_spec(tmp_path, llama_pair, candidates={"strategy": "adaptive", "budget": 3,
-                                                        "block_patterns": [[0.2, 0.5, 0.8]]})
+    path = write_spec(
+        tmp_path, llama_pair, candidates={"strategy": "adaptive", "budget": 3, "block_patterns": [[0.2, 0.5, 0.8]]}
+    )
     with pytest.raises(TaxcutError, match="budget is 3, but the adaptive grid starts from 4 candidates"):
         run_sweep(SweepSpec.from_yaml(path), progress=False)
 
@@ -142,15 +166,22 @@ def test_strategy_settings_are_checked(llama_pair, tmp_path):
 def test_the_adaptive_grid_families(llama_pair, tmp_path):
     from taxcut.sweep.strategy import SweepStrategy
 
-    path = write_spec(tmp_path, llama_pair, candidates={
-        "strategy": "adaptive", "grid": [0.0, 0.3, 1.0], "block_patterns": [[0.5, 0.7, 0.9]],
-        "layer_patterns": [[0.2, 0.4, 0.6, 0.8]], "models": [str(llama_pair[1])],
-        "hma": {"data": "fit.jsonl", "mean_alphas": [0.6]}})
+    path = write_spec(
+        tmp_path,
+        llama_pair,
+        candidates={
+            "strategy": "adaptive",
+            "grid": [0.0, 0.3, 1.0],
+            "block_patterns": [[0.5, 0.7, 0.9]],
+            "layer_patterns": [[0.2, 0.4, 0.6, 0.8]],
+            "models": [str(llama_pair[1])],
+            "hma": {"data": "fit.jsonl", "mean_alphas": [0.6]},
+        },
+    )
     strategy = SweepStrategy(SweepSpec.from_yaml(path), book=None, evaluate=None)
     families, fixed = strategy.families()
     assert [f.name for f in families] == ["MA", "blocks [0.5, 0.7, 0.9]", "layers [0.2, 0.4, 0.6, 0.8]", "HMA"]
-    assert [f.start_ratios() for f in families] == [[0.0, 0.3, 1.0], [0.0, 0.7, 1.0], [0.0, 0.5, 1.0],
-                                                   [0.0, 0.6, 1.0]]
+    assert [f.start_ratios() for f in families] == [[0.0, 0.3, 1.0], [0.0, 0.7, 1.0], [0.0, 0.5, 1.0], [0.0, 0.6, 1.0]]
     ends = [{f.make(0.0).id for f in families}, {f.make(1.0).id for f in families}]
     assert ends == [{strategy.baseline.id}, {families[0].make(1.0).id}]  # every path runs from SFT to aligned
     assert families[1].make(0.7).alphas == [0.5, 0.7, 0.9] and families[1].make(0.35).alphas == [0.25, 0.35, 0.45]

@@ -1,4 +1,4 @@
-"""A sweep of models whose tokenizers differ (issue 18, item 5): refused unless the sweep spec's
+"""A sweep of models whose tokenizers differ: refused unless the sweep spec's
 ``allow_tokenizer_mismatch`` allows it; then its candidates, its HMA fits and their export merge with that allowance,
 and sweeps that do not set it keep the results context they had."""
 
@@ -68,8 +68,9 @@ def test_the_field_is_true_or_false(capsys, tmp_path, pair):
 def test_with_the_field_the_sweep_runs_and_its_candidate_exports_with_the_allowance(capsys, tmp_path, pair):
     before = [digest(folder) for folder in pair]
     fit_set = tmp_path / "fit.jsonl"
-    fit_set.write_text("".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f"w{i + 2}"}) + "\n"
-                               for i in range(4, 8)))
+    fit_set.write_text(
+        "".join(json.dumps({"prompt": f"w{i} w{i + 1}", "response": f"w{i + 2}"}) + "\n" for i in range(4, 8))
+    )
     path = sweep_file(tmp_path, pair, allow_tokenizer_mismatch=True)
     spec = yaml.safe_load(path.read_text())
     spec["candidates"]["hma"] = {"data": str(fit_set), "mean_alphas": [0.5], "lr": 0.2}
@@ -115,8 +116,10 @@ def test_an_export_of_a_line_without_the_allowance_is_refused(capsys, tmp_path, 
 def old_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
     """sweep_context as it was before the field existed."""
     models = [weights_identity(folder) for folder in (spec.sft, spec.aligned)]
-    payload = json.dumps({"models": models, "evaluation": suite.fingerprint(), "dtype": spec.dtype,
-                          "extrapolate": spec.extrapolate}, sort_keys=True)
+    payload = json.dumps(
+        {"models": models, "evaluation": suite.fingerprint(), "dtype": spec.dtype, "extrapolate": spec.extrapolate},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -37,8 +37,9 @@ def ingredients(tmp_path_factory) -> list[Path]:
 def test_a_lower_is_better_metric_keeps_the_better_ingredient(ingredients, tmp_path, score):
     bad, good, twin = ingredients
     text = tmp_path / "text.jsonl"  # successor chains: the good model's nll is low, the bad one's high
-    text.write_text("".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n"
-                            for i in range(5, 25)))
+    text.write_text(
+        "".join(json.dumps({"text": " ".join(f"w{j}" for j in range(i, i + 6))}) + "\n" for i in range(5, 25))
+    )
     evaluation = EvaluationSpec.model_validate({"tasks": [{"name": "text", "type": "perplexity", "path": str(text)}]})
     soup = greedy_soup([bad, good, twin], evaluation, score, device="cpu")
     assert soup.chosen == [good, twin]
@@ -49,8 +50,11 @@ def test_a_lower_is_better_metric_keeps_the_better_ingredient(ingredients, tmp_p
 def made_up_result() -> EvaluationResult:
     return EvaluationResult(
         tasks={"mc": {"acc": 0.75, "acc_norm": 0.5}, "text": {"nll": 2.0, "perplexity": 7.4}},
-        primary={"mc": 0.75, "text": 2.0}, directions={"mc": True, "text": False}, seconds=1.0,
-        reward=RewardScore(reward=0.3, reward_stderr=0.1, samples=8))
+        primary={"mc": 0.75, "text": 2.0},
+        directions={"mc": True, "text": False},
+        seconds=1.0,
+        reward=RewardScore(reward=0.3, reward_stderr=0.1, samples=8),
+    )
 
 
 def test_scores_are_oriented_so_that_higher_is_better():
@@ -71,8 +75,9 @@ def test_a_score_the_evaluation_cannot_give_is_named():
 
 
 def test_a_bad_score_fails_before_any_model_loads(tmp_path):
-    evaluation = EvaluationSpec.model_validate({"tasks": [{"name": "text", "type": "perplexity",
-                                                           "path": str(tmp_path / "missing.jsonl")}]})
+    evaluation = EvaluationSpec.model_validate(
+        {"tasks": [{"name": "text", "type": "perplexity", "path": str(tmp_path / "missing.jsonl")}]}
+    )
     with pytest.raises(TaxcutError, match="score 'reward': the evaluation has no 'reward' section"):
         greedy_soup([tmp_path / "a", tmp_path / "b"], evaluation, "reward")
     with pytest.raises(TaxcutError, match="no task 'wiki' in the evaluation"):

@@ -15,8 +15,12 @@ def merge_command(args: argparse.Namespace) -> int:
     from taxcut import merge
 
     protect = [("spec", args.spec)] if args.spec is not None else []
-    destination = merge(merge_spec_from_args(args), overwrite=args.overwrite,
-                        progress=False if args.no_progress else None, protect=protect)
+    destination = merge(
+        merge_spec_from_args(args),
+        overwrite=args.overwrite,
+        progress=False if args.no_progress else None,
+        protect=protect,
+    )
     print(f"wrote {destination}")
     return 0
 
@@ -34,8 +38,11 @@ def sweep_command(args: argparse.Namespace) -> int:
     from taxcut.sweep.report import markdown_table
     from taxcut.sweep.runner import run_sweep
 
-    overrides = {k: v for k, v in (("out", args.out and str(args.out)), ("select", args.select),
-                                   ("device", args.device)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (("out", args.out and str(args.out)), ("select", args.select), ("device", args.device))
+        if v is not None
+    }
     spec = SweepSpec.from_yaml(args.spec, overrides)
     if args.ray is not None:  # --ray [ADDRESS] over the spec's executor section
         spec = spec.model_copy(update={"executor": ray_executor(spec.executor, args.ray)})
@@ -48,9 +55,14 @@ def sweep_command(args: argparse.Namespace) -> int:
     if report.strategy is not None and report.strategy.dropped:
         shares = sorted(set(report.strategy.dropped.values()))
         count = len(report.strategy.dropped)
-        print(f"successive halving dropped {count} candidate{'s' if count > 1 else ''} early ("
-              + ", ".join(f"{sum(s == share for s in report.strategy.dropped.values())} at {share:g} of the data"
-                          for share in shares) + ")")
+        print(
+            f"successive halving dropped {count} candidate{'s' if count > 1 else ''} early ("
+            + ", ".join(
+                f"{sum(s == share for s in report.strategy.dropped.values())} at {share:g} of the data"
+                for share in shares
+            )
+            + ")"
+        )
     if report.cost is not None:
         print(report.cost.render())
     print(f"plot: {report.plot}   tables: {report.out / 'candidates.csv'}, {report.out / 'candidates.md'}")
@@ -60,8 +72,10 @@ def sweep_command(args: argparse.Namespace) -> int:
         print(f"selected: no candidate meets {spec.select!r}")
         return 1
     chosen = report.selected
-    print(f"selected under {spec.select!r}: {chosen.id} ({chosen.label}): reward {chosen.reward:.4f}, "
-          f"tax {chosen.tax:.4f}")
+    print(
+        f"selected under {spec.select!r}: {chosen.id} ({chosen.label}): reward {chosen.reward:.4f}, "
+        f"tax {chosen.tax:.4f}"
+    )
     print(f"export it: taxcut export {report.out} --candidate {chosen.id} --out DIR")
     return 0
 
@@ -85,8 +99,9 @@ def eval_command(args: argparse.Namespace) -> int:
 def export_command(args: argparse.Namespace) -> int:
     from taxcut.sweep.runner import export_candidate
 
-    destination = export_candidate(args.results, args.candidate, args.out, overwrite=args.overwrite,
-                                   force=args.force, verify=args.verify)
+    destination = export_candidate(
+        args.results, args.candidate, args.out, overwrite=args.overwrite, force=args.force, verify=args.verify
+    )
     print(f"wrote {destination}")
     return 0
 
@@ -95,17 +110,28 @@ def sample_command(args: argparse.Namespace) -> int:
     from taxcut.evaluation.generation import GenerationSettings
     from taxcut.hma.sample import sample_fit_set
 
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature,
-                                  seed=args.seed)
+    settings = GenerationSettings(
+        max_new_tokens=args.max_new_tokens, do_sample=True, temperature=args.temperature, seed=args.seed
+    )
     from taxcut.execution import open_executor
     from taxcut.spec.execution import ExecutorSpec
 
     spec = ray_executor(ExecutorSpec(), args.ray) if args.ray is not None else ExecutorSpec()
     with open_executor(spec) as executor:
-        kept = sample_fit_set(args.model, args.prompts, args.out, n=args.n, keep=args.keep,
-                              reward_model=args.reward_model, reward_function=args.reward_function,
-                              settings=settings, device=args.device, overwrite=args.overwrite, executor=executor,
-                              shard_size=args.shard_size)
+        kept = sample_fit_set(
+            args.model,
+            args.prompts,
+            args.out,
+            n=args.n,
+            keep=args.keep,
+            reward_model=args.reward_model,
+            reward_function=args.reward_function,
+            settings=settings,
+            device=args.device,
+            overwrite=args.overwrite,
+            executor=executor,
+            shard_size=args.shard_size,
+        )
     if kept:
         print(f"wrote {len(kept)} responses to {args.out} (reward {kept[-1]['reward']:.3f} to {kept[0]['reward']:.3f})")
     return 0
@@ -122,23 +148,49 @@ def fit_command(args: argparse.Namespace) -> int:
     # --eps E1,E2,... and --retain-weight W1,W2,...: one fit and one ratios file per (eps, W)
     fits = [one for at_eps in eps_search(settings) for one in retain_search(at_eps)]
     by_eps, by_weight = len(eps_search(settings)) > 1, len(retain_search(settings)) > 1
-    outs = [args.out.with_name(args.out.stem + (f"-eps{one.eps:g}" if by_eps else "")
-                               + (f"-w{one.retain_weight:g}" if by_weight else "") + args.out.suffix) for one in fits]
+    outs = [
+        args.out.with_name(
+            args.out.stem
+            + (f"-eps{one.eps:g}" if by_eps else "")
+            + (f"-w{one.retain_weight:g}" if by_weight else "")
+            + args.out.suffix
+        )
+        for one in fits
+    ]
     inputs = [("sft", args.sft), ("aligned", args.aligned), ("data", args.data), ("retain", args.retain)]
     for out in outs:
         check_destination(out, overwrite=args.overwrite, inputs=inputs, kind="ratios file", folder=False)
     for one, out in zip(fits, outs):
-        result = fit_ratios(args.sft, args.aligned, args.data, one,
-                            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch, retain=args.retain)
+        result = fit_ratios(
+            args.sft,
+            args.aligned,
+            args.data,
+            one,
+            allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+            retain=args.retain,
+        )
         if not result.is_main_process:
             continue
-        write_ratios(out, ratios_spec(result, result.settings, args.sft, args.aligned, args.data,
-                                      allow_tokenizer_mismatch=args.allow_tokenizer_mismatch, retain=args.retain),
-                     overwrite=args.overwrite, inputs=inputs)
+        write_ratios(
+            out,
+            ratios_spec(
+                result,
+                result.settings,
+                args.sft,
+                args.aligned,
+                args.data,
+                allow_tokenizer_mismatch=args.allow_tokenizer_mismatch,
+                retain=args.retain,
+            ),
+            overwrite=args.overwrite,
+            inputs=inputs,
+        )
         weight = f", W {one.retain_weight:g}" if args.retain is not None else ""
         mean = settings.alpha if settings.mean == "fixed" else f"{sum(result.alphas) / len(result.alphas):.4f}"
-        print(f"wrote {out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {mean}, eps "
-              f"{result.settings.eps:.4g}{weight}); merge it with: taxcut merge {out} --out DIR")
+        print(
+            f"wrote {out}: ratios {', '.join(f'{a:.4f}' for a in result.alphas)} (mean {mean}, eps "
+            f"{result.settings.eps:.4g}{weight}); merge it with: taxcut merge {out} --out DIR"
+        )
     return 0
 
 

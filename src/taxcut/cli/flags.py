@@ -17,13 +17,29 @@ from taxcut.spec.fit import SettingError
 from taxcut.spec.merge import MergeSpec, NameRule, apply_overrides, read_spec_file, spec_from_dict
 
 MERGE_FLAGS = tuple(name for name in MergeSpec.model_fields if name != "fit")  # `out`: declared per command
-PAIR_ONLY = ("sft", "aligned", "alpha", "alphas", "layer_alphas", "profile", "block_bounds", "rules", "extrapolate",
-             "files_from")  # what applies to averaging a pair, not to a spec with 'method:'
+PAIR_ONLY = (
+    "sft",
+    "aligned",
+    "alpha",
+    "alphas",
+    "layer_alphas",
+    "profile",
+    "block_bounds",
+    "rules",
+    "extrapolate",
+    "files_from",
+)  # what applies to averaging a pair, not to a spec with 'method:'
 RATIO_GROUP = ("alpha", "alphas", "layer_alphas", "profile")  # exactly one (MergeSpec checks it too)
 
 
-def add_field_flags(parser: argparse.ArgumentParser, model: type[BaseModel], names: tuple[str, ...] | None = None, *,
-                    required: bool = True, exclusive: tuple[str, ...] = ()) -> None:
+def add_field_flags(
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    names: tuple[str, ...] | None = None,
+    *,
+    required: bool = True,
+    exclusive: tuple[str, ...] = (),
+) -> None:
     """One flag per field of ``model`` (``names``: those only; the required first):
     ``batch_size`` is ``--batch-size`` (or the field's ``flag``), its description the help, its annotation the
     type (a ``Literal`` gives choices, a list of numbers is written ``X1,X2,...``, a bool is a switch). A flag
@@ -35,8 +51,13 @@ def add_field_flags(parser: argparse.ArgumentParser, model: type[BaseModel], nam
     for name in chosen:
         field = fields[name]
         target = group if name in exclusive else parser
-        target.add_argument(flag_of(model, name), dest=name, required=required and field.is_required(),
-                            help=_help(field), **_value_options(field))
+        target.add_argument(
+            flag_of(model, name),
+            dest=name,
+            required=required and field.is_required(),
+            help=_help(field),
+            **_value_options(field),
+        )
 
 
 def flag_of(model: type[BaseModel], name: str) -> str:
@@ -102,8 +123,9 @@ def spec_from_args(args: argparse.Namespace) -> MergeSpec:
     source = str(args.spec) if args.spec is not None else "command line"
     for required in ("sft", "aligned"):
         if required not in base and required not in overrides:
-            raise TaxcutError(f"{source}: no {required} model: pass --{required} DIR or set '{required}:' in a "
-                              "spec file")
+            raise TaxcutError(
+                f"{source}: no {required} model: pass --{required} DIR or set '{required}:' in a spec file"
+            )
     return spec_from_dict(apply_overrides(base, overrides), source=source)
 
 
@@ -113,14 +135,16 @@ def merge_spec_from_args(args: argparse.Namespace):
     fields = read_spec_file(args.spec) if args.spec is not None else {}
     if args.spec is None or ("method" not in fields and "merge_method" not in fields):
         return spec_from_args(args)
-    from taxcut.spec.mergekit_config import MergekitConfig, is_mergekit_config  # noqa: PLC0415
-    from taxcut.spec.toolkit import ToolkitSpec  # noqa: PLC0415
+    from taxcut.spec.mergekit_config import MergekitConfig, is_mergekit_config
+    from taxcut.spec.toolkit import ToolkitSpec
 
     averaging_only = [flag_of(MergeSpec, name) for name in PAIR_ONLY if getattr(args, name, None) is not None]
     if averaging_only:
-        raise TaxcutError(f"{args.spec}: a spec with 'method:' takes --out, --dtype, --max-shard-size and "
-                          "--allow-tokenizer-mismatch; "
-                          f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair")
+        raise TaxcutError(
+            f"{args.spec}: a spec with 'method:' takes --out, --dtype, --max-shard-size and "
+            "--allow-tokenizer-mismatch; "
+            f"{', '.join(averaging_only)} apply to averaging an sft/aligned pair"
+        )
     if getattr(args, "out", None) is not None:
         destination_path(args.out, "--out")
     overrides = _given(args, ("out", "dtype", "max_shard_size", "allow_tokenizer_mismatch"))
@@ -134,7 +158,7 @@ def merge_spec_from_args(args: argparse.Namespace):
 def ray_executor(spec, address: str):
     """The executor spec with Ray at ``address`` (empty: the spec's address, or Ray's default), keeping its other
     Ray settings."""
-    from taxcut.spec.execution import RaySettings  # noqa: PLC0415
+    from taxcut.spec.execution import RaySettings
 
     ray = spec.ray or RaySettings()
     return spec.model_copy(update={"ray": ray.model_copy(update={"address": address}) if address else ray})
@@ -160,6 +184,7 @@ def parse_floats(text: str) -> list[float]:
 
 def floats_or(words: list[str]):
     """:func:`parse_floats`, or one of ``words`` as it is."""
+
     def parse(text: str) -> list[float] | str:
         return text if text in words else parse_floats(text)
 

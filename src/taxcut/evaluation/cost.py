@@ -29,8 +29,11 @@ class EvaluationCost:
         return self.generated_tokens + self.scored_tokens
 
     def __add__(self, other: EvaluationCost) -> EvaluationCost:
-        return EvaluationCost(self.generated_tokens + other.generated_tokens, self.scored_tokens + other.scored_tokens,
-                              self.seconds + other.seconds)
+        return EvaluationCost(
+            self.generated_tokens + other.generated_tokens,
+            self.scored_tokens + other.scored_tokens,
+            self.seconds + other.seconds,
+        )
 
 
 class TokenMeter:

@@ -14,12 +14,17 @@ from pathlib import Path
 
 from taxcut.errors import TaxcutError
 
-
 MAX_LINE_BYTES = 4 * 2**20  # one JSONL line of prompts, task items or fit examples: 4 MiB
 
 
-def read_jsonl(path: Path, *, needs: Sequence[Sequence[str]], what: str, limit: int | None = None,
-               check: Callable[[dict], str | None] | None = None) -> list[dict]:
+def read_jsonl(
+    path: Path,
+    *,
+    needs: Sequence[Sequence[str]],
+    what: str,
+    limit: int | None = None,
+    check: Callable[[dict], str | None] | None = None,
+) -> list[dict]:
     """The records of a JSONL file; each must hold, for every group in ``needs``, at least one of its fields.
 
     ``needs=[("prompt", "messages")]`` means each line needs ``prompt`` or ``messages``. ``check`` may describe
@@ -41,7 +46,9 @@ def read_jsonl(path: Path, *, needs: Sequence[Sequence[str]], what: str, limit: 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise TaxcutError(f"{path}, line {number}: not valid JSON ({exc.msg}); one JSON object per line") from None
+                raise TaxcutError(
+                    f"{path}, line {number}: not valid JSON ({exc.msg}); one JSON object per line"
+                ) from None
             except RecursionError:
                 raise TaxcutError(f"{path}, line {number}: JSON nested too deeply") from None
             if not isinstance(record, dict):
@@ -67,8 +74,10 @@ def _bounded_lines(handle, path: Path, what: str):
     while raw := handle.readline(MAX_LINE_BYTES + 1):
         number += 1
         if len(raw) > MAX_LINE_BYTES:
-            raise TaxcutError(f"{path}, line {number}: over {MAX_LINE_BYTES} bytes; a {what} line holds one record "
-                              "of text a model can read: split or shorten it")
+            raise TaxcutError(
+                f"{path}, line {number}: over {MAX_LINE_BYTES} bytes; a {what} line holds one record "
+                "of text a model can read: split or shorten it"
+            )
         yield raw
 
 
@@ -78,7 +87,7 @@ def prompt_problem(record: dict) -> str | None:
     if prompt is not None:
         return None if isinstance(prompt, str) else f"'prompt' must be text, got {_kind(prompt)}"
     messages = record.get("messages")
-    shape = "a list of {\"role\": ..., \"content\": ...} objects"
+    shape = 'a list of {"role": ..., "content": ...} objects'
     if not isinstance(messages, list):
         return f"'messages' must be {shape}, got {_kind(messages)}; give plain text as 'prompt' instead"
     if not messages:

@@ -28,13 +28,16 @@ def render_prompt(record: dict, tokenizer) -> str:
     if record.get("prompt") is not None:
         return str(record["prompt"])
     if not getattr(tokenizer, "chat_template", None):
-        raise TaxcutError("a prompt is given as 'messages' but the model's tokenizer has no chat template; "
-                          "give 'prompt' text instead")
+        raise TaxcutError(
+            "a prompt is given as 'messages' but the model's tokenizer has no chat template; give 'prompt' text instead"
+        )
     try:
         return tokenizer.apply_chat_template(record["messages"], tokenize=False, add_generation_prompt=True)
-    except Exception as exc:  # noqa: BLE001 - a template raises what it likes (roles must alternate, ...)
-        raise TaxcutError(f"the model's chat template cannot render these 'messages' ({first_line(exc)}); "
-                          "fix the chat or give 'prompt' text instead") from None
+    except Exception as exc:  # a template raises what it likes (roles must alternate, ...)
+        raise TaxcutError(
+            f"the model's chat template cannot render these 'messages' ({first_line(exc)}); "
+            "fix the chat or give 'prompt' text instead"
+        ) from None
 
 
 def prompt_text(record: dict) -> str:
@@ -78,8 +81,9 @@ def model_context(model, tokenizer=None) -> int | None:
     return value if isinstance(value, int) and 0 < value < 10**8 else None
 
 
-def over_context(lengths: Sequence[int], room: int, context: int | None, labels: Sequence[str] | None,
-                 what: str, advice: str) -> None:
+def over_context(
+    lengths: Sequence[int], room: int, context: int | None, labels: Sequence[str] | None, what: str, advice: str
+) -> None:
     """Refuse items whose ``length + room`` tokens are over ``context``: one line naming the first of them (its
     label, default ``item N``), its count, and how many are over."""
     if context is None:
@@ -90,13 +94,22 @@ def over_context(lengths: Sequence[int], room: int, context: int | None, labels:
     first = over[0]
     label = labels[first] if labels is not None else f"item {first + 1}"
     extra = f" + {room} new tokens" if room else ""
-    raise TaxcutError(f"{label}: {what} of {lengths[first]} tokens{extra} is over the model's context of {context} "
-                      f"tokens ({len(over)} of {len(lengths)} are over it); {advice}")
+    raise TaxcutError(
+        f"{label}: {what} of {lengths[first]} tokens{extra} is over the model's context of {context} "
+        f"tokens ({len(over)} of {len(lengths)} are over it); {advice}"
+    )
 
 
-def generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSettings,
-             *, chat_rendered: Sequence[bool] | None = None, labels: Sequence[str] | None = None,
-             keys: Sequence[tuple[int, int]] | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    settings: GenerationSettings,
+    *,
+    chat_rendered: Sequence[bool] | None = None,
+    labels: Sequence[str] | None = None,
+    keys: Sequence[tuple[int, int]] | None = None,
+) -> list[str]:
     """The continuation of each prompt (special tokens dropped), in the order of ``prompts``.
 
     Prompts are sorted by length so that each batch pads little, left-padded so that every row ends at the same
@@ -129,10 +142,13 @@ def generate(model, tokenizer, prompts: Sequence[str], settings: GenerationSetti
         for rows, encoded in batches:
             encoded = encoded.to(device)
             produced = model.generate(
-                **encoded, max_new_tokens=settings.max_new_tokens, do_sample=False, pad_token_id=pad_id,
+                **encoded,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
                 **_sampling(settings, [keys[row] for row in rows], encoded["input_ids"].shape[1], device),
             )
-            new_tokens = produced[:, encoded["input_ids"].shape[1]:]
+            new_tokens = produced[:, encoded["input_ids"].shape[1] :]
             count_scored(int(encoded["attention_mask"].sum()))
             count_generated(int((new_tokens != pad_id).sum()))
             for row, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
@@ -145,18 +161,27 @@ def _sampling(settings: GenerationSettings, keys: list[tuple[int, int]], prompt_
     processors, which turn ``generate``'s greedy argmax into a draw from each row's own stream."""
     if not settings.do_sample:
         return {}
-    return {"logits_processor": item_sampling_processors(settings.temperature, settings.top_p, settings.seed, keys,
-                                                         prompt_length, device)}
+    return {
+        "logits_processor": item_sampling_processors(
+            settings.temperature, settings.top_p, settings.seed, keys, prompt_length, device
+        )
+    }
 
 
 def _encoded_batches(tokenizer, prompts: Sequence[str], rendered: list[bool], order: list[int], batch_size: int):
     """``(rows, encoding)`` per batch of ``order``: rows with and without their own special tokens apart."""
     batches = []
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         for special in (False, True):
             rows = [i for i in batch if rendered[i] != special]
             if rows:
-                batches.append((rows, tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
-                                                add_special_tokens=special)))
+                batches.append(
+                    (
+                        rows,
+                        tokenizer(
+                            [prompts[i] for i in rows], return_tensors="pt", padding=True, add_special_tokens=special
+                        ),
+                    )
+                )
     return batches

@@ -73,8 +73,9 @@ class ItemGumbelNoise(LogitsProcessor):
         return scores + u.log_().neg_().log_().neg_().to(scores.dtype)  # Gumbel: -log(-log(u))
 
 
-def item_sampling_processors(temperature: float, top_p: float, seed: int, keys: Sequence[tuple[int, int]],
-                             prompt_length: int, device) -> LogitsProcessorList:
+def item_sampling_processors(
+    temperature: float, top_p: float, seed: int, keys: Sequence[tuple[int, int]], prompt_length: int, device
+) -> LogitsProcessorList:
     """Temperature and top-p (as ``generate`` applies them when sampling), then the items' Gumbel noise: greedy
     decoding over these scores samples each row from its own stream."""
     processors = LogitsProcessorList()

@@ -106,17 +106,22 @@ class LmEvalTask:
         """The task's metrics over the documents ``items`` (indices; default: all of the first ``limit``)."""
         return self.measure_items(model, tokenizer, items)[0]
 
-    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
-                      ) -> tuple[dict[str, Statistic], ItemScores | None]:
+    def measure_items(
+        self, model, tokenizer, items: Sequence[int] | None = None
+    ) -> tuple[dict[str, Statistic], ItemScores | None]:
         """:meth:`measure`, and the primary metric's score of each document when it is a mean over documents."""
         documents = None if items is None else sorted(int(i) for i in items)
         if documents is not None and not self.records:
-            raise TaxcutError(f"lm-eval task '{self.name}' is a group of tasks, measured on all its documents only; "
-                              "use 'fidelity: full' or name its tasks one by one")
+            raise TaxcutError(
+                f"lm-eval task '{self.name}' is a group of tasks, measured on all its documents only; "
+                "use 'fidelity: full' or name its tasks one by one"
+            )
         if documents is not None and self.primary_metric not in self.means:
-            raise TaxcutError(f"lm-eval task '{self.name}': its {self.primary_metric or 'score'} is not a mean of "
-                              "per-document scores, so it cannot be measured on part of the documents; use "
-                              "'fidelity: full' or a mean metric such as acc")
+            raise TaxcutError(
+                f"lm-eval task '{self.name}': its {self.primary_metric or 'score'} is not a mean of "
+                "per-document scores, so it cannot be measured on part of the documents; use "
+                "'fidelity: full' or a mean metric such as acc"
+            )
         results = self._run(model, tokenizer, documents)
         scores = self._reported(results)
         stats: dict[str, Statistic] = {}
@@ -139,10 +144,13 @@ class LmEvalTask:
         with _per_document_fewshot():
             return simple_evaluate(
                 model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size),
-                tasks=[self.task_name], task_manager=self.manager, num_fewshot=self.num_fewshot,
+                tasks=[self.task_name],
+                task_manager=self.manager,
+                num_fewshot=self.num_fewshot,
                 limit=self.limit if documents is None else None,
                 samples=None if documents is None else {self.task_name: _Indices(documents)},
-                log_samples=True, bootstrap_iters=0,
+                log_samples=True,
+                bootstrap_iters=0,
             )
 
     def _reported(self, results: dict) -> dict[str, tuple[str, float]]:
@@ -162,12 +170,15 @@ class LmEvalTask:
             directions = results.get("higher_is_better", {}).get(self.task_name, {})
             self.higher_is_better = bool(directions.get(self.primary_metric, True))
         if self.primary_metric not in stats:
-            raise TaxcutError(f"lm-eval task {self.task_name!r} has no metric {self.primary_metric!r}; it reports "
-                              f"{', '.join(sorted(stats))}")
+            raise TaxcutError(
+                f"lm-eval task {self.task_name!r} has no metric {self.primary_metric!r}; it reports "
+                f"{', '.join(sorted(stats))}"
+            )
 
 
-def _per_document(samples: list[dict], means: set[str], scores: dict[str, tuple[str, float]]
-                  ) -> dict[str, list[tuple[int, float]]]:
+def _per_document(
+    samples: list[dict], means: set[str], scores: dict[str, tuple[str, float]]
+) -> dict[str, list[tuple[int, float]]]:
     """Each mean metric's (document index, score) in document order, from the harness's logged samples (the
     reported filter's)."""
     found: dict[str, list[tuple[int, float]]] = {}

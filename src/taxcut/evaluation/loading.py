@@ -26,8 +26,13 @@ from taxcut.io.hub import model_path
 # The JSON files transformers (and peft, through transformers) reads from a model folder when loading a model,
 # a tokenizer, a processor or a generation config.
 CONFIG_FILES: tuple[str, ...] = (
-    "config.json", "tokenizer_config.json", "generation_config.json", "processor_config.json",
-    "preprocessor_config.json", "video_preprocessor_config.json", "feature_extractor_config.json",
+    "config.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "feature_extractor_config.json",
     "adapter_config.json",
 )
 # Keys through which such a file asks for code shipped with the model (or named by it) to be imported and run.
@@ -50,16 +55,20 @@ def refuse_custom_code(folder: Path) -> None:
     folder = Path(folder)
     for name in CODE_FILES:
         if (folder / name).exists():
-            raise TaxcutError(f"{folder / name}: a model's own code; taxcut never runs code shipped with a model — "
-                              "remove it or use a folder without it")
+            raise TaxcutError(
+                f"{folder / name}: a model's own code; taxcut never runs code shipped with a model — "
+                "remove it or use a folder without it"
+            )
     for name in CONFIG_FILES:
         path = folder / name
         if not path.is_file():
             continue
         hook = _code_hook(_read_json(path))
         if hook is not None:
-            raise TaxcutError(f"{path}: '{hook}' asks to run code shipped with the model; taxcut never runs a "
-                              "model's own code — use a model whose architecture transformers supports natively")
+            raise TaxcutError(
+                f"{path}: '{hook}' asks to run code shipped with the model; taxcut never runs a "
+                "model's own code — use a model whose architecture transformers supports natively"
+            )
 
 
 def _read_json(path: Path):
@@ -140,9 +149,10 @@ def load_causal_lm(folder: Path, *, device: torch.device | str = "cpu", dtype: s
     folder = _checked_folder(folder, "model")
     try:
         with _no_prompt():
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or "auto", trust_remote_code=False,
-                                                         local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all mean "does not load"
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=dtype or "auto", trust_remote_code=False, local_files_only=True
+            )
+    except Exception as exc:  # transformers raises many kinds; all mean "does not load"
         raise TaxcutError(f"{folder}: does not load as a causal language model ({first_line(exc)})") from None
     return model.to(device).eval()
 
@@ -156,7 +166,7 @@ def load_tokenizer(folder: Path):
     try:
         with _no_prompt():
             return AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TaxcutError(f"{folder}: the tokenizer does not load ({first_line(exc)})") from None
 
 
@@ -168,10 +178,11 @@ def load_reward_model(folder: Path, *, device: torch.device | str = "cpu"):
     folder = _checked_folder(folder, "reward model")
     try:
         with _no_prompt():
-            model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=False,
-                                                                       local_files_only=True)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                folder, trust_remote_code=False, local_files_only=True
+            )
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all mean "does not load"
+    except Exception as exc:  # transformers raises many kinds; all mean "does not load"
         raise TaxcutError(
             f"{folder}: the reward model does not load as a sequence classifier ({first_line(exc)})"
         ) from None
@@ -191,5 +202,5 @@ def load_generation_config(folder: Path):
     try:
         with _no_prompt():
             return GenerationConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise TaxcutError(f"{folder / 'generation_config.json'}: does not load ({first_line(exc)})") from None

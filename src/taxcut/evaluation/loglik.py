@@ -38,21 +38,33 @@ def encode_pair(tokenizer, context: str, continuation: str, *, chat_rendered: bo
     return whole, min(start, len(whole))
 
 
-def score_continuations(model, tokenizer, sequences: Sequence[tuple[list[int], int]], batch_size: int = 16,
-                        what: str = "a text", labels: Sequence[str] | None = None) -> list[Scored]:
+def score_continuations(
+    model,
+    tokenizer,
+    sequences: Sequence[tuple[list[int], int]],
+    batch_size: int = 16,
+    what: str = "a text",
+    labels: Sequence[str] | None = None,
+) -> list[Scored]:
     """Score ``ids[start:]`` of each ``(ids, start)`` given what precedes it; batched with right padding.
 
     A sequence longer than the model's context is refused before any forward pass, named by its ``labels`` entry
     (default ``what N``): cutting the context or the continuation would change its score without a trace.
     """
-    over_context([len(ids) for ids, _ in sequences], 0, model_context(model, tokenizer), labels, what,
-                 "shorten or drop it (a cut text would be scored differently)")
+    over_context(
+        [len(ids) for ids, _ in sequences],
+        0,
+        model_context(model, tokenizer),
+        labels,
+        what,
+        "shorten or drop it (a cut text would be scored differently)",
+    )
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
     results: list[Scored | None] = [None] * len(sequences)
     with torch.no_grad():
         for begin in range(0, len(order), batch_size):
-            batch = order[begin:begin + batch_size]
+            batch = order[begin : begin + batch_size]
             width = max(len(sequences[i][0]) for i in batch) - 1
             inputs = torch.zeros((len(batch), max(width, 1)), dtype=torch.long)
             mask = torch.zeros_like(inputs)

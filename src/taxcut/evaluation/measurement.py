@@ -32,20 +32,28 @@ class Measurement:
     def merge(self, other: Measurement) -> Measurement:
         """This measurement and one of other items of the same evaluation, as one."""
         reward = self.reward.merge(other.reward) if self.reward is not None and other.reward is not None else None
-        tasks = {name: {metric: stat.merge(other.tasks[name][metric]) for metric, stat in metrics.items()}
-                 for name, metrics in self.tasks.items()}
+        tasks = {
+            name: {metric: stat.merge(other.tasks[name][metric]) for metric, stat in metrics.items()}
+            for name, metrics in self.tasks.items()
+        }
         items = self.items.merge(other.items) if self.items is not None else None
-        return Measurement(reward, tasks, self.primary_metrics, self.directions, self.cost + other.cost,
-                           items or None)
+        return Measurement(reward, tasks, self.primary_metrics, self.directions, self.cost + other.cost, items or None)
 
     def result(self, *, cautious: bool = False) -> EvaluationResult:
         """The values and standard errors of every score, and the cost; ``cautious``: the errors a decision on few
         items uses (:func:`taxcut.evaluation.stats.cautious_stderr`) instead of the standard errors."""
         error = cautious_stderr if cautious else (lambda stat: stat.stderr)
-        scores = {name: {metric: stat.value for metric, stat in metrics.items()} for name, metrics in self.tasks.items()}
-        errors = {name: {metric: error(stat) for metric, stat in metrics.items()} for name, metrics in self.tasks.items()}
-        reward = (RewardScore(self.reward.value, error(self.reward), int(getattr(self.reward, "count", 0)))
-                  if self.reward is not None else None)
+        scores = {
+            name: {metric: stat.value for metric, stat in metrics.items()} for name, metrics in self.tasks.items()
+        }
+        errors = {
+            name: {metric: error(stat) for metric, stat in metrics.items()} for name, metrics in self.tasks.items()
+        }
+        reward = (
+            RewardScore(self.reward.value, error(self.reward), int(getattr(self.reward, "count", 0)))
+            if self.reward is not None
+            else None
+        )
         return EvaluationResult(
             tasks=scores,
             primary={name: scores[name][metric] for name, metric in self.primary_metrics.items()},
@@ -61,19 +69,33 @@ class Measurement:
     def to_json(self) -> dict[str, Any]:
         return {
             "reward": self.reward.to_json() if self.reward is not None else None,
-            "tasks": {name: {metric: stat.to_json() for metric, stat in metrics.items()}
-                      for name, metrics in self.tasks.items()},
-            "primary_metrics": self.primary_metrics, "directions": self.directions,
-            "cost": {"generated_tokens": self.cost.generated_tokens, "scored_tokens": self.cost.scored_tokens,
-                     "seconds": self.cost.seconds},
+            "tasks": {
+                name: {metric: stat.to_json() for metric, stat in metrics.items()}
+                for name, metrics in self.tasks.items()
+            },
+            "primary_metrics": self.primary_metrics,
+            "directions": self.directions,
+            "cost": {
+                "generated_tokens": self.cost.generated_tokens,
+                "scored_tokens": self.cost.scored_tokens,
+                "seconds": self.cost.seconds,
+            },
             **({"items": self.items.to_json()} if self.items else {}),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Measurement:
         reward = statistic_from_json(data["reward"]) if data.get("reward") is not None else None
-        tasks = {name: {metric: statistic_from_json(stat) for metric, stat in metrics.items()}
-                 for name, metrics in data["tasks"].items()}
+        tasks = {
+            name: {metric: statistic_from_json(stat) for metric, stat in metrics.items()}
+            for name, metrics in data["tasks"].items()
+        }
         items = PerItem.from_json(data["items"]) if data.get("items") is not None else None
-        return cls(reward, tasks, dict(data["primary_metrics"]), dict(data["directions"]),
-                   EvaluationCost(**data.get("cost", {})), items)
+        return cls(
+            reward,
+            tasks,
+            dict(data["primary_metrics"]),
+            dict(data["directions"]),
+            EvaluationCost(**data.get("cost", {})),
+            items,
+        )

@@ -42,8 +42,9 @@ class ItemScores:
 
     def __post_init__(self) -> None:  # ValueError: a results line's pydantic check reports it with its line
         if len(self.items) != len(self.values):
-            raise ValueError(f"per-item scores: {len(self.items)} items but {len(self.values)} values; they must "
-                              "pair up one to one")
+            raise ValueError(
+                f"per-item scores: {len(self.items)} items but {len(self.values)} values; they must pair up one to one"
+            )
         if len(set(self.items)) != len(self.items):
             raise ValueError("per-item scores: an item appears twice; each item has one score")
 
@@ -92,8 +93,10 @@ class PerItem:
         if other is None:
             return PerItem()
         reward = self.reward.merge(other.reward) if self.reward is not None and other.reward is not None else None
-        return PerItem(reward, {name: scores.merge(other.tasks[name]) for name, scores in self.tasks.items()
-                                if name in other.tasks})
+        return PerItem(
+            reward,
+            {name: scores.merge(other.tasks[name]) for name, scores in self.tasks.items() if name in other.tasks},
+        )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"tasks": {name: scores.to_json() for name, scores in self.tasks.items()}}
@@ -159,5 +162,5 @@ def mcnemar_p(a: ItemScores, b: ItemScores) -> float:
     total = only_a + only_b
     if total == 0:
         return 1.0
-    tail = sum(math.comb(total, k) for k in range(min(only_a, only_b) + 1)) / 2 ** total
+    tail = sum(math.comb(total, k) for k in range(min(only_a, only_b) + 1)) / 2**total
     return min(1.0, 2 * tail)

@@ -16,7 +16,13 @@ from taxcut.errors import TaxcutError, first_line
 from taxcut.evaluation.cost import count_scored
 from taxcut.evaluation.data import prompt_problem, read_jsonl
 from taxcut.evaluation.generation import (
-    PROMPT_ADVICE, GenerationSettings, generate, model_context, over_context, prompt_text, render_prompt,
+    PROMPT_ADVICE,
+    GenerationSettings,
+    generate,
+    model_context,
+    over_context,
+    prompt_text,
+    render_prompt,
 )
 from taxcut.evaluation.paired import ItemScores
 from taxcut.evaluation.stats import Mean
@@ -37,7 +43,8 @@ class RewardFunction:
 
 
 def load_reward_function(reference: str) -> RewardFunction:
-    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the callable ``(prompt, response) -> float``."""
+    """``"package.module:function"`` or ``"path/to/file.py:function"`` -> the callable
+    ``(prompt, response) -> float``."""
     module_name, sep, function_name = reference.rpartition(":")
     if not sep or not module_name or not function_name:
         raise TaxcutError(f"reward function {reference!r}: write it as module:function or path/to/file.py:function")
@@ -56,9 +63,10 @@ def load_reward_function(reference: str) -> RewardFunction:
         raise TaxcutError(f"reward function {reference!r}: cannot import {module_name} ({exc})") from None
     except TaxcutError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the module itself fails (a syntax error, an exception at import)
-        raise TaxcutError(f"reward function {reference!r}: {module_name} fails to load "
-                          f"({type(exc).__name__}: {first_line(exc)})") from None
+    except Exception as exc:  # the module itself fails (a syntax error, an exception at import)
+        raise TaxcutError(
+            f"reward function {reference!r}: {module_name} fails to load ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
     function = getattr(module, function_name, None)
     if not callable(function):
         raise TaxcutError(f"reward function {reference!r}: {module_name} has no function {function_name!r}")
@@ -93,13 +101,24 @@ class RewardModelScorer:
         and the counts) before the reward model runs: cutting it would drop the end the reward is read from."""
         texts = [self._render(p, r) for p, r in zip(prompts, responses)]
         templated = bool(getattr(self.tokenizer, "chat_template", None))  # the template writes special tokens
-        batches = [self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                  add_special_tokens=not templated) for start in range(0, len(texts), self.batch_size)]
+        batches = [
+            self.tokenizer(
+                texts[start : start + self.batch_size],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not templated,
+            )
+            for start in range(0, len(texts), self.batch_size)
+        ]
         lengths = [length for batch in batches for length in batch["attention_mask"].sum(dim=1).tolist()]
-        over_context(lengths, 0, model_context(self.model, self.tokenizer),
-                     [f"the reward model {self.folder}, response {n}" for n in range(1, len(texts) + 1)],
-                     "prompt and response", "use a reward model with a longer context, shorter prompts or a lower "
-                     "max_new_tokens")
+        over_context(
+            lengths,
+            0,
+            model_context(self.model, self.tokenizer),
+            [f"the reward model {self.folder}, response {n}" for n in range(1, len(texts) + 1)],
+            "prompt and response",
+            "use a reward model with a longer context, shorter prompts or a lower max_new_tokens",
+        )
         scores: list[float] = []
         with torch.no_grad():
             for batch in batches:
@@ -133,8 +152,9 @@ class RewardEvaluator:
     name: str = "reward"
 
     def __post_init__(self) -> None:
-        self.records = read_jsonl(self.prompts_path, needs=[("prompt", "messages")], what="prompts", limit=self.limit,
-                                  check=prompt_problem)
+        self.records = read_jsonl(
+            self.prompts_path, needs=[("prompt", "messages")], what="prompts", limit=self.limit, check=prompt_problem
+        )
 
     def responses(self, model, tokenizer, items: Sequence[int] | None = None) -> tuple[list[str], list[str]]:
         """(plain prompts, responses), each prompt repeated ``samples_per_prompt`` times; ``items``: the indices of
@@ -155,10 +175,18 @@ class RewardEvaluator:
         """Refuse every prompt that :meth:`responses` would refuse, at once: for a long sampling run that answers
         its prompts a shard at a time, so that the last shard's long prompt does not fail it at the end."""
         numbers = range(1, len(self.records) + 1)
-        lengths = [len(tokenizer(self._render(n, r, tokenizer), add_special_tokens=r.get("prompt") is not None)
-                       ["input_ids"]) for n, r in zip(numbers, self.records)]
-        over_context(lengths, self.settings.max_new_tokens, model_context(model, tokenizer),
-                     [f"{self.prompts_path}, record {n}" for n in numbers], "a prompt", PROMPT_ADVICE)
+        lengths = [
+            len(tokenizer(self._render(n, r, tokenizer), add_special_tokens=r.get("prompt") is not None)["input_ids"])
+            for n, r in zip(numbers, self.records)
+        ]
+        over_context(
+            lengths,
+            self.settings.max_new_tokens,
+            model_context(model, tokenizer),
+            [f"{self.prompts_path}, record {n}" for n in numbers],
+            "a prompt",
+            PROMPT_ADVICE,
+        )
 
     def _render(self, number: int, record: dict, tokenizer) -> str:
         try:
@@ -194,9 +222,10 @@ def function_scorer(function: Callable[[str, str], float]) -> Callable[[Sequence
         for number, (prompt, response) in enumerate(zip(prompts, responses), start=1):
             try:
                 scores.append(function(prompt, response))
-            except Exception as exc:  # noqa: BLE001 - the user's code: any failure is reported as theirs
-                raise TaxcutError(f"{name} raised {type(exc).__name__}: {first_line(exc)} (on response {number}); "
-                                  "fix the function") from None
+            except Exception as exc:  # the user's code: any failure is reported as theirs
+                raise TaxcutError(
+                    f"{name} raised {type(exc).__name__}: {first_line(exc)} (on response {number}); fix the function"
+                ) from None
         return checked_rewards(scores, len(responses), name)
 
     score.reward_name = name
@@ -218,8 +247,10 @@ def checked_rewards(values, count: int, name: str) -> list[float]:
                 raise TypeError
             reward = float(value)
         except (TypeError, ValueError):
-            raise TaxcutError(f"{name} returned {_shown(value)} (a {type(value).__name__}) for response {number}; "
-                              "a reward must be a number") from None
+            raise TaxcutError(
+                f"{name} returned {_shown(value)} (a {type(value).__name__}) for response {number}; "
+                "a reward must be a number"
+            ) from None
         if not math.isfinite(reward):
             raise TaxcutError(f"{name} returned {reward} for response {number}; a reward must be a finite number")
         rewards.append(reward)

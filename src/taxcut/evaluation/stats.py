@@ -64,8 +64,13 @@ def cautious_stderr(stat: Statistic) -> float:
     return stat.stderr
 
 
-def bootstrap_stderr(items: Sequence[Any], statistic: Callable[[Sequence[Any]], float], *,
-                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> float:
+def bootstrap_stderr(
+    items: Sequence[Any],
+    statistic: Callable[[Sequence[Any]], float],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> float:
     """The standard deviation of ``statistic`` over ``resamples`` resamples of ``items`` drawn with replacement
     (seeded: the same items give the same error); 0 for fewer than two items."""
     if len(items) < 2:
@@ -136,8 +141,15 @@ class Ratio:
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[float, float]], *, exp: bool = False) -> Ratio:
-        return cls(len(pairs), sum(x for x, _ in pairs), sum(y for _, y in pairs), sum(x * x for x, _ in pairs),
-                   sum(y * y for _, y in pairs), sum(x * y for x, y in pairs), exp)
+        return cls(
+            len(pairs),
+            sum(x for x, _ in pairs),
+            sum(y for _, y in pairs),
+            sum(x * x for x, _ in pairs),
+            sum(y * y for _, y in pairs),
+            sum(x * y for x, y in pairs),
+            exp,
+        )
 
     @property
     def ratio(self) -> float:
@@ -157,12 +169,27 @@ class Ratio:
         return self.value * error if self.exp else error
 
     def merge(self, other: Ratio) -> Ratio:
-        return Ratio(self.count + other.count, self.x + other.x, self.y + other.y, self.xx + other.xx,
-                     self.yy + other.yy, self.xy + other.xy, self.exp)
+        return Ratio(
+            self.count + other.count,
+            self.x + other.x,
+            self.y + other.y,
+            self.xx + other.xx,
+            self.yy + other.yy,
+            self.xy + other.xy,
+            self.exp,
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "ratio", "count": self.count, "x": self.x, "y": self.y, "xx": self.xx, "yy": self.yy,
-                "xy": self.xy, "exp": self.exp}
+        return {
+            "type": "ratio",
+            "count": self.count,
+            "x": self.x,
+            "y": self.y,
+            "xx": self.xx,
+            "yy": self.yy,
+            "xy": self.xy,
+            "exp": self.exp,
+        }
 
 
 @dataclass(frozen=True)
@@ -239,7 +266,9 @@ def _bleu_of(items: Sequence[Sequence[int]]) -> float:
 
 
 _TYPES: dict[str, Callable[..., Any]] = {
-    "mean": Mean, "ratio": Ratio, "reported": Reported,
+    "mean": Mean,
+    "ratio": Ratio,
+    "reported": Reported,
     "bleu": lambda items: CorpusBleu(tuple(tuple(item) for item in items)),
 }
 

@@ -25,8 +25,9 @@ class DataPart:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.start < self.stop <= 1.0:
-            raise TaxcutError(f"a part of the evaluation data must lie in [0, 1] and not be empty, got "
-                              f"[{self.start}, {self.stop})")
+            raise TaxcutError(
+                f"a part of the evaluation data must lie in [0, 1] and not be empty, got [{self.start}, {self.stop})"
+            )
 
     @property
     def full(self) -> bool:
@@ -37,7 +38,7 @@ class DataPart:
         if self.full:
             return None
         order = item_order(name, size, self.seed)
-        return sorted(order[share_count(self.start, size):share_count(self.stop, size)])
+        return sorted(order[share_count(self.start, size) : share_count(self.stop, size)])
 
 
 FULL = DataPart()

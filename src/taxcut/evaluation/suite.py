@@ -51,28 +51,38 @@ class EvaluationSuite:
         with metered() as meter:
             reward = reward_items = None
             if self.reward is not None:
-                reward, reward_items = self.reward.measure_items(model, tokenizer,
-                                                                 part.items("reward", len(self.reward.records)))
+                reward, reward_items = self.reward.measure_items(
+                    model, tokenizer, part.items("reward", len(self.reward.records))
+                )
             tasks: dict[str, dict[str, Statistic]] = {}
             task_items: dict[str, ItemScores] = {}
             for task in self.tasks:
                 if hasattr(task, "measure_items"):
                     tasks[task.name], scores = task.measure_items(
-                        model, tokenizer, part.items(f"task:{task.name}", len(task.records)))
+                        model, tokenizer, part.items(f"task:{task.name}", len(task.records))
+                    )
                     if scores is not None:  # a metric that is no mean of item scores keeps none (lm-eval)
                         task_items[task.name] = scores
                 elif hasattr(task, "measure"):
-                    tasks[task.name] = task.measure(model, tokenizer, part.items(f"task:{task.name}",
-                                                                                 len(task.records)))
+                    tasks[task.name] = task.measure(
+                        model, tokenizer, part.items(f"task:{task.name}", len(task.records))
+                    )
                 elif part.full:
                     tasks[task.name] = {m: Reported(v) for m, v in task.evaluate(model, tokenizer).items()}
                 else:
-                    raise TaxcutError(f"task '{task.name}' reports no items, so it cannot be measured on part of the "
-                                      "data; use 'fidelity: full'")
+                    raise TaxcutError(
+                        f"task '{task.name}' reports no items, so it cannot be measured on part of the "
+                        "data; use 'fidelity: full'"
+                    )
                 _check_scores(task, {metric: stat.value for metric, stat in tasks[task.name].items()})
-        return Measurement(reward, tasks, {task.name: task.primary_metric for task in self.tasks},
-                           {task.name: task.higher_is_better for task in self.tasks}, meter.cost(),
-                           PerItem(reward_items, task_items) or None)
+        return Measurement(
+            reward,
+            tasks,
+            {task.name: task.primary_metric for task in self.tasks},
+            {task.name: task.higher_is_better for task in self.tasks},
+            meter.cost(),
+            PerItem(reward_items, task_items) or None,
+        )
 
     def fingerprint(self) -> str:
         """What results depend on in the evaluation: its settings, the *contents* of its data files, the reward
@@ -129,9 +139,14 @@ def _reward_evaluator(spec: RewardSpec, device) -> RewardEvaluator:
         scorer = function_scorer(load_reward_function(spec.function))
     else:
         scorer = RewardModelScorer(spec.model, batch_size=spec.batch_size, device=device)
-    settings = GenerationSettings(max_new_tokens=spec.max_new_tokens, do_sample=spec.do_sample,
-                                  temperature=spec.temperature, top_p=spec.top_p, seed=spec.seed,
-                                  batch_size=spec.batch_size)
+    settings = GenerationSettings(
+        max_new_tokens=spec.max_new_tokens,
+        do_sample=spec.do_sample,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        seed=spec.seed,
+        batch_size=spec.batch_size,
+    )
     return RewardEvaluator(spec.prompts, scorer, settings, spec.samples_per_prompt, spec.limit)
 
 
@@ -139,8 +154,14 @@ def _task(spec: TaskSpec) -> TaxTask:
     if spec.type == "lm_eval":
         from taxcut.evaluation.lmeval import LmEvalTask
 
-        return LmEvalTask(spec.name, spec.task, limit=spec.limit, num_fewshot=spec.num_fewshot,
-                          batch_size=spec.batch_size, metric=spec.metric)
+        return LmEvalTask(
+            spec.name,
+            spec.task,
+            limit=spec.limit,
+            num_fewshot=spec.num_fewshot,
+            batch_size=spec.batch_size,
+            metric=spec.metric,
+        )
     options = {"limit": spec.limit, "batch_size": spec.batch_size}
     if spec.max_new_tokens is not None:
         options["max_new_tokens"] = spec.max_new_tokens
@@ -155,8 +176,10 @@ def _check_scores(task: TaxTask, scores: dict[str, float]) -> None:
     """A NaN score, or an infinite primary score, would silently empty the front: an error naming the task."""
     for metric, value in scores.items():
         if math.isnan(value) or (metric == task.primary_metric and math.isinf(value)):
-            raise TaxcutError(f"task '{task.name}': its {metric} is {value}, not a finite number; check the task's "
-                              "data (empty answers, texts longer than the model's context) or the model")
+            raise TaxcutError(
+                f"task '{task.name}': its {metric} is {value}, not a finite number; check the task's "
+                "data (empty answers, texts longer than the model's context) or the model"
+            )
 
 
 def evaluate_folder(model_dir: Path, spec: EvaluationSpec, device: str = "auto") -> EvaluationResult:

@@ -74,8 +74,13 @@ class MultipleChoiceTask(MeasuredTask):
 
     def __post_init__(self) -> None:
         _check_metric(self)
-        self.records = read_jsonl(self.path, needs=[_CONTEXT_FIELDS + ("messages",), ("choices",), ("answer",)],
-                                  what="multiple-choice task", limit=self.limit, check=_chat_problem(_CONTEXT_FIELDS))
+        self.records = read_jsonl(
+            self.path,
+            needs=[_CONTEXT_FIELDS + ("messages",), ("choices",), ("answer",)],
+            what="multiple-choice task",
+            limit=self.limit,
+            check=_chat_problem(_CONTEXT_FIELDS),
+        )
         self.answers = [self._answer_index(number, r) for number, r in enumerate(self.records, start=1)]
 
     def _answer_index(self, number: int, record: dict) -> int:
@@ -88,26 +93,31 @@ class MultipleChoiceTask(MeasuredTask):
             return choices.index(answer)
         raise TaxcutError(f"{self.path}, record {number}: 'answer' must be a choice index or one of the choices")
 
-    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
-                      ) -> tuple[dict[str, Statistic], ItemScores]:
+    def measure_items(
+        self, model, tokenizer, items: Sequence[int] | None = None
+    ) -> tuple[dict[str, Statistic], ItemScores]:
         """``acc`` and ``acc_norm`` over the records ``items`` (default: all), as shares of right answers, and the
         primary metric's score (right: 1, wrong: 0) of each record."""
         numbers, records = _chosen(self.records, items)
         answers = [self.answers[n - 1] for n in numbers]
         contexts, chats = _render(self.path, records, tokenizer, _CONTEXT_FIELDS, numbers)
         prefixes = ["" if chat else self.choice_prefix for chat in chats]  # a chat's answer follows its template
-        pairs = [encode_pair(tokenizer, context, prefix + str(choice), chat_rendered=chat)
-                 for context, chat, prefix, record in zip(contexts, chats, prefixes, records)
-                 for choice in record["choices"]]
-        labels = [f"{self.path}, record {number}, choice {k}" for number, record in zip(numbers, records)
-                  for k in range(1, len(record["choices"]) + 1)]
-        scored = score_continuations(model, tokenizer, pairs, self.batch_size, what="context and choice",
-                                     labels=labels)
+        pairs = [
+            encode_pair(tokenizer, context, prefix + str(choice), chat_rendered=chat)
+            for context, chat, prefix, record in zip(contexts, chats, prefixes, records)
+            for choice in record["choices"]
+        ]
+        labels = [
+            f"{self.path}, record {number}, choice {k}"
+            for number, record in zip(numbers, records)
+            for k in range(1, len(record["choices"]) + 1)
+        ]
+        scored = score_continuations(model, tokenizer, pairs, self.batch_size, what="context and choice", labels=labels)
         correct, correct_norm = [], []
         cursor = 0
         for index, (record, prefix) in enumerate(zip(records, prefixes)):
             count = len(record["choices"])
-            mine = scored[cursor:cursor + count]
+            mine = scored[cursor : cursor + count]
             cursor += count
             lengths = [max(1, len((prefix + str(c)).encode())) for c in record["choices"]]
             correct.append(float(_argmax([s.logprob for s in mine]) == answers[index]))
@@ -137,22 +147,30 @@ class GreedyTask(MeasuredTask):
     def __post_init__(self) -> None:
         _check_metric(self)
         one, many = self.gold
-        self.records = read_jsonl(self.path, needs=[("prompt", "messages"), (one, many)], what=self.what,
-                                  limit=self.limit, check=_chat_problem(("prompt",)))
+        self.records = read_jsonl(
+            self.path,
+            needs=[("prompt", "messages"), (one, many)],
+            what=self.what,
+            limit=self.limit,
+            check=_chat_problem(("prompt",)),
+        )
         _require_some(self.path, self.records, (many, one))
 
-    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
-                      ) -> tuple[dict[str, Statistic], ItemScores]:
+    def measure_items(
+        self, model, tokenizer, items: Sequence[int] | None = None
+    ) -> tuple[dict[str, Statistic], ItemScores]:
         """:meth:`measure`, and the primary metric's score of each record."""
         numbers, records = _chosen(self.records, items)
-        predictions = _greedy(model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size,
-                              self.stop, numbers)
+        predictions = _greedy(
+            model, tokenizer, self.path, records, self.max_new_tokens, self.batch_size, self.stop, numbers
+        )
         one, many = self.gold
         stats, scores = self.score(predictions, [_as_list(r.get(many, r.get(one))) for r in records])
         return stats, _primary_items(self, numbers, scores)
 
-    def score(self, predictions: list[str], golds: list[list[str]]
-              ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
+    def score(
+        self, predictions: list[str], golds: list[list[str]]
+    ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
         """The statistics of the generations, and each record's score by metric."""
         raise NotImplementedError
 
@@ -165,11 +183,15 @@ class GenerationTask(GreedyTask):
     gold = ("answer", "answers")
     what = "generation task"
 
-    def score(self, predictions: list[str], golds: list[list[str]]
-              ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
+    def score(
+        self, predictions: list[str], golds: list[list[str]]
+    ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
         pairs = list(zip(predictions, golds))
-        scores = {"exact_match": [exact_match(p, g) for p, g in pairs], "f1": [token_f1(p, g) for p, g in pairs],
-                  "contains": [contains_answer(p, g) for p, g in pairs]}
+        scores = {
+            "exact_match": [exact_match(p, g) for p, g in pairs],
+            "f1": [token_f1(p, g) for p, g in pairs],
+            "contains": [contains_answer(p, g) for p, g in pairs],
+        }
         return {metric: Mean.of(values, binary=metric != "f1") for metric, values in scores.items()}, scores
 
 
@@ -185,8 +207,9 @@ class BleuTask(GreedyTask):
     gold = ("reference", "references")
     what = "BLEU task"
 
-    def score(self, predictions: list[str], golds: list[list[str]]
-              ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
+    def score(
+        self, predictions: list[str], golds: list[list[str]]
+    ) -> tuple[dict[str, Statistic], dict[str, list[float]]]:
         bleu = bleu_statistics([p.strip() for p in predictions], golds)
         return {"bleu": bleu}, {"bleu": sentence_bleu_scores(bleu)}
 
@@ -205,16 +228,24 @@ class PerplexityTask(MeasuredTask):
         _check_metric(self)
         self.records = read_jsonl(self.path, needs=[("text",)], what="perplexity task", limit=self.limit)
 
-    def measure_items(self, model, tokenizer, items: Sequence[int] | None = None
-                      ) -> tuple[dict[str, Statistic], ItemScores | None]:
-        """``nll`` per token and ``perplexity`` over the records ``items`` (default: all), and for ``nll`` each text's NLL (summed over its tokens) over the mean token count of
-        all the task's texts: the same in any subset, their mean over all texts is the task's ``nll``, and the
-        paired error of their differences is the delta-method error of a difference of ``nll`` (both models
-        score the same tokens). ``perplexity`` keeps no per-item scores (it is no mean of item scores)."""
+    def measure_items(
+        self, model, tokenizer, items: Sequence[int] | None = None
+    ) -> tuple[dict[str, Statistic], ItemScores | None]:
+        """``nll`` per token and ``perplexity`` over the records ``items`` (default: all), and for ``nll`` each text's
+        NLL (summed over its tokens) over the mean token count of all the task's texts: the same in any subset, their
+        mean over all texts is the task's ``nll``, and the paired error of their differences is the delta-method
+        error of a difference of ``nll`` (both models score the same tokens). ``perplexity`` keeps no per-item scores
+        (it is no mean of item scores)."""
         numbers, records = _chosen(self.records, items)
         sequences = [encode_pair(tokenizer, "", str(r["text"])) for r in records]
-        scored = score_continuations(model, tokenizer, sequences, self.batch_size, what="a text",
-                                     labels=[f"{self.path}, record {number}" for number in numbers])
+        scored = score_continuations(
+            model,
+            tokenizer,
+            sequences,
+            self.batch_size,
+            what="a text",
+            labels=[f"{self.path}, record {number}" for number in numbers],
+        )
         pairs = [(-s.logprob, float(s.tokens)) for s in scored]  # (an item's NLL, its tokens)
         stats = {"nll": Ratio.of(pairs), "perplexity": Ratio.of(pairs, exp=True)}
         if self.primary_metric != "nll":
@@ -251,8 +282,16 @@ TASK_TYPES = {
 }
 
 
-def _greedy(model, tokenizer, path: Path, records, max_new_tokens: int, batch_size: int,
-            stops: list[str], numbers: Sequence[int] | None = None) -> list[str]:
+def _greedy(
+    model,
+    tokenizer,
+    path: Path,
+    records,
+    max_new_tokens: int,
+    batch_size: int,
+    stops: list[str],
+    numbers: Sequence[int] | None = None,
+) -> list[str]:
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     prompts, chats = _render(path, records, tokenizer, ("prompt",), numbers)
     labels = [f"{path}, record {number}" for number in numbers or range(1, len(records) + 1)]
@@ -260,8 +299,9 @@ def _greedy(model, tokenizer, path: Path, records, max_new_tokens: int, batch_si
     return [stop_at(text, stops) for text in outputs]
 
 
-def _render(path: Path, records: list[dict], tokenizer, fields: tuple[str, ...],
-            numbers: Sequence[int] | None = None) -> tuple[list[str], list[bool]]:
+def _render(
+    path: Path, records: list[dict], tokenizer, fields: tuple[str, ...], numbers: Sequence[int] | None = None
+) -> tuple[list[str], list[bool]]:
     """Each record's prompt text (the first of ``fields`` it has) or its ``messages`` rendered through the chat
     template (as reward prompts are), and whether it was a chat (its text then carries its special tokens).
     ``numbers``: the records' line numbers in the file, for errors (default: 1, 2, ...)."""
@@ -281,6 +321,7 @@ def _render(path: Path, records: list[dict], tokenizer, fields: tuple[str, ...],
 
 def _chat_problem(fields: tuple[str, ...]):
     """A record check: what is wrong with its ``messages`` when it has none of the text ``fields``."""
+
     def check(record: dict) -> str | None:
         if any(record.get(k) is not None for k in fields):
             return None

@@ -107,6 +107,6 @@ def open_executor(spec: ExecutorSpec | None = None) -> Executor:
     """The executor ``spec`` asks for: in this process unless it has a ``ray`` section."""
     if spec is None or spec.ray is None:
         return LocalExecutor()
-    from taxcut.execution.ray_executor import RayExecutor  # noqa: PLC0415 - Ray is an optional extra
+    from taxcut.execution.ray_executor import RayExecutor  # Ray is an optional extra
 
     return RayExecutor(spec.ray)

@@ -64,9 +64,9 @@ class RayExecutor:
 
     remote = True
 
-    def __init__(self, settings: RaySettings = RaySettings()):
+    def __init__(self, settings: RaySettings | None = None):
         _ray()  # the extra is missing: say so now, before any work
-        self.settings = settings
+        self.settings = settings if settings is not None else RaySettings()
         self.timings = Timings()
         self.actors: list | None = None
         self.replaced = 0  # workers that died and were replaced
@@ -89,9 +89,11 @@ class RayExecutor:
             try:
                 ray.init(address=settings.address, include_dashboard=False, logging_level=logging.WARNING)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise TaxcutError(f"Ray cluster {settings.address or '(auto)'}: cannot connect "
-                                  f"({first_line(exc)}); start one with 'ray start --head' or drop the address "
-                                  "for a local one") from None
+                raise TaxcutError(
+                    f"Ray cluster {settings.address or '(auto)'}: cannot connect "
+                    f"({first_line(exc)}); start one with 'ray start --head' or drop the address "
+                    "for a local one"
+                ) from None
         resources = ray.cluster_resources()
         gpus = settings.gpus_per_worker
         if gpus is None:
@@ -101,9 +103,11 @@ class RayExecutor:
         workers = settings.workers or max(1, fits)
         if workers > fits:
             self.close()
-            raise TaxcutError(f"executor.ray: {workers} workers of {cpus:g} CPUs and {gpus:g} GPUs do not fit "
-                              f"the cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); "
-                              "ask for fewer workers or smaller ones")
+            raise TaxcutError(
+                f"executor.ray: {workers} workers of {cpus:g} CPUs and {gpus:g} GPUs do not fit "
+                f"the cluster ({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); "
+                "ask for fewer workers or smaller ones"
+            )
         self._actor_class = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(_Worker)
         self.actors = [self._actor_class.remote() for _ in range(workers)]
         ray.get([actor.pid.remote() for actor in self.actors])  # every worker's process is up before work starts
@@ -117,7 +121,11 @@ class RayExecutor:
         ray = _ray()
         from ray import cloudpickle
         from ray.exceptions import (
-            ActorUnschedulableError, NodeDiedError, OutOfMemoryError, RayActorError, RayTaskError,
+            ActorUnschedulableError,
+            NodeDiedError,
+            OutOfMemoryError,
+            RayActorError,
+            RayTaskError,
             WorkerCrashedError,
         )
 
@@ -144,12 +152,19 @@ class RayExecutor:
                 except RayTaskError as exc:  # the work raised: raise it here as it was raised there
                     cause = getattr(exc, "cause", None)
                     raise (cause if isinstance(cause, Exception) else exc) from None
-                except (RayActorError, WorkerCrashedError, OutOfMemoryError, NodeDiedError,
-                        ActorUnschedulableError) as exc:
+                except (
+                    RayActorError,
+                    WorkerCrashedError,
+                    OutOfMemoryError,
+                    NodeDiedError,
+                    ActorUnschedulableError,
+                ) as exc:
                     deaths[index] += 1
                     if deaths[index] > self.settings.max_retries:
-                        raise TaxcutError(f"item {_describe(items[index])} lost {deaths[index]} workers in a row "
-                                          f"(last: {first_line(exc)}); it may not fit a worker's memory") from None
+                        raise TaxcutError(
+                            f"item {_describe(items[index])} lost {deaths[index]} workers in a row "
+                            f"(last: {first_line(exc)}); it may not fit a worker's memory"
+                        ) from None
                     self._replace(slot)
                     self.replaced += 1
                     queue.appendleft(index)  # the next free worker takes it

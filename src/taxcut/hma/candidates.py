@@ -38,14 +38,30 @@ def hma_candidates(spec: SweepSpec, *, log=print, executor: Executor | None = No
             eps = _shown_eps(settings)
             for one in retain_search(settings):
                 weight = f"-w{one.retain_weight:g}" if grid.retain is not None else ""
-                planned.append((alpha, one, len(searched),
-                                folder / f"hma-a{alpha:g}-eps{eps:g}{weight}-{_inputs_key(spec, one)}.yaml"))
+                planned.append(
+                    (
+                        alpha,
+                        one,
+                        len(searched),
+                        folder / f"hma-a{alpha:g}-eps{eps:g}{weight}-{_inputs_key(spec, one)}.yaml",
+                    )
+                )
     missing = [(path, settings) for _, settings, _, path in planned if not path.is_file()]
     allow = spec.allow_tokenizer_mismatch
     fit = HmaFit(spec.sft, spec.aligned, grid.data, log, allow_tokenizer_mismatch=allow, retain=grid.retain)
     for (path, _), result in (executor or LocalExecutor()).map(fit, missing):
-        write_ratios(path, ratios_spec(result, result.settings, spec.sft, spec.aligned, grid.data,
-                                       allow_tokenizer_mismatch=allow, retain=grid.retain))
+        write_ratios(
+            path,
+            ratios_spec(
+                result,
+                result.settings,
+                spec.sft,
+                spec.aligned,
+                grid.data,
+                allow_tokenizer_mismatch=allow,
+                retain=grid.retain,
+            ),
+        )
     candidates: dict[str, Candidate] = {}
     for alpha, settings, searched, path in planned:
         eps = _shown_eps(settings)
@@ -72,8 +88,15 @@ class HmaFit:
 
     def setup(self):
         def fit(item: tuple[Path, FitSettings]) -> FitResult:
-            return fit_ratios(self.sft, self.aligned, self.data, item[1], log=self.log,
-                              allow_tokenizer_mismatch=self.allow_tokenizer_mismatch, retain=self.retain)
+            return fit_ratios(
+                self.sft,
+                self.aligned,
+                self.data,
+                item[1],
+                log=self.log,
+                allow_tokenizer_mismatch=self.allow_tokenizer_mismatch,
+                retain=self.retain,
+            )
 
         return fit
 
@@ -84,8 +107,11 @@ def eps_search(settings: FitSettings) -> list[FitSettings]:
     one fit. Per-layer ratios are bounded by the fit, which knows the layers."""
     distinct: dict[float, FitSettings] = {}
     for eps in settings.eps_values():
-        bounded = eps if settings.granularity == "layer" else bounded_eps(
-            settings.alpha, settings.blocks, eps, settings.normalize)
+        bounded = (
+            eps
+            if settings.granularity == "layer"
+            else bounded_eps(settings.alpha, settings.blocks, eps, settings.normalize)
+        )
         distinct.setdefault(0.0 if settings.mean == "free" else bounded, settings.model_copy(update={"eps": eps}))
     return list(distinct.values())
 
@@ -98,8 +124,11 @@ def retain_search(settings: FitSettings) -> list[FitSettings]:
 
 def check_retain_set(spec: SweepSpec) -> None:
     """Refuse, before any work, a sweep's retain set that shares a text with its evaluation's prompts or items."""
-    files = [(role, path) for role, path in spec.evaluation.input_files()
-             if role == "reward prompts" or role.endswith(" data")]
+    files = [
+        (role, path)
+        for role, path in spec.evaluation.input_files()
+        if role == "reward prompts" or role.endswith(" data")
+    ]
     refuse_shared_lines(spec.candidates.hma.retain, files)
 
 
@@ -121,8 +150,13 @@ def scope_matched_ma(fitted: Candidate, alpha: float, scope: str) -> Candidate:
     embeddings and norms at SFT -- part of the paper's "HMA gain" comes from that alone."""
     if scope == "all":
         return ma_candidate(alpha)
-    return Candidate(label=f"MA a={alpha:g} ({scope} scope)", kind="scoped-MA", alphas=[alpha] * len(fitted.alphas),
-                     block_bounds=fitted.block_bounds, rules=fitted.rules)
+    return Candidate(
+        label=f"MA a={alpha:g} ({scope} scope)",
+        kind="scoped-MA",
+        alphas=[alpha] * len(fitted.alphas),
+        block_bounds=fitted.block_bounds,
+        rules=fitted.rules,
+    )
 
 
 def _inputs_key(spec: SweepSpec, settings: FitSettings) -> str:

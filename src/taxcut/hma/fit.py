@@ -43,7 +43,12 @@ from taxcut.evaluation.data import read_jsonl
 from taxcut.evaluation.generation import model_context
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_device
 from taxcut.hma.ratios import (
-    block_ratios, bounded_eps, free_initial_logits, free_ratios, initial_logits, paper_reg_weights,
+    block_ratios,
+    bounded_eps,
+    free_initial_logits,
+    free_ratios,
+    initial_logits,
+    paper_reg_weights,
 )
 from taxcut.hma.retain import cache_bytes, encode_retain_set, read_retain_set, retain_batches, retention_kl
 from taxcut.io.layers import TIED_HEAD_NAMES, detect_layers
@@ -54,7 +59,13 @@ from taxcut.methods.interpolation import all_finite, interpolate
 from taxcut.spec.fit import FitSettings
 from taxcut.spec.merge import MergeSpec
 from taxcut.training import (
-    Coefficients, Interpolated, collate, current_weight, parametrize_weights, recompute_layers, warmup_cosine,
+    Coefficients,
+    Interpolated,
+    collate,
+    current_weight,
+    parametrize_weights,
+    recompute_layers,
+    warmup_cosine,
 )
 
 
@@ -72,9 +83,17 @@ class FitResult:
     is_main_process: bool = True  # under `accelerate launch`, only the main process writes the ratios file
 
 
-def fit_ratios(sft: Path, aligned: Path, data: Path, settings: FitSettings, *, log: Callable[[str], object] = print,
-               keep_weights: bool = False, allow_tokenizer_mismatch: bool = False,
-               retain: Path | None = None) -> FitResult:
+def fit_ratios(
+    sft: Path,
+    aligned: Path,
+    data: Path,
+    settings: FitSettings,
+    *,
+    log: Callable[[str], object] = print,
+    keep_weights: bool = False,
+    allow_tokenizer_mismatch: bool = False,
+    retain: Path | None = None,
+) -> FitResult:
     """Learn the HMA block ratios of a pair at one eps and one retention weight W.
 
     The recipe, in named steps: check the inputs, set up the two models, the blocks and the data, train the K
@@ -122,31 +141,39 @@ class _FitRecipe:
         self.adjustments.append(adjustment)
         self.log(f"fit: {adjustment}")
 
-    def check_inputs(self, sft: Path, aligned: Path, data: Path, retain: Path | None,
-                     allow_tokenizer_mismatch: bool) -> tuple[list[dict], list[dict] | None]:
+    def check_inputs(
+        self, sft: Path, aligned: Path, data: Path, retain: Path | None, allow_tokenizer_mismatch: bool
+    ) -> tuple[list[dict], list[dict] | None]:
         """Settings, data and the pair's headers checked before any model is loaded; the records read."""
         settings = self.settings
         if isinstance(settings.eps, list):
-            raise TaxcutError(f"eps {settings.eps}: a fit takes one eps; fit each of settings.eps_values() "
-                              "(as taxcut fit --eps E1,E2,... does)")
+            raise TaxcutError(
+                f"eps {settings.eps}: a fit takes one eps; fit each of settings.eps_values() "
+                "(as taxcut fit --eps E1,E2,... does)"
+            )
         if isinstance(settings.retain_weight, list):
-            raise TaxcutError(f"retain_weight {settings.retain_weight}: a fit takes one W; fit each of "
-                              "settings.retain_weights() (as taxcut fit --retain-weight W1,W2,... does)")
+            raise TaxcutError(
+                f"retain_weight {settings.retain_weight}: a fit takes one W; fit each of "
+                "settings.retain_weights() (as taxcut fit --retain-weight W1,W2,... does)"
+            )
         if settings.retain_weight > 0 and retain is None:
-            raise TaxcutError(f"--retain-weight {settings.retain_weight:g} needs a retain set: give --retain FILE "
-                              "(JSONL text or prompts)")
+            raise TaxcutError(
+                f"--retain-weight {settings.retain_weight:g} needs a retain set: give --retain FILE "
+                "(JSONL text or prompts)"
+            )
         records = read_jsonl(data, needs=[("prompt",), ("response",)], what="fit set")  # bad data fails first
         retain_records = read_retain_set(retain) if retain is not None else None
         if settings.granularity == "block":  # K known before loading: an eps too small is said at once
             self.settings = _bounded(settings, settings.blocks, self.note)
-        build_plan(MergeSpec(sft=sft, aligned=aligned, alpha=settings.alpha,
-                             allow_tokenizer_mismatch=allow_tokenizer_mismatch)).close()  # tokenizers too
+        build_plan(
+            MergeSpec(sft=sft, aligned=aligned, alpha=settings.alpha, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
+        ).close()  # tokenizers too
         return records, retain_records
 
     def setup_models(self, sft: Path, aligned: Path) -> None:
         """The two models: the SFT model's parameters are theta_sft; theta_aligned is kept beside them."""
         torch.manual_seed(self.settings.seed)
-        from accelerate import Accelerator  # noqa: PLC0415 - loaded only when a fit runs
+        from accelerate import Accelerator  # loaded only when a fit runs
 
         self.accelerator = Accelerator(cpu=pick_device(self.settings.device).type == "cpu")
         self.device = self.accelerator.device
@@ -168,18 +195,32 @@ class _FitRecipe:
         self.blocks = settings.blocks if settings.granularity == "block" else self.num_layers  # one per layer
         self.settings = settings = _bounded(settings, self.blocks, self.note)
         self.bounds = split_blocks(self.num_layers, self.blocks)
-        self.rules = (paper_scope_rules(self.params, stored, settings.alpha) if settings.scope == "paper"
-                      else head_rules(stored, settings.alpha))
-        spec = MergeSpec(sft=sft, aligned=aligned, alphas=[settings.alpha] * self.blocks, block_bounds=self.bounds,
-                         rules=self.rules, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
+        self.rules = (
+            paper_scope_rules(self.params, stored, settings.alpha)
+            if settings.scope == "paper"
+            else head_rules(stored, settings.alpha)
+        )
+        spec = MergeSpec(
+            sft=sft,
+            aligned=aligned,
+            alphas=[settings.alpha] * self.blocks,
+            block_bounds=self.bounds,
+            rules=self.rules,
+            allow_tokenizer_mismatch=allow_tokenizer_mismatch,
+        )
         with build_plan(spec) as plan:
             self.decision = {t.name: t.decision for t in plan.tensors}
         fused = [name for name in self.params if stored[name] not in self.decision]
         if fused:
-            raise TaxcutError(f"parameter '{fused[0]}' is fused from several stored tensors (e.g. mixture-of-"
-                              "experts weights); taxcut fit does not support this architecture yet")
-        self.trainable = {name: self.decision[stored[name]].block for name in self.params
-                          if self.decision[stored[name]].block is not None}
+            raise TaxcutError(
+                f"parameter '{fused[0]}' is fused from several stored tensors (e.g. mixture-of-"
+                "experts weights); taxcut fit does not support this architecture yet"
+            )
+        self.trainable = {
+            name: self.decision[stored[name]].block
+            for name in self.params
+            if self.decision[stored[name]].block is not None
+        }
 
     def setup_weights(self, retain_records: list[dict] | None, retain: Path | None) -> None:
         """The retain batches with the SFT log-probabilities (before any weight changes), then the weights: those
@@ -187,24 +228,41 @@ class _FitRecipe:
         self.context = model_context(self.model, self.tokenizer)
         self.retained = []
         if self.settings.retain_weight > 0:
-            self.retained = _retain_batches(self.model, self.tokenizer, retain_records, retain, self.context,
-                                            self.settings, self.note, self.log, self.device)
+            self.retained = _retain_batches(
+                self.model,
+                self.tokenizer,
+                retain_records,
+                retain,
+                self.context,
+                self.settings,
+                self.note,
+                self.log,
+                self.device,
+            )
         with torch.no_grad():
             for name, parameter in self.params.items():
                 if name not in self.trainable:
-                    _set_fixed(parameter, self.aligned_params[name], self.decision[self.stored[name]].alpha,
-                               self.stored[name])
+                    _set_fixed(
+                        parameter, self.aligned_params[name], self.decision[self.stored[name]].alpha, self.stored[name]
+                    )
         self.holder = Coefficients()  # every parametrised weight reads its block's ratio from here
-        parametrize_weights(self.model, {name: Interpolated(self.aligned_params[name].detach(), self.holder, block)
-                                         for name, block in self.trainable.items()})
+        parametrize_weights(
+            self.model,
+            {
+                name: Interpolated(self.aligned_params[name].detach(), self.holder, block)
+                for name, block in self.trainable.items()
+            },
+        )
         recompute_layers(self.model)
 
     def setup_data(self, records: list[dict], data: Path) -> None:
         """The fit set: prompt + response, the loss on the response tokens or on all of them; a random draw."""
         examples, cut = encode_fit_set(self.tokenizer, records, data, self.context, self.settings.loss)
         if cut:  # the paper's fit cuts at its max length too; the ratios file says how many were cut
-            self.note(f"{len(cut)} of {len(examples)} fit examples are longer than the model's context of "
-                      f"{self.context} tokens: their responses were cut to fit (records {_first(cut)} of {data})")
+            self.note(
+                f"{len(cut)} of {len(examples)} fit examples are longer than the model's context of "
+                f"{self.context} tokens: their responses were cut to fit (records {_first(cut)} of {data})"
+            )
         self.rng = random.Random(self.settings.seed)
         if self.settings.draw < 1:
             examples = self.rng.sample(examples, max(1, round(self.settings.draw * len(examples))))
@@ -214,8 +272,11 @@ class _FitRecipe:
         """The only trainable tensor, K block logits starting at MA; the L1 pull's weights; Adam and its
         schedule over every process's share of a step."""
         settings = self.settings
-        start = (free_initial_logits(settings.alpha, self.blocks) if settings.mean == "free"
-                 else initial_logits(settings.alpha, self.blocks, settings.normalize))
+        start = (
+            free_initial_logits(settings.alpha, self.blocks)
+            if settings.mean == "free"
+            else initial_logits(settings.alpha, self.blocks, settings.normalize)
+        )
         self.logits = start.to(self.device).requires_grad_()
         self.reg = torch.tensor(self.reg_weights(), device=self.device)
         self.optimizer = torch.optim.Adam([self.logits], lr=settings.lr)
@@ -230,14 +291,19 @@ class _FitRecipe:
         reg_weights = self.settings.reg
         if reg_weights == "paper":  # per Linear weight, by its layer's distance from the middle
             layer_of = detect_layers(self.stored.values()).layer_of
-            linears = [(layer_of[self.stored[name]], block) for name, block in self.trainable.items()
-                       if self.params[name].ndim == 2]
+            linears = [
+                (layer_of[self.stored[name]], block)
+                for name, block in self.trainable.items()
+                if self.params[name].ndim == 2
+            ]
             reg_weights = paper_reg_weights(linears, self.num_layers, self.blocks)
             self.adjustments.append("reg paper: w_k = " + ", ".join(f"{w:.4g}" for w in reg_weights))
         elif len(reg_weights) != self.blocks:  # granularity layer: one weight for every layer, or none per block
             if len(set(reg_weights)) > 1:
-                raise TaxcutError(f"--reg {','.join(f'{w:g}' for w in reg_weights)}: one weight per block, but "
-                                  f"--granularity layer fits {self.blocks} ratios; give one weight for all, or paper")
+                raise TaxcutError(
+                    f"--reg {','.join(f'{w:g}' for w in reg_weights)}: one weight per block, but "
+                    f"--granularity layer fits {self.blocks} ratios; give one weight for all, or paper"
+                )
             reg_weights = reg_weights[:1] * self.blocks
         return reg_weights
 
@@ -250,23 +316,34 @@ class _FitRecipe:
     def train(self) -> None:
         """Every epoch in a shuffled order, the same on every process (same seed, same draws)."""
         settings = self.settings
-        self.out = FitResult([], self.bounds, self.rules, settings, adjustments=self.adjustments,
-                             is_main_process=self.accelerator.is_main_process)
+        self.out = FitResult(
+            [],
+            self.bounds,
+            self.rules,
+            settings,
+            adjustments=self.adjustments,
+            is_main_process=self.accelerator.is_main_process,
+        )
         weight = settings.retain_weight
-        self.log(f"fit: {len(self.examples)} examples, {self.blocks} blocks {self.bounds}, a = {settings.alpha}, "
-                 f"normalize {settings.normalize}, eps = {settings.eps:g}, scope {settings.scope}, loss on "
-                 f"{settings.loss}, {self.total_steps} steps" + (", mean free" if settings.mean == "free" else "")
-                 + (f", retain W = {weight:g} on {len(self.retained)} batches" if weight > 0 else ""))
+        self.log(
+            f"fit: {len(self.examples)} examples, {self.blocks} blocks {self.bounds}, a = {settings.alpha}, "
+            f"normalize {settings.normalize}, eps = {settings.eps:g}, scope {settings.scope}, loss on "
+            f"{settings.loss}, {self.total_steps} steps"
+            + (", mean free" if settings.mean == "free" else "")
+            + (f", retain W = {weight:g} on {len(self.retained)} batches" if weight > 0 else "")
+        )
         self.model.eval()  # no dropout: the weights are the only thing that changes
         for epoch in range(settings.epochs):
             order = list(range(len(self.examples)))
             self.rng.shuffle(order)
             for start in range(0, len(order), self.global_batch):
-                step = order[start:start + self.global_batch]
+                step = order[start : start + self.global_batch]
                 step += order[: -len(step) % self.processes]  # every process takes the same number of examples
-                self.train_step([self.examples[i] for i in step[self.rank::self.processes]])
-            self.log(f"fit: epoch {epoch + 1}: loss {self.out.losses[0]:.4f} -> {self.out.losses[-1]:.4f}, "
-                     "ratios " + ", ".join(f"{r:.4f}" for r in self.out.ratio_history[-1]))
+                self.train_step([self.examples[i] for i in step[self.rank :: self.processes]])
+            self.log(
+                f"fit: epoch {epoch + 1}: loss {self.out.losses[0]:.4f} -> {self.out.losses[-1]:.4f}, "
+                "ratios " + ", ".join(f"{r:.4f}" for r in self.out.ratio_history[-1])
+            )
 
     def train_step(self, examples: list[tuple[list[int], int]]) -> None:
         """One step on this process's share of the step's examples: the loss and L1 pull, the retain term, the
@@ -286,8 +363,9 @@ class _FitRecipe:
             self.out.retain_kl.append(kl.item())
         if self.processes > 1:  # the gradient of the mean over all the step's loss tokens, as one process has it
             tokens = (batch["labels"][:, 1:] != -100).sum().to(device=self.device, dtype=torch.float32)
-            self.logits.grad = (self.accelerator.reduce(self.logits.grad * tokens, reduction="sum")
-                                / self.accelerator.reduce(tokens, reduction="sum"))
+            self.logits.grad = self.accelerator.reduce(
+                self.logits.grad * tokens, reduction="sum"
+            ) / self.accelerator.reduce(tokens, reduction="sum")
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -301,8 +379,9 @@ class _FitRecipe:
         if keep_weights:
             self.holder.values = final
             with torch.no_grad():
-                self.out.weights = {self.stored[name]: current_weight(self.model, name).detach().cpu().clone()
-                                    for name in self.params}
+                self.out.weights = {
+                    self.stored[name]: current_weight(self.model, name).detach().cpu().clone() for name in self.params
+                }
         return self.out
 
 
@@ -314,8 +393,10 @@ def _first(numbers: list[int]) -> str:
 def _set_fixed(parameter: torch.Tensor, aligned: torch.Tensor, alpha: float, name: str) -> None:
     """A weight whose ratio does not train, set in place to its average at ``alpha`` (refused if not finite)."""
     if not interpolate(parameter.detach().clone(), aligned.detach(), alpha, parameter.data):
-        raise TaxcutError(f"tensor '{name}': its average at a = {alpha} is not finite in "
-                          f"{str(parameter.dtype).removeprefix('torch.')}; load the models in float32")
+        raise TaxcutError(
+            f"tensor '{name}': its average at a = {alpha} is not finite in "
+            f"{str(parameter.dtype).removeprefix('torch.')}; load the models in float32"
+        )
 
 
 def _bounded(settings: FitSettings, blocks: int, note: Callable[[str], None]) -> FitSettings:
@@ -324,23 +405,30 @@ def _bounded(settings: FitSettings, blocks: int, note: Callable[[str], None]) ->
     eps = bounded_eps(settings.alpha, blocks, settings.eps, settings.normalize)
     if settings.mean == "free" or eps == settings.eps:
         return settings
-    note(f"eps raised from {settings.eps:g} to {eps:.6g}, the smallest that keeps every block ratio "
-         f"within [0, 1] (normalize {settings.normalize}, a = {settings.alpha:g}, K = {blocks})")
+    note(
+        f"eps raised from {settings.eps:g} to {eps:.6g}, the smallest that keeps every block ratio "
+        f"within [0, 1] (normalize {settings.normalize}, a = {settings.alpha:g}, K = {blocks})"
+    )
     return settings.model_copy(update={"eps": eps})
 
 
-def _retain_batches(model, tokenizer, records, path: Path, context, settings: FitSettings,
-                    note: Callable[[str], None], log, device):
+def _retain_batches(
+    model, tokenizer, records, path: Path, context, settings: FitSettings, note: Callable[[str], None], log, device
+):
     """The retain set encoded, cut to the context (said and recorded) and batched with the SFT model's
     log-probabilities (``model`` is still the SFT model)."""
     encoded, cut = encode_retain_set(tokenizer, records, path, context)
     if cut:
-        note(f"{len(cut)} of {len(encoded)} retain records are longer than the model's context of {context} "
-             f"tokens: they were cut to fit (records {_first(cut)} of {path})")
+        note(
+            f"{len(cut)} of {len(encoded)} retain records are longer than the model's context of {context} "
+            f"tokens: they were cut to fit (records {_first(cut)} of {path})"
+        )
     model.eval()
     batches = retain_batches(model, encoded, settings.batch_size, tokenizer.pad_token_id or 0, device)
-    log(f"fit: retain set {path}: {len(encoded)} records, SFT log-probabilities cached "
-        f"({cache_bytes(batches) / 2**20:.1f} MiB)")
+    log(
+        f"fit: retain set {path}: {len(encoded)} records, SFT log-probabilities cached "
+        f"({cache_bytes(batches) / 2**20:.1f} MiB)"
+    )
     return batches
 
 
@@ -348,8 +436,9 @@ def _refuse_non_finite(tensors: dict[str, torch.Tensor], stored: dict[str, str],
     """A NaN or Inf weight would flow into every step of the fit: refuse it, naming the tensor and the model."""
     for name, tensor in tensors.items():
         if not all_finite(tensor.detach()):
-            raise TaxcutError(f"tensor '{stored[name]}' of the {model} contains NaN or Inf values; fix or re-export "
-                              "that checkpoint")
+            raise TaxcutError(
+                f"tensor '{stored[name]}' of the {model} contains NaN or Inf values; fix or re-export that checkpoint"
+            )
 
 
 def head_rules(stored: dict[str, str], alpha: float) -> list[dict]:
@@ -378,8 +467,9 @@ def paper_scope_rules(params: dict, stored: dict[str, str], alpha: float) -> lis
     return rules + [{"regex": pattern, "alpha": alpha} for pattern in sorted(at_alpha)]
 
 
-def encode_fit_set(tokenizer, records: list[dict], path: Path, context: int | None,
-                   loss: str) -> tuple[list[tuple[list[int], int]], list[int]]:
+def encode_fit_set(
+    tokenizer, records: list[dict], path: Path, context: int | None, loss: str
+) -> tuple[list[tuple[list[int], int]], list[int]]:
     """Token ids of prompt + response + end of sequence, and where the loss starts: at the response, or at the
     first token (prompt + response, as the paper trains on its fit set stored as text); and the numbers of the
     records cut to fit.
@@ -400,12 +490,12 @@ def encode_fit_set(tokenizer, records: list[dict], path: Path, context: int | No
             raise TaxcutError(f"{path}, record {number}: the response is empty")
         if context is not None and len(ids) > context:
             if len(prompt) >= context:
-                raise TaxcutError(f"{path}, record {number}: prompt and response are {len(ids)} tokens, longer than "
-                                  f"the model's context of {context}, and the prompt alone ({len(prompt)} tokens) "
-                                  "leaves no room for the response; shorten or drop it")
+                raise TaxcutError(
+                    f"{path}, record {number}: prompt and response are {len(ids)} tokens, longer than "
+                    f"the model's context of {context}, and the prompt alone ({len(prompt)} tokens) "
+                    "leaves no room for the response; shorten or drop it"
+                )
             ids = ids[:context]
             cut.append(number)
         encoded.append((ids, len(prompt) if loss == "response" else 0))
     return encoded, cut
-
-

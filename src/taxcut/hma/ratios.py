@@ -79,8 +79,9 @@ def ratio_bounds(alpha: float, blocks: int, eps: float, normalize: Normalize = "
     return (1 - high, 1 - low) if normalize == "sft" else (low, high)
 
 
-def paper_reg_weights(layers: Sequence[tuple[int, int]], num_layers: int, blocks: int, scale: float = 1e-4,
-                      peak: float = 25.0) -> list[float]:
+def paper_reg_weights(
+    layers: Sequence[tuple[int, int]], num_layers: int, blocks: int, scale: float = 1e-4, peak: float = 25.0
+) -> list[float]:
     """The weights ``w_k`` of the paper's L1 pull ``sum_k w_k |a_k - a|``, from its released code: every Linear
     weight in layer l adds ``scale * peak / (|l - L/2| + 1)`` to its block's weight, so the middle block is pinned
     hardest (the code's layer 13 of 26 is our ``L/2``; its scale ``reg_alpha = 1e-4``).

@@ -39,8 +39,9 @@ def _retain_problem(record: dict) -> str | None:
     return None
 
 
-def encode_retain_set(tokenizer, records: list[dict], path: Path,
-                      context: int | None) -> tuple[list[list[int]], list[int]]:
+def encode_retain_set(
+    tokenizer, records: list[dict], path: Path, context: int | None
+) -> tuple[list[list[int]], list[int]]:
     """Token ids of each record (``text`` as is; ``prompt`` + ``response`` + end of sequence, as the fit set is
     encoded) cut to the model's ``context``, and the numbers of the records cut. A record of fewer than two tokens
     predicts nothing and is refused."""
@@ -55,8 +56,10 @@ def encode_retain_set(tokenizer, records: list[dict], path: Path,
                 ids += tokenizer(record["response"], add_special_tokens=False)["input_ids"]
                 ids += [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         if len(ids) < 2:
-            raise TaxcutError(f"{path}, record {number}: {len(ids)} token(s), nothing to compare the models on; give "
-                              "a longer text or drop it")
+            raise TaxcutError(
+                f"{path}, record {number}: {len(ids)} token(s), nothing to compare the models on; give "
+                "a longer text or drop it"
+            )
         if context is not None and len(ids) > context:
             ids = ids[:context]
             cut.append(number)
@@ -79,7 +82,7 @@ def retain_batches(model, encoded: list[list[int]], batch_size: int, pad_id: int
     batches = []
     with torch.no_grad():
         for start in range(0, len(encoded), batch_size):
-            batch = collate([(ids, 0) for ids in encoded[start:start + batch_size]], pad_id)
+            batch = collate([(ids, 0) for ids in encoded[start : start + batch_size]], pad_id)
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
             positions = batch["labels"][:, 1:] != -100
             logits = model(**{k: v.to(device) for k, v in inputs.items()}, use_cache=False).logits
@@ -117,9 +120,11 @@ def refuse_shared_lines(retain: Path, evaluation: list[tuple[str, Path]]) -> Non
             for text in _texts(record):
                 if text in mine:
                     shown = text if len(text) <= 60 else text[:57] + "..."
-                    raise TaxcutError(f"retain set {retain} (record {mine[text]}) shares a line with the {role} "
-                                      f"{path} (record {number}): {shown!r}; a retain set must be disjoint from "
-                                      "every evaluation item: drop those records from the retain set")
+                    raise TaxcutError(
+                        f"retain set {retain} (record {mine[text]}) shares a line with the {role} "
+                        f"{path} (record {number}): {shown!r}; a retain set must be disjoint from "
+                        "every evaluation item: drop those records from the retain set"
+                    )
 
 
 def _texts(record: dict) -> set[str]:

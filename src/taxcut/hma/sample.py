@@ -27,10 +27,21 @@ from taxcut.io.destination import check_destination, staged_file
 SHARD_SIZE = 32  # prompts per shard: the unit of work of a worker and of the seed stream
 
 
-def sample_fit_set(model: Path, prompts: Path, out: Path, *, n: int, keep: int, reward_model: Path | None = None,
-                   reward_function: str | None = None, settings: GenerationSettings | None = None,
-                   device: str = "auto", overwrite: bool = False, executor: Executor | None = None,
-                   shard_size: int = SHARD_SIZE) -> list[dict]:
+def sample_fit_set(
+    model: Path,
+    prompts: Path,
+    out: Path,
+    *,
+    n: int,
+    keep: int,
+    reward_model: Path | None = None,
+    reward_function: str | None = None,
+    settings: GenerationSettings | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+    executor: Executor | None = None,
+    shard_size: int = SHARD_SIZE,
+) -> list[dict]:
     """Write the ``keep`` best of ``n`` sampled responses per prompt as JSONL (prompt, response, reward), under the
     destination policy (checked before any sampling; never over the prompts, the model or a foreign file). The
     prompts are sampled in shards on ``executor`` (the module's seeding)."""
@@ -39,14 +50,25 @@ def sample_fit_set(model: Path, prompts: Path, out: Path, *, n: int, keep: int, 
     if n < 1 or keep < 1 or shard_size < 1:
         raise TaxcutError("--n, --keep and --shard-size must be at least 1")
     module = (reward_function or "").rpartition(":")[0]
-    inputs = [("model", model), ("prompts", prompts), ("reward model", reward_model),
-              ("reward function", Path(module) if module.endswith(".py") else None)]
+    inputs = [
+        ("model", model),
+        ("prompts", prompts),
+        ("reward model", reward_model),
+        ("reward function", Path(module) if module.endswith(".py") else None),
+    ]
     check_destination(out, overwrite=overwrite, inputs=inputs, kind="fit set", folder=False)
     if reward_function:
         load_reward_function(reward_function)  # a bad reference fails here, before any worker loads a model
     count = len(read_jsonl(prompts, needs=[("prompt", "messages")], what="prompts", check=prompt_problem))
-    work = FitSetSampling(model, prompts, n, settings or GenerationSettings(do_sample=True, max_new_tokens=64),
-                          reward_model, reward_function, device)
+    work = FitSetSampling(
+        model,
+        prompts,
+        n,
+        settings or GenerationSettings(do_sample=True, max_new_tokens=64),
+        reward_model,
+        reward_function,
+        device,
+    )
     shards = [(k, start, min(start + shard_size, count)) for k, start in enumerate(range(0, count, shard_size))]
     by_shard = {shard[0]: rows for shard, rows in (executor or LocalExecutor()).map(work, shards)}
     rows = [row for k in range(len(shards)) for row in by_shard[k]]
@@ -72,8 +94,11 @@ class FitSetSampling:
 
     def setup(self):
         resolved = pick_device(self.device)
-        scorer = (function_scorer(load_reward_function(self.reward_function)) if self.reward_function
-                  else RewardModelScorer(self.reward_model, device=resolved))
+        scorer = (
+            function_scorer(load_reward_function(self.reward_function))
+            if self.reward_function
+            else RewardModelScorer(self.reward_model, device=resolved)
+        )
         evaluator = RewardEvaluator(self.prompts, scorer, self.settings, samples_per_prompt=self.n)
         policy, tokenizer = load_causal_lm(self.model, device=resolved), load_tokenizer(self.model)
         evaluator.check_context(policy, tokenizer)  # every shard's prompts, before the first one is sampled
@@ -83,8 +108,15 @@ class FitSetSampling:
             records = [r for r in evaluator.records[first:stop] for _ in range(self.n)]
             plain, responses = evaluator.responses(policy, tokenizer, range(first, stop))
             rewards = scorer(plain, responses)
-            return [{"prompt": render_prompt(record, tokenizer), "response": response, "reward": float(reward),
-                     "chat": record.get("prompt") is None}  # the response as generated; chat: template tokens
-                    for record, response, reward in zip(records, responses, rewards) if response.strip()]
+            return [
+                {
+                    "prompt": render_prompt(record, tokenizer),
+                    "response": response,
+                    "reward": float(reward),
+                    "chat": record.get("prompt") is None,
+                }  # the response as generated; chat: template tokens
+                for record, response, reward in zip(records, responses, rewards)
+                if response.strip()
+            ]
 
         return sample

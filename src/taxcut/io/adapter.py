@@ -23,8 +23,15 @@ _PREFIX = "base_model.model."
 
 
 def is_adapter_folder(folder: Path) -> bool:
-    has_weights = any((folder / name).is_file() for name in (
-        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"))
+    has_weights = any(
+        (folder / name).is_file()
+        for name in (
+            "model.safetensors",
+            "model.safetensors.index.json",
+            "pytorch_model.bin",
+            "pytorch_model.bin.index.json",
+        )
+    )
     return (folder / ADAPTER_CONFIG).is_file() and not has_weights
 
 
@@ -90,16 +97,21 @@ class LoraAdapter:
             transposed = self.fan_in_fan_out or target in self.embedding
             expected = (a.shape[1], b.shape[0]) if transposed else (b.shape[0], a.shape[1])
             if target not in shapes and tied and target.endswith(("lm_head.weight", "embed_out.weight")):
-                raise TaxcutError(f"{self.folder}: LoRA on '{target}', which the base ties to its input embedding; "
-                                  "merge this adapter with peft (merge_and_unload) first")
+                raise TaxcutError(
+                    f"{self.folder}: LoRA on '{target}', which the base ties to its input embedding; "
+                    "merge this adapter with peft (merge_and_unload) first"
+                )
             if target not in shapes or tuple(shapes[target]) != expected:
                 found = list(shapes[target]) if target in shapes else "absent"
-                raise TaxcutError(f"{self.folder}: adapter for another base: '{target}' is {found} in "
-                                  f"{self.base_folder} but the adapter expects {list(expected)}")
+                raise TaxcutError(
+                    f"{self.folder}: adapter for another base: '{target}' is {found} in "
+                    f"{self.base_folder} but the adapter expects {list(expected)}"
+                )
         for name, tensor in self.replaced.items():
             if name not in shapes or tuple(shapes[name]) != tuple(tensor.shape):
-                raise TaxcutError(f"{self.folder}: adapter for another base: '{name}' does not match "
-                                  f"{self.base_folder}")
+                raise TaxcutError(
+                    f"{self.folder}: adapter for another base: '{name}' does not match {self.base_folder}"
+                )
 
     def applies_to(self, name: str) -> bool:
         return name in self.lora or name in self.replaced or name in self.bias

@@ -88,12 +88,14 @@ class Checkpoint:
         if not self.tensors:
             raise TaxcutError(f"{self.folder}: the {role} model's weight files hold no tensors")
         if self.adapter is not None:
-            self.adapter.check({name: info.shape for name, info in self.tensors.items()},
-                               tied=config_ties_embeddings(self.config))
+            self.adapter.check(
+                {name: info.shape for name, info in self.tensors.items()}, tied=config_ties_embeddings(self.config)
+            )
             adapter_file = self.adapter.weights_file  # the provenance fingerprint covers the adapter too
             header, header_bytes, _ = _read_safetensors_header(adapter_file)
-            self.files.append(WeightFile(adapter_file, adapter_file.stat().st_size,
-                                         hashlib.sha256(header_bytes).hexdigest()))
+            self.files.append(
+                WeightFile(adapter_file, adapter_file.stat().st_size, hashlib.sha256(header_bytes).hexdigest())
+            )
 
     @property
     def side_file_folders(self) -> list[Path]:
@@ -149,7 +151,7 @@ class Checkpoint:
             _pread_exactly(self._descriptor(info.file), raw, info.data_offset + start, info)
             return raw.numpy().tobytes()
         flat = self._bin_state[info.file][info.name].contiguous().reshape(-1).view(torch.uint8)
-        return flat[start:start + count].numpy().tobytes()
+        return flat[start : start + count].numpy().tobytes()
 
     def _descriptor(self, path: Path) -> int:
         if path not in self._descriptors:
@@ -169,10 +171,15 @@ class Checkpoint:
             key=lambda item: item[1]["data_offsets"][0],
         )
         for name, meta in entries:
-            self._add_tensor(TensorInfo(
-                name, SAFETENSORS_DTYPES[meta["dtype"]], tuple(meta["shape"]), path,
-                data_start + meta["data_offsets"][0],
-            ))
+            self._add_tensor(
+                TensorInfo(
+                    name,
+                    SAFETENSORS_DTYPES[meta["dtype"]],
+                    tuple(meta["shape"]),
+                    path,
+                    data_start + meta["data_offsets"][0],
+                )
+            )
 
     def _add_bin(self, path: Path) -> None:
         try:
@@ -184,7 +191,7 @@ class Checkpoint:
                     if "mmap" not in str(exc):
                         raise
                     state = torch.load(path, map_location="cpu", weights_only=True)  # legacy, non-zip format
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's fault
+        except Exception as exc:  # any unpickling failure is the file's fault
             raise TaxcutError(
                 f"{path}: cannot load with torch.load(weights_only=True) ({_unpickling_reason(exc)}); taxcut reads "
                 "nothing but plain tensors from a pickle — convert the checkpoint to safetensors"
@@ -276,15 +283,19 @@ def _check_single_file(path: Path, folder: Path) -> None:
     """A single weight file (``model.safetensors``, ``pytorch_model.bin``) must lie inside the model folder, as an
     index's shards must: a link out of it could make taxcut read (and unpickle, for ``.bin``) any file."""
     if _lies_outside(folder, path.name):
-        raise TaxcutError(f"{path}: links to {path.resolve()}, outside the model folder; a model's weights must lie "
-                          "inside its own folder — copy the file there")
+        raise TaxcutError(
+            f"{path}: links to {path.resolve()}, outside the model folder; a model's weights must lie "
+            "inside its own folder — copy the file there"
+        )
 
 
 def _check_shard_name(index_path: Path, name: str, folder: Path) -> None:
     """A shard named by an index must lie inside the model folder (see :func:`_lies_outside`)."""
     if _lies_outside(folder, name):
-        raise TaxcutError(f"{index_path}: names shard {name!r}, which lies outside the model folder; an index may "
-                          "only name files inside its own folder — re-save the model")
+        raise TaxcutError(
+            f"{index_path}: names shard {name!r}, which lies outside the model folder; an index may "
+            "only name files inside its own folder — re-save the model"
+        )
 
 
 def _check_index(index_path: Path, weight_map: dict[str, str], folder: Path, tensors: dict[str, TensorInfo]) -> None:
@@ -292,15 +303,19 @@ def _check_index(index_path: Path, weight_map: dict[str, str], folder: Path, ten
     for name, shard in weight_map.items():
         info = tensors.get(name)
         if info is None:
-            raise TaxcutError(f"{index_path}: names tensor '{name}' in {shard}, but {shard} does not hold it; "
-                              "restore the shard or re-save the model")
+            raise TaxcutError(
+                f"{index_path}: names tensor '{name}' in {shard}, but {shard} does not hold it; "
+                "restore the shard or re-save the model"
+            )
         if info.file != folder / shard:
-            raise TaxcutError(f"{index_path}: names tensor '{name}' in {shard}, but it stands in {info.file.name}; "
-                              "re-save the model")
+            raise TaxcutError(
+                f"{index_path}: names tensor '{name}' in {shard}, but it stands in {info.file.name}; re-save the model"
+            )
     for name, info in tensors.items():
         if name not in weight_map:
-            raise TaxcutError(f"{info.file}: holds tensor '{name}', which {index_path.name} does not list; "
-                              "re-save the model")
+            raise TaxcutError(
+                f"{info.file}: holds tensor '{name}', which {index_path.name} does not list; re-save the model"
+            )
 
 
 def _unpickling_reason(exc: BaseException) -> str:

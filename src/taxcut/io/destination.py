@@ -10,8 +10,8 @@ The rules:
    ``--out "$OUT"`` into the current folder.
 2. A destination that is, contains or lies inside an input (model and adapter folders, data files, the spec file
    itself), compared after resolving symlinks and by (device, inode) of the folders on both paths (so another
-   mount of an input, e.g. a bind mount, is seen too), is refused. A model from the Hugging Face cache (named by Hub ID or
-   by its snapshot's path) covers its whole repo folder there (``models--org--name``: snapshots, blobs, refs).
+   mount of an input, e.g. a bind mount, is seen too), is refused. A model from the Hugging Face cache (named by
+   Hub ID or by its snapshot's path) covers its whole repo folder there (``models--org--name``: snapshots, blobs, refs).
 3. An existing destination is replaced only with ``overwrite``, and only if taxcut wrote it (see *Markers*); an
    empty folder counts as free and needs no ``overwrite``. Anything else is refused with a line saying what was
    found there.
@@ -92,6 +92,7 @@ _WHOLE_UP_TO, _SAMPLES, _SAMPLE_BYTES = 64 * 2**20, 64, 64 * 2**10  # see _conte
 
 # ---------------------------------------------------------------------------------------------------- checking
 
+
 def destination_path(raw: str | os.PathLike[str] | None, what: str = "--out") -> Path:
     """Validate the destination exactly as the user gave it, and return it as a :class:`Path`.
 
@@ -103,15 +104,17 @@ def destination_path(raw: str | os.PathLike[str] | None, what: str = "--out") ->
         raise TaxcutError(f"no destination: give {what}")
     text = os.fspath(raw)
     if not text.strip():
-        raise TaxcutError(f"{what} is empty ({text!r}); give the path to write "
-                          "(an unset shell variable gives an empty value)")
+        raise TaxcutError(
+            f"{what} is empty ({text!r}); give the path to write (an unset shell variable gives an empty value)"
+        )
     if "\0" in text:
         raise TaxcutError(f"{what} contains a NUL character; give a valid path")
     return Path(text).expanduser()
 
 
-def check_destination(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs,
-                      kind: str = "merge", folder: bool = True) -> None:
+def check_destination(
+    destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs, kind: str = "merge", folder: bool = True
+) -> None:
     """Raise :class:`TaxcutError` unless ``destination`` may be written (rules 1-3 of the module docstring).
 
     ``inputs`` are ``(role, path)`` pairs, files or folders; ``kind`` names the output in messages; ``folder``
@@ -138,13 +141,17 @@ def _target(destination: str | os.PathLike[str], inputs: list, kind: str) -> tup
             source = Path(os.path.realpath(protected))
             thing = "folder" if source.is_dir() else "file"
             thing = "" if role.endswith(thing) else f" {thing}"  # "the results file", never "results file file"
-            named = (f"the Hugging Face cache folder {source} of the {role} model {quoted(given)}" if in_cache
-                     else f"the {role}{thing} {quoted(given)}")
+            named = (
+                f"the Hugging Face cache folder {source} of the {role} model {quoted(given)}"
+                if in_cache
+                else f"the {role}{thing} {quoted(given)}"
+            )
             relation = _relation(target, source, identities)
             if relation is None:
                 continue
-            raise TaxcutError(f"{shown}: the destination {relation} {named}; "
-                              f"write the {kind} somewhere outside the inputs")
+            raise TaxcutError(
+                f"{shown}: the destination {relation} {named}; write the {kind} somewhere outside the inputs"
+            )
     return shown, target
 
 
@@ -174,12 +181,14 @@ def _relation(target: Path, source: Path, identities: tuple | None = None) -> st
 
 def _identities(path: Path) -> tuple[tuple[int, int] | None, set[tuple[int, int]]]:
     """(device, inode) of ``path`` (None if it does not exist) and of each of its existing ancestors."""
+
     def identity(where: Path) -> tuple[int, int] | None:
         try:
             found = os.stat(where)
         except (OSError, ValueError):
             return None
         return found.st_dev, found.st_ino
+
     above = {identity(parent) for parent in path.parents} - {None}
     return identity(path), above
 
@@ -245,8 +254,12 @@ def _is_housekeeping(path: Path) -> bool:
     file merely named like staging is the user's)."""
     name = path.name
     staging = _STAGING.match(name) is not None and (name.endswith(_STAGING_MARK) or _is_marked_staging(path))
-    return (name in (MARKER, _STAGING_MARK) or staging or name.endswith(_LOCK_SUFFIX)
-            or (name.startswith(".") and name.endswith(_SIDECAR_SUFFIX)))
+    return (
+        name in (MARKER, _STAGING_MARK)
+        or staging
+        or name.endswith(_LOCK_SUFFIX)
+        or (name.startswith(".") and name.endswith(_SIDECAR_SUFFIX))
+    )
 
 
 def _owned_in(folder: Path):
@@ -256,11 +269,13 @@ def _owned_in(folder: Path):
         entries = set(marker["entries"])
         return lambda relative: _listed(relative, entries)
     if _is_legacy_model_folder(folder):
+
         def legacy(relative: str) -> bool:
             top, _, rest = relative.partition("/")
             if rest:
                 return top in SIDE_FOLDERS
             return any(fnmatchcase(top, glob) for glob in (*_LEGACY_MODEL_FILES, *SIDE_FILE_GLOBS))
+
         return legacy
     return lambda relative: False
 
@@ -276,12 +291,18 @@ def _read_marker(folder: Path) -> dict | None:
         marker = json.loads(_read_plain(folder / MARKER, 64 * 2**20) or b"null")
     except ValueError:
         return None
-    if (not isinstance(marker, dict) or marker.get("written_by") != "taxcut"
-            or not isinstance(marker.get("entries"), list) or not all(isinstance(e, str) for e in marker["entries"])):
+    if (
+        not isinstance(marker, dict)
+        or marker.get("written_by") != "taxcut"
+        or not isinstance(marker.get("entries"), list)
+        or not all(isinstance(e, str) for e in marker["entries"])
+    ):
         return None
     files, entries = marker.get("files", {}), set(marker["entries"])
-    if not isinstance(files, dict) or not all(isinstance(name, str) and isinstance(value, str) and name in entries
-                                              and ".." not in name.split("/") for name, value in files.items()):
+    if not isinstance(files, dict) or not all(
+        isinstance(name, str) and isinstance(value, str) and name in entries and ".." not in name.split("/")
+        for name, value in files.items()
+    ):
         return None  # fingerprints that cannot be checked: nothing in the folder counts as taxcut's
     return marker
 
@@ -375,9 +396,11 @@ def _file_is_ours(path: Path) -> bool:
 
 # ---------------------------------------------------------------------------------------------------- writing
 
+
 @contextmanager
-def staged_folder(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs,
-                  kind: str = "merge") -> Iterator[Path]:
+def staged_folder(
+    destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs, kind: str = "merge"
+) -> Iterator[Path]:
     """Yield an empty staging folder beside ``destination``; when the block ends it is published there.
 
     Published means: :data:`MARKER` listing every file written is added, and the folder is renamed into place
@@ -389,8 +412,7 @@ def staged_folder(destination: str | os.PathLike[str], *, overwrite: bool, input
 
 
 @contextmanager
-def staged_file(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs,
-                kind: str) -> Iterator[Path]:
+def staged_file(destination: str | os.PathLike[str], *, overwrite: bool, inputs: Inputs, kind: str) -> Iterator[Path]:
     """Yield a temporary file beside ``destination`` (empty, same suffix); when the block ends it is published there.
 
     For fit sets, ratios files and single reports. A sidecar ``.NAME.taxcut`` records the bytes taxcut wrote, so
@@ -422,8 +444,7 @@ def _staged(destination, *, overwrite: bool, inputs: Inputs, kind: str, folder: 
     _finish(staging, target, replaced, folder=folder)
 
 
-def claim_folder(destination: str | os.PathLike[str], *, inputs: Inputs, kind: str,
-                 entries: Iterable[str]) -> Path:
+def claim_folder(destination: str | os.PathLike[str], *, inputs: Inputs, kind: str, entries: Iterable[str]) -> Path:
     """Make ``destination`` a folder taxcut keeps adding to (a sweep's results), and return it.
 
     ``entries`` are the names this kind of folder holds (``"hma/"`` for a whole subfolder). A new or empty folder
@@ -452,8 +473,10 @@ def claim_folder(destination: str | os.PathLike[str], *, inputs: Inputs, kind: s
                 raise TaxcutError(f"{shown}: exists and is a file, not a folder; choose another destination")
             marker = _read_marker(target)
             if marker is not None and marker.get("kind") != kind:
-                raise TaxcutError(f"{shown}: is a {marker.get('kind')} folder taxcut wrote, not a {kind} folder; "
-                                  "choose another destination")
+                raise TaxcutError(
+                    f"{shown}: is a {marker.get('kind')} folder taxcut wrote, not a {kind} folder; "
+                    "choose another destination"
+                )
             known = set(entries) | set(marker["entries"] if marker else [])
             foreign = _files(target, owned=lambda relative: _listed(relative, known), limit=_MAX_LISTED)
             if foreign:
@@ -481,8 +504,10 @@ def _write_marker(folder: Path, kind: str, entries: list[str], fingerprints: dic
 
 # ---------------------------------------------------------------------------------------------------- publishing
 
-def _publish(shown: str, target: Path, staging: Path, expected: tuple[int, int] | None, *, overwrite: bool,
-             folder: bool) -> Path | None:
+
+def _publish(
+    shown: str, target: Path, staging: Path, expected: tuple[int, int] | None, *, overwrite: bool, folder: bool
+) -> Path | None:
     """Move ``staging`` to ``target`` if nothing changed there since it was examined; return what it replaced."""
     meanwhile = f"{shown}: was written by another run meanwhile; nothing of this run was kept"
     digest = None if folder else _file_digest(staging)

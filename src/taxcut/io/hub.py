@@ -31,8 +31,10 @@ from taxcut.errors import TaxcutError, first_line
 from taxcut.io.model_folder import SIDE_FILE_GLOBS, SIDE_FOLDERS
 
 # The weight files, in the order taxcut's checkpoint reader prefers them: (index, single file).
-WEIGHT_LAYOUTS = (("model.safetensors.index.json", "model.safetensors"),
-                  ("pytorch_model.bin.index.json", "pytorch_model.bin"))
+WEIGHT_LAYOUTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _HUB_ID = re.compile(r"(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(?:@(?P<revision>[^\s@]+))?")
 _TRUE = {"1", "ON", "YES", "TRUE"}
@@ -211,18 +213,24 @@ def _snapshot(ref: str, repo: str, revision: str | None) -> Path:
             names = HfApi().list_repo_files(repo, revision=revision)
         except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError):
             raise
-        except Exception as exc:  # noqa: BLE001 - no connection, Hub down: the cache may still have it
+        except Exception as exc:  # no connection, Hub down: the cache may still have it
             return _checked_snapshot(ref, repo, _cached(ref, repo, revision, unreachable=exc))
         return _checked_snapshot(ref, repo, _download(ref, repo, revision, names))
     except errors.GatedRepoError:
-        raise TaxcutError(f"{ref}: a gated Hugging Face Hub repo; accept its terms on the Hub and set HF_TOKEN "
-                          "(or log in with `hf auth login`)") from None
+        raise TaxcutError(
+            f"{ref}: a gated Hugging Face Hub repo; accept its terms on the Hub and set HF_TOKEN "
+            "(or log in with `hf auth login`)"
+        ) from None
     except errors.RevisionNotFoundError:
-        raise TaxcutError(f"{ref}: the Hugging Face Hub repo {repo} has no revision {revision!r}; give an existing "
-                          "branch, tag or commit") from None
+        raise TaxcutError(
+            f"{ref}: the Hugging Face Hub repo {repo} has no revision {revision!r}; give an existing "
+            "branch, tag or commit"
+        ) from None
     except errors.RepositoryNotFoundError:
-        raise TaxcutError(f"{ref}: neither a local folder nor a model on the Hugging Face Hub (a private repo needs "
-                          "HF_TOKEN); check the path or the repo ID") from None
+        raise TaxcutError(
+            f"{ref}: neither a local folder nor a model on the Hugging Face Hub (a private repo needs "
+            "HF_TOKEN); check the path or the repo ID"
+        ) from None
     except errors.HfHubHTTPError as exc:
         raise TaxcutError(f"{ref}: the Hugging Face Hub refused the download ({first_line(exc)})") from None
 
@@ -233,10 +241,19 @@ def _check_revision(ref: str, revision: str | None) -> None:
     if revision is None:
         return
     parts = revision.split("/")
-    problem = ("holds a NUL character" if "\0" in revision else "holds a backslash" if "\\" in revision
-               else "is an absolute path" if revision.startswith("/")
-               else "has an empty, '.' or '..' component" if any(part in ("", ".", "..") for part in parts)
-               else "has '..' in it" if ".." in revision else None)
+    problem = (
+        "holds a NUL character"
+        if "\0" in revision
+        else "holds a backslash"
+        if "\\" in revision
+        else "is an absolute path"
+        if revision.startswith("/")
+        else "has an empty, '.' or '..' component"
+        if any(part in ("", ".", "..") for part in parts)
+        else "has '..' in it"
+        if ".." in revision
+        else None
+    )
     if problem:
         raise TaxcutError(f"{ref}: the revision {revision!r} {problem}; give a commit hash, branch or tag name")
 
@@ -246,17 +263,23 @@ def _cached(ref: str, repo: str, revision: str | None, unreachable: Exception | 
 
     try:
         commit = _cached_commit(repo, revision or "main")  # a checked refs file's commit, else as asked for
-        return Path(snapshot_download(repo, revision=commit or revision, cache_dir=hub_cache_dir(),
-                                      local_files_only=True))
+        return Path(
+            snapshot_download(repo, revision=commit or revision, cache_dir=hub_cache_dir(), local_files_only=True)
+        )
     except errors.IncompleteSnapshotError:
-        raise TaxcutError(f"{ref}: its download in the Hugging Face cache is incomplete; download it again with "
-                          "network access") from None
+        raise TaxcutError(
+            f"{ref}: its download in the Hugging Face cache is incomplete; download it again with network access"
+        ) from None
     except errors.LocalEntryNotFoundError:
         if unreachable is None:
-            raise TaxcutError(f"{ref}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
-                              "or unset HF_HUB_OFFLINE") from None
-        raise TaxcutError(f"{ref}: cannot reach the Hugging Face Hub ({first_line(unreachable)}) and it is not in "
-                          "the local cache; check the connection") from None
+            raise TaxcutError(
+                f"{ref}: not in the local Hugging Face cache and HF_HUB_OFFLINE=1; download it first "
+                "or unset HF_HUB_OFFLINE"
+            ) from None
+        raise TaxcutError(
+            f"{ref}: cannot reach the Hugging Face Hub ({first_line(unreachable)}) and it is not in "
+            "the local cache; check the connection"
+        ) from None
 
 
 def _cached_commit(repo: str, revision: str) -> str | None:
@@ -270,16 +293,20 @@ def _cached_commit(repo: str, revision: str) -> str | None:
         return None  # huggingface_hub says it is not in the cache
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(Path(os.path.realpath(refs))) or not real.is_file():
-        raise TaxcutError(f"{path}: not a file inside the cache's refs folder; the Hugging Face cache is damaged "
-                          "or tampered with: delete this file and download the model again")
+        raise TaxcutError(
+            f"{path}: not a file inside the cache's refs folder; the Hugging Face cache is damaged "
+            "or tampered with: delete this file and download the model again"
+        )
     with open(real, "rb") as handle:
         data = handle.read(_MAX_REF_BYTES + 1)
     text = data.decode("ascii", "replace")
     commit = text[:-1] if text.endswith("\n") else text
     if not _COMMIT.fullmatch(commit):
         shown = repr(text[:60]) + ("..." if len(text) > 60 else "")
-        raise TaxcutError(f"{path}: holds {shown}, not a 40-hex commit hash; the Hugging Face cache is damaged or "
-                          "tampered with: delete this file and download the model again")
+        raise TaxcutError(
+            f"{path}: holds {shown}, not a 40-hex commit hash; the Hugging Face cache is damaged or "
+            "tampered with: delete this file and download the model again"
+        )
     return commit
 
 
@@ -297,8 +324,10 @@ def _checked_snapshot(ref: str, repo: str, folder: Path) -> Path:
             path = Path(here) / name
             target = Path(os.path.realpath(path))
             if not target.is_relative_to(blobs) or target.is_dir():
-                raise TaxcutError(f"{path}: a file of the snapshot of {ref} resolves to {target}, not a file in its "
-                                  f"repo's blobs folder {blobs}; {advice}")
+                raise TaxcutError(
+                    f"{path}: a file of the snapshot of {ref} resolves to {target}, not a file in its "
+                    f"repo's blobs folder {blobs}; {advice}"
+                )
     return folder
 
 
@@ -316,6 +345,7 @@ def _download(ref: str, repo: str, revision: str | None, names: list[str]) -> Pa
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return folder  # the checkpoint reader names what is wrong with the index
         shards = [name for name in shards if isinstance(name, str) and name in names]
-        folder = Path(snapshot_download(repo, revision=folder.name, cache_dir=hub_cache_dir(),
-                                        allow_patterns=wanted + shards))
+        folder = Path(
+            snapshot_download(repo, revision=folder.name, cache_dir=hub_cache_dir(), allow_patterns=wanted + shards)
+        )
     return folder

@@ -14,7 +14,10 @@ from fnmatch import fnmatchcase
 
 # Most specific first: a multimodal model has vision-tower layers too, and only the language model's count.
 LAYER_TEMPLATES: tuple[tuple[str, str], ...] = (
-    ("multimodal language model (Llava, Gemma 3, Mistral 3)", r"^(?:model\.)?language_model\.(?:model\.)?layers\.(?P<index>\d+)\."),
+    (
+        "multimodal language model (Llava, Gemma 3, Mistral 3)",
+        r"^(?:model\.)?language_model\.(?:model\.)?layers\.(?P<index>\d+)\.",
+    ),
     ("Llama, Mistral, Qwen2/3, Gemma, Phi-3, OLMo, DeepSeek", r"^model\.layers\.(?P<index>\d+)\."),
     ("GPT-2, GPT-J, BLOOM, Falcon, CodeGen", r"^transformer\.h\.(?P<index>\d+)\."),
     ("GPT-NeoX, Pythia", r"^gpt_neox\.layers\.(?P<index>\d+)\."),
@@ -28,13 +31,26 @@ LAYER_TEMPLATES: tuple[tuple[str, str], ...] = (
 
 # Outside the layers, these are input embeddings (token and position); the rest is the head side.
 EMBEDDING_GLOBS: tuple[str, ...] = (
-    "*embed_tokens.*", "*.wte.*", "*.wpe.*", "wte.*", "wpe.*", "*embed_in.*", "*word_embeddings*",
-    "*embed_positions.*", "*.embeddings.*", "*.emb.*", "*.embedding.*",
+    "*embed_tokens.*",
+    "*.wte.*",
+    "*.wpe.*",
+    "wte.*",
+    "wpe.*",
+    "*embed_in.*",
+    "*word_embeddings*",
+    "*embed_positions.*",
+    "*.embeddings.*",
+    "*.emb.*",
+    "*.embedding.*",
 )
 
 # Among the embeddings, the token embedding (the one an output head can be tied to); position embeddings are not.
 TOKEN_EMBEDDING_GLOBS: tuple[str, ...] = (
-    "*embed_tokens.weight", "*.wte.weight", "wte.weight", "*embed_in.weight", "*word_embeddings.weight",
+    "*embed_tokens.weight",
+    "*.wte.weight",
+    "wte.weight",
+    "*embed_in.weight",
+    "*word_embeddings.weight",
 )
 
 # Output projections that share storage with the input embedding when ``tie_word_embeddings`` is true.
@@ -61,7 +77,7 @@ class LayerLayout:
 def detect_layers(tensor_names: Iterable[str]) -> LayerLayout:
     """Find the decoder layers in ``tensor_names`` with the first template of :data:`LAYER_TEMPLATES` that fits."""
     names = list(tensor_names)
-    for family, template in LAYER_TEMPLATES:
+    for family, template in LAYER_TEMPLATES:  # noqa: B007 - the family that fits is kept after the loop
         pattern = re.compile(template)
         layer_of = {}
         for name in names:

@@ -9,10 +9,23 @@ from pathlib import Path
 
 # Files copied from the input folder beside the merged weights. Weights, optimizer states and code are never copied.
 SIDE_FILE_GLOBS: tuple[str, ...] = (
-    "config.json", "generation_config.json",
-    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "vocab.txt", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "*.tiktoken",
-    "chat_template.jinja", "chat_template.json", "preprocessor_config.json", "processor_config.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "*.tiktoken",
+    "chat_template.jinja",
+    "chat_template.json",
+    "preprocessor_config.json",
+    "processor_config.json",
 )
 SIDE_FOLDERS: tuple[str, ...] = ("additional_chat_templates",)
 

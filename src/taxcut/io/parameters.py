@@ -25,8 +25,9 @@ def read_parameters(folder: Path, parameters: dict, stored_name: dict[str, str],
 
 
 def architecture_mismatch(folder: Path, stored: str) -> TaxcutError:
-    return TaxcutError(f"{folder}: tensor '{stored}' is missing or has another shape; all models must share "
-                       "one architecture")
+    return TaxcutError(
+        f"{folder}: tensor '{stored}' is missing or has another shape; all models must share one architecture"
+    )
 
 
 def checkpoint_names(model) -> dict[str, str]:

@@ -32,8 +32,12 @@ def fingerprint(checkpoint: Checkpoint) -> dict:
     record = {
         "folder": str(checkpoint.folder.resolve()),
         "files": [
-            {"name": f.path.name, "bytes": f.size, "header_sha256": f.header_sha256,
-             "sample_sha256": content_sample_sha256(checkpoint, f.path)}
+            {
+                "name": f.path.name,
+                "bytes": f.size,
+                "header_sha256": f.header_sha256,
+                "sample_sha256": content_sample_sha256(checkpoint, f.path),
+            }
             for f in checkpoint.files
         ],
     }
@@ -86,11 +90,15 @@ def weights_identity(folder: str | Path, *, full: bool = False, cached: bool = T
         hub = [("hub", checkpoint.source), ("base_hub", checkpoint.adapter.base_source if checkpoint.adapter else None)]
         identity: list[dict] = [{role: found.reference} for role, found in hub if found is not None and found.from_hub]
         for weight in checkpoint.files:
-            entry = {"file": weight.path.name, "bytes": weight.size,
-                     "sample_sha256": content_sample_sha256(checkpoint, weight.path)}
+            entry = {
+                "file": weight.path.name,
+                "bytes": weight.size,
+                "sample_sha256": content_sample_sha256(checkpoint, weight.path),
+            }
             identity.append({**entry, "sha256": file_sha256(weight.path)} if full else entry)
-    identity += [{"file": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
-                 for name, path in side_files(folders)]
+    identity += [
+        {"file": name, "bytes": path.stat().st_size, "sha256": file_sha256(path)} for name, path in side_files(folders)
+    ]
     _IDENTITIES[key] = (folders, signature, identity)
     return copy.deepcopy(identity)
 
@@ -107,8 +115,13 @@ def side_files(folders: list[Path]) -> list[tuple[str, Path]]:
             if entry.is_file() and any(fnmatchcase(entry.name, glob) for glob in SIDE_FILE_GLOBS):
                 found[entry.name] = entry
             elif entry.is_dir() and entry.name in SIDE_FOLDERS:
-                found.update({inner.relative_to(folder).as_posix(): inner
-                              for inner in sorted(entry.rglob("*")) if inner.is_file()})
+                found.update(
+                    {
+                        inner.relative_to(folder).as_posix(): inner
+                        for inner in sorted(entry.rglob("*"))
+                        if inner.is_file()
+                    }
+                )
     return sorted(found.items())
 
 
@@ -150,8 +163,9 @@ def write_provenance(folder: Path, record: dict) -> None:
     (folder / PROVENANCE_FILE).write_text(json.dumps(full, indent=2) + "\n")
 
 
-def write_model_card(folder: Path, *, method: str, inputs: list[tuple[str, str, float]], summary_lines: list[str],
-                     spec_yaml: str) -> None:
+def write_model_card(
+    folder: Path, *, method: str, inputs: list[tuple[str, str, float]], summary_lines: list[str], spec_yaml: str
+) -> None:
     """A short README.md: what was merged, how, and how to load it. ``inputs`` are (role, folder name, weight)."""
     weighted = any(weight != 1.0 for _, _, weight in inputs)
     lines = [
@@ -164,8 +178,10 @@ def write_model_card(folder: Path, *, method: str, inputs: list[tuple[str, str, 
         "",
         f"Method: {method}.",
         "",
-        *[f"- {role[0].upper() + role[1:]}: `{name}`" + (f" (weight {weight:g})" if weighted else "")
-          for role, name, weight in inputs],
+        *[
+            f"- {role[0].upper() + role[1:]}: `{name}`" + (f" (weight {weight:g})" if weighted else "")
+            for role, name, weight in inputs
+        ],
         *[f"- {line}" for line in summary_lines],
         "",
         "## Spec",
@@ -178,8 +194,8 @@ def write_model_card(folder: Path, *, method: str, inputs: list[tuple[str, str, 
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "model = AutoModelForCausalLM.from_pretrained(\"<this folder>\")",
-        "tokenizer = AutoTokenizer.from_pretrained(\"<this folder>\")",
+        'model = AutoModelForCausalLM.from_pretrained("<this folder>")',
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder>")',
         "```",
         "",
     ]

@@ -79,6 +79,7 @@ def quoted(path: str | bytes | os.PathLike) -> str:
 
 # ---------------------------------------------------------------------------------------------------- staging
 
+
 def _make_staging(shown: str, target: Path, *, folder: bool) -> Path:
     prefix = f".{target.name[:100]}.taxcut-partial-{os.getpid()}-{_HOST}-"
     try:
@@ -95,8 +96,9 @@ def _make_staging(shown: str, target: Path, *, folder: bool) -> Path:
     except OSError as exc:
         blocker = next((parent for parent in target.parents if parent.exists()), None)
         if blocker is not None and not blocker.is_dir():
-            raise TaxcutError(f"{shown}: cannot write there ({quoted(blocker)} is a file, not a folder); choose "
-                              "another destination") from None
+            raise TaxcutError(
+                f"{shown}: cannot write there ({quoted(blocker)} is a file, not a folder); choose another destination"
+            ) from None
         raise TaxcutError(f"{shown}: cannot write there ({exc.strerror or exc}); choose another destination") from None
     return staging
 
@@ -221,6 +223,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------------- publishing
 
+
 @contextmanager
 def _publish_lock(target: Path) -> Iterator[None]:
     """Hold an exclusive lock beside ``target`` (flock on ``.NAME.taxcut-lock``, removed again when released).
@@ -299,8 +302,9 @@ def _exchange(staging: Path, target: Path, *, folder: bool) -> Path:
     if not folder:
         os.replace(staging, target)  # atomic for files
         return staging  # nothing left there
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:100]}.taxcut-old-{os.getpid()}-{_HOST}-",
-                                    dir=target.parent))
+    retired = Path(
+        tempfile.mkdtemp(prefix=f".{target.name[:100]}.taxcut-old-{os.getpid()}-{_HOST}-", dir=target.parent)
+    )
     _mark(retired / _STAGING_MARK, retired.name)
     os.rename(target, retired / "content")
     os.rename(staging, target)
@@ -335,6 +339,7 @@ def _unlink_quietly(path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- sweeping
 
+
 def sweep_stale_staging(parent: Path) -> list[Path]:
     """Remove what killed runs left in ``parent``; return what was removed.
 
@@ -353,9 +358,12 @@ def sweep_stale_staging(parent: Path) -> list[Path]:
         path = Path(entry.path)
         found = _STAGING.match(entry.name)
         if found and entry.name.endswith(_STAGING_MARK):  # a staged file's mark: removed once its staging is gone
-            staging = entry.name[:-len(_STAGING_MARK)]
-            if (not os.path.lexists(path.with_name(staging)) and _is_mark(path, staging)
-                    and _abandoned(int(found["pid"]), found["host"], path)):
+            staging = entry.name[: -len(_STAGING_MARK)]
+            if (
+                not os.path.lexists(path.with_name(staging))
+                and _is_mark(path, staging)
+                and _abandoned(int(found["pid"]), found["host"], path)
+            ):
                 _unlink_quietly(path)
         elif found and _is_marked_staging(path) and _abandoned(int(found["pid"]), found["host"], path):
             _discard(path)
@@ -440,11 +448,16 @@ def _orphan(sidecar: Path) -> bool:
         record = json.loads(_read_plain(sidecar, 2**20) or b"null")
     except ValueError:
         return False
-    return (isinstance(record, dict) and record.get("written_by") == "taxcut" and isinstance(record.get("file"), str)
-            and not os.path.lexists(sidecar.parent / record["file"]))
+    return (
+        isinstance(record, dict)
+        and record.get("written_by") == "taxcut"
+        and isinstance(record.get("file"), str)
+        and not os.path.lexists(sidecar.parent / record["file"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- holding
+
 
 class LockHeld(Exception):
     """Another process holds the lock; ``holder`` is what it wrote there ("pid N on HOST"), None if not yet."""
@@ -506,7 +519,6 @@ def hold_lock(path: Path) -> Iterator[None]:
             pass
         finally:
             os.close(handle)
-
 
 
 def _locked_handle(path: Path, *, wait: bool) -> int | None:

@@ -20,8 +20,17 @@ from typing import Any
 
 _MAX_PARSED = 256 * 2**20  # larger text files are compared byte for byte
 _BYTE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
-_SPECIAL_ROLES = ("bos_token", "eos_token", "unk_token", "sep_token", "cls_token", "mask_token",
-                  "additional_special_tokens", "add_bos_token", "add_eos_token")  # not pad_token: padding is masked
+_SPECIAL_ROLES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+    "additional_special_tokens",
+    "add_bos_token",
+    "add_eos_token",
+)  # not pad_token: padding is masked
 _PIPELINE = ("normalizer", "pre_tokenizer", "post_processor")
 _EXACT = ("vocabulary", "merges", "added tokens")  # compared whole; the settings only where both files have a field
 
@@ -40,8 +49,9 @@ def tokenizer_aspects(folders: Sequence[Path]) -> dict[str, Aspect]:
     files: dict[str, Path] = {}
     for folder in folders:
         for entry in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
-            if entry.is_file() and (entry.name in _READERS or entry.name in _BYTE_FILES
-                                    or entry.name.endswith(".tiktoken")):
+            if entry.is_file() and (
+                entry.name in _READERS or entry.name in _BYTE_FILES or entry.name.endswith(".tiktoken")
+            ):
                 files[entry.name] = entry
     aspects: dict[str, Aspect] = {}
     for name in sorted(files, key=_reading_order):
@@ -90,8 +100,9 @@ def _reading_order(name: str) -> tuple[int, str]:
 def _add(aspects: dict[str, Aspect], aspect: str, found: Aspect) -> None:
     """Added and special tokens gather from several files; any other aspect is read from the last file that has it."""
     if aspect in ("added tokens", "special tokens") and aspect in aspects:
-        found = Aspect(found.file if aspect == "added tokens" else aspects[aspect].file,
-                       {**aspects[aspect].value, **found.value})
+        found = Aspect(
+            found.file if aspect == "added tokens" else aspects[aspect].file, {**aspects[aspect].value, **found.value}
+        )
     aspects[aspect] = found
 
 
@@ -148,6 +159,7 @@ def _from_tokenizer_config(path: Path) -> dict[str, Any]:
 
 def _special(data: dict) -> dict[str, Any]:
     """The special tokens' roles, each token by its text (files write a token as text or as a mapping)."""
+
     def text(token: Any) -> Any:
         if isinstance(token, list):
             return [text(t) for t in token]

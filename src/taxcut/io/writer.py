@@ -10,9 +10,9 @@ are ordinary safetensors (``safe_open`` and ``transformers`` read them) with ``{
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +147,7 @@ class WriteBehind:
         """Wait for queued writes, ignoring their errors (on the way out of a failed merge)."""
         try:
             self.drain()
-        except Exception:  # noqa: BLE001 - the error that stopped the merge is the one to report
+        except Exception:  # the error that stopped the merge is the one to report
             pass
 
     def close(self) -> None:

@@ -40,21 +40,27 @@ class _BoundedLoader(yaml.SafeLoader):
             event = self.peek_event()
             target = self.anchors.get(event.anchor)
             if target is not None and id(target) not in self._sizes:
-                raise _Limit(event.start_mark, f"alias *{event.anchor} refers to a value that contains it; "
-                                               "a spec cannot be recursive")
+                raise _Limit(
+                    event.start_mark,
+                    f"alias *{event.anchor} refers to a value that contains it; a spec cannot be recursive",
+                )
             return super().compose_node(parent, index)  # the anchor's node, shared (or an undefined-alias error)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise _Limit(self.peek_event().start_mark, f"nested deeper than {MAX_DEPTH} levels; a spec is "
-                                                           "not that deep")
+                raise _Limit(
+                    self.peek_event().start_mark, f"nested deeper than {MAX_DEPTH} levels; a spec is not that deep"
+                )
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
         size = 1 + sum(self._sizes[id(child)] for child in _children(node))
         if size > MAX_VALUES:
-            raise _Limit(node.start_mark, f"expands to more than {MAX_VALUES} values once its aliases (*name) are "
-                                          "expanded; write the values out instead of nesting aliases")
+            raise _Limit(
+                node.start_mark,
+                f"expands to more than {MAX_VALUES} values once its aliases (*name) are "
+                "expanded; write the values out instead of nesting aliases",
+            )
         self._sizes[id(node)] = size
         return node
 
@@ -74,13 +80,14 @@ def load_yaml(path: Path, *, what: str = "spec") -> Any:
         raise TaxcutError(f"{path}: {what} file not found")
     size = path.stat().st_size
     if size > MAX_BYTES:
-        raise TaxcutError(f"{path}: {size} bytes; a {what} file is at most {MAX_BYTES // 2**20} MB — is it the right "
-                          "file?")
+        raise TaxcutError(
+            f"{path}: {size} bytes; a {what} file is at most {MAX_BYTES // 2**20} MB — is it the right file?"
+        )
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise TaxcutError(f"{path}, line {line}: not a text file (YAML must be UTF-8)") from None
     loader = _BoundedLoader(text)
     try:
@@ -94,7 +101,9 @@ def load_yaml(path: Path, *, what: str = "spec") -> Any:
         raise TaxcutError(f"{path}: not valid YAML{where}: {_problem(exc)}") from None
     except (ValueError, OverflowError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits
         reason = first_line(exc).split(";")[0]
-        raise TaxcutError(f"{path}: a value cannot be read ({reason}); write it as plain text or a shorter number") from None
+        raise TaxcutError(
+            f"{path}: a value cannot be read ({reason}); write it as plain text or a shorter number"
+        ) from None
     finally:
         loader.dispose()
 

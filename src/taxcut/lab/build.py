@@ -57,9 +57,25 @@ class LabConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> LabConfig:
         """A reduced lab that builds in seconds (for tests): the same recipe, far fewer steps and examples."""
-        return cls(seed=seed, hidden_size=32, layers=3, heads=2, intermediate_size=64, train_per_task=200,
-                   test_per_task=10, facts=10, chat_train=100, chat_test=10, sft_steps=20, sft_batch=16,
-                   raft_iterations=2, raft_prompts=8, raft_samples=2, raft_epochs=1, raft_batch=8)
+        return cls(
+            seed=seed,
+            hidden_size=32,
+            layers=3,
+            heads=2,
+            intermediate_size=64,
+            train_per_task=200,
+            test_per_task=10,
+            facts=10,
+            chat_train=100,
+            chat_test=10,
+            sft_steps=20,
+            sft_batch=16,
+            raft_iterations=2,
+            raft_prompts=8,
+            raft_samples=2,
+            raft_epochs=1,
+            raft_batch=8,
+        )
 
     def key(self) -> str:
         payload = json.dumps({"format": LAB_FORMAT, **asdict(self)}, sort_keys=True)
@@ -152,18 +168,35 @@ def _build(config: LabConfig, folder: Path, log, progress: bool = True) -> dict[
 
     tokenizer = build_tokenizer()
     model_config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.layers, num_attention_heads=config.heads, num_key_value_heads=config.heads,
-        max_position_embeddings=96, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        num_hidden_layers=config.layers,
+        num_attention_heads=config.heads,
+        num_key_value_heads=config.heads,
+        max_position_embeddings=96,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     model = AutoModelForCausalLM.from_config(model_config)
-    log(f"lab: SFT of a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter Llama, "
-        f"{config.sft_steps} steps on {len(mixture)} examples")
+    log(
+        f"lab: SFT of a {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter Llama, "
+        f"{config.sft_steps} steps on {len(mixture)} examples"
+    )
     step_started = time.perf_counter()
     with StageProgress("lab: sft", config.sft_steps, enabled=progress) as bar:
-        losses = fine_tune(model, tokenizer, mixture, steps=config.sft_steps, batch_size=config.sft_batch,
-                           lr=config.sft_lr, seed=config.seed, on_step=lambda loss: bar.update(loss=loss))
+        losses = fine_tune(
+            model,
+            tokenizer,
+            mixture,
+            steps=config.sft_steps,
+            batch_size=config.sft_batch,
+            lr=config.sft_lr,
+            seed=config.seed,
+            on_step=lambda loss: bar.update(loss=loss),
+        )
     timings["sft_seconds"] = time.perf_counter() - step_started
     _save(model, tokenizer, folder / "sft")
     log(f"lab: SFT done in {timings['sft_seconds']:.0f} s (final loss {losses[-1]:.3f})")
@@ -178,13 +211,30 @@ def _build(config: LabConfig, folder: Path, log, progress: bool = True) -> dict[
             bar.update(reward=stats["sample_reward"], loss=stats["final_loss"])
             log(f"lab: RAFT iteration {iteration}: mean sampled reward {stats['sample_reward']:+.3f}")
 
-        history = raft(model, tokenizer, prompts, tasks.reward, iterations=config.raft_iterations,
-                       samples=config.raft_samples, epochs=config.raft_epochs, batch_size=config.raft_batch,
-                       lr=config.raft_lr, seed=config.seed, after_iteration=save_checkpoint)
+        history = raft(
+            model,
+            tokenizer,
+            prompts,
+            tasks.reward,
+            iterations=config.raft_iterations,
+            samples=config.raft_samples,
+            epochs=config.raft_epochs,
+            batch_size=config.raft_batch,
+            lr=config.raft_lr,
+            seed=config.seed,
+            after_iteration=save_checkpoint,
+        )
     timings["raft_seconds"] = time.perf_counter() - step_started
     timings["total_seconds"] = time.perf_counter() - started
-    manifest = {"key": config.key(), "format": LAB_FORMAT, "config": asdict(config), "timings": timings,
-                "raft": history, "sft_final_loss": losses[-1], "reward_function": REWARD_FUNCTION}
+    manifest = {
+        "key": config.key(),
+        "format": LAB_FORMAT,
+        "config": asdict(config),
+        "timings": timings,
+        "raft": history,
+        "sft_final_loss": losses[-1],
+        "reward_function": REWARD_FUNCTION,
+    }
     (folder / "lab.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return timings
 

@@ -20,21 +20,42 @@ BLOCK_PROFILES = [[0.5, 0.7, 0.9], [0.9, 0.7, 0.5], [0.3, 0.5, 0.7]]
 
 def demo_sweep_spec(lab: Lab, out: Path, *, samples_per_prompt: int = 2) -> SweepSpec:
     """The sweep of the demo: MA grid, block profiles and the RAFT checkpoints, scored by the lab's tasks."""
-    tasks = [{"name": name, "type": "generation", "path": str(lab.data / f"{name}.jsonl"), "max_new_tokens": 8,
-              "batch_size": 128} for name in lab.capability_tasks]
-    return SweepSpec.model_validate({
-        "sft": str(lab.sft), "aligned": str(lab.aligned), "out": str(out),
-        "candidates": {"grid": [round(0.1 * i, 1) for i in range(11)], "block_patterns": BLOCK_PROFILES,
-                       "profiles": RECOMMENDED_PROFILES,
-                       "models": [str(p) for p in lab.checkpoints[:-1]]},
-        "evaluation": {
-            "reward": {"prompts": str(lab.data / "chat_prompts.jsonl"), "function": REWARD_FUNCTION,
-                       "max_new_tokens": 40, "do_sample": True, "samples_per_prompt": samples_per_prompt,
-                       "batch_size": 256, "seed": 0},
-            "tasks": tasks,
-        },
-        "device": "cpu",
-    })
+    tasks = [
+        {
+            "name": name,
+            "type": "generation",
+            "path": str(lab.data / f"{name}.jsonl"),
+            "max_new_tokens": 8,
+            "batch_size": 128,
+        }
+        for name in lab.capability_tasks
+    ]
+    return SweepSpec.model_validate(
+        {
+            "sft": str(lab.sft),
+            "aligned": str(lab.aligned),
+            "out": str(out),
+            "candidates": {
+                "grid": [round(0.1 * i, 1) for i in range(11)],
+                "block_patterns": BLOCK_PROFILES,
+                "profiles": RECOMMENDED_PROFILES,
+                "models": [str(p) for p in lab.checkpoints[:-1]],
+            },
+            "evaluation": {
+                "reward": {
+                    "prompts": str(lab.data / "chat_prompts.jsonl"),
+                    "function": REWARD_FUNCTION,
+                    "max_new_tokens": 40,
+                    "do_sample": True,
+                    "samples_per_prompt": samples_per_prompt,
+                    "batch_size": 256,
+                    "seed": 0,
+                },
+                "tasks": tasks,
+            },
+            "device": "cpu",
+        }
+    )
 
 
 @dataclass
@@ -45,8 +66,9 @@ class DemoResult:
     summary: str = ""
 
 
-def run_demo(*, seed: int = 0, out: Path = Path("demo-output"), quick: bool = False, lab_folder: Path | None = None,
-             log=print) -> DemoResult:
+def run_demo(
+    *, seed: int = 0, out: Path = Path("demo-output"), quick: bool = False, lab_folder: Path | None = None, log=print
+) -> DemoResult:
     from taxcut.sweep.report import markdown_table
     from taxcut.sweep.runner import run_sweep
 
@@ -84,37 +106,49 @@ def summarize(rows: list[SweepRow]) -> str:
         return "\n".join(lines)
     lines.append("Model averaging, theta = (1 - a) * sft + a * aligned:")
     for row in ma[1:-1]:
-        lines.append(f"  a = {row.mean_alpha:.1f}: keeps {100 * (row.reward - sft.reward) / gain:5.0f}% of "
-                     f"the reward gain for {100 * row.tax / cost:5.0f}% of the tax")
+        lines.append(
+            f"  a = {row.mean_alpha:.1f}: keeps {100 * (row.reward - sft.reward) / gain:5.0f}% of "
+            f"the reward gain for {100 * row.tax / cost:5.0f}% of the tax"
+        )
     best = max((r for r in ma if r.reward - sft.reward >= 0.8 * gain), key=lambda r: -r.tax, default=None)
     if best is not None:
-        lines.append(f"Best MA keeping >= 80% of the gain: a = {best.mean_alpha:.1f}, tax "
-                     f"{100 * best.tax:.1f} points instead of {100 * cost:.1f}.")
+        lines.append(
+            f"Best MA keeping >= 80% of the gain: a = {best.mean_alpha:.1f}, tax "
+            f"{100 * best.tax:.1f} points instead of {100 * cost:.1f}."
+        )
     for row in (r for r in rows if r.kind == "model"):
         matched = _ma_tax_at_reward(ma, row.reward)
         head = f"Early stopping at {row.label} (reward {row.reward:+.2f}, tax {100 * row.tax:.1f} points)"
         if matched is None:
             lines.append(f"{head}: outside the reward range of the MA curve; no comparison at equal reward.")
         elif matched <= row.tax:
-            lines.append(f"{head}: MA at the same reward pays {100 * matched:.1f} points, keeping "
-                         f"{100 * (row.tax - matched):.1f} points more capability than early stopping.")
+            lines.append(
+                f"{head}: MA at the same reward pays {100 * matched:.1f} points, keeping "
+                f"{100 * (row.tax - matched):.1f} points more capability than early stopping."
+            )
         else:
-            lines.append(f"{head}: MA at the same reward pays {100 * matched:.1f} points; here early stopping "
-                         f"keeps {100 * (matched - row.tax):.1f} points more.")
+            lines.append(
+                f"{head}: MA at the same reward pays {100 * matched:.1f} points; here early stopping "
+                f"keeps {100 * (matched - row.tax):.1f} points more."
+            )
     for row in (r for r in rows if r.kind == "LiNeS"):
         matched = _ma_tax_at_reward(ma, row.reward)
         if matched is not None:
             alpha, beta = (part.split("=")[1] for part in row.label.split()[1:3])
-            lines.append(f"LiNeS alpha={alpha}, beta={beta} (the aligned share rising with depth): reward "
-                         f"{row.reward:+.2f}, tax {100 * row.tax:.1f} points vs MA's {100 * matched:.1f} at that "
-                         "reward.")
+            lines.append(
+                f"LiNeS alpha={alpha}, beta={beta} (the aligned share rising with depth): reward "
+                f"{row.reward:+.2f}, tax {100 * row.tax:.1f} points vs MA's {100 * matched:.1f} at that "
+                "reward."
+            )
     blocks = [r for r in rows if r.kind == "blocks"]
     for row in blocks:
         matched = _ma_tax_at_reward(ma, row.reward)
         if matched is not None:
-            lines.append(f"Block profile {row.label.removeprefix('blocks ')} (bottom to top): reward "
-                         f"{row.reward:+.2f}, tax {100 * row.tax:.1f} points vs. MA's {100 * matched:.1f} at "
-                         "that reward.")
+            lines.append(
+                f"Block profile {row.label.removeprefix('blocks ')} (bottom to top): reward "
+                f"{row.reward:+.2f}, tax {100 * row.tax:.1f} points vs. MA's {100 * matched:.1f} at "
+                "that reward."
+            )
     return "\n".join(lines)
 
 

@@ -29,8 +29,10 @@ def retain_seed(seed: int) -> str:
 
 def evaluation_files(lab: Lab) -> list[tuple[str, Path]]:
     """The lab's evaluation files as (role, path): the chat prompts and each capability task's test set."""
-    return [("reward prompts", lab.data / "chat_prompts.jsonl"),
-            *((f"task '{name}' data", lab.data / f"{name}.jsonl") for name in lab.capability_tasks)]
+    return [
+        ("reward prompts", lab.data / "chat_prompts.jsonl"),
+        *((f"task '{name}' data", lab.data / f"{name}.jsonl") for name in lab.capability_tasks),
+    ]
 
 
 def retain_set(lab: Lab) -> Path:
@@ -39,15 +41,18 @@ def retain_set(lab: Lab) -> Path:
     path = lab.data / RETAIN_FILE
     if path.is_file():
         return path
-    held = {json.loads(line)["prompt"] for _, file in evaluation_files(lab)
-            for line in file.read_text().splitlines() if line.strip()}
+    held = {
+        json.loads(line)["prompt"]
+        for _, file in evaluation_files(lab)
+        for line in file.read_text().splitlines()
+        if line.strip()
+    }
     rng = random.Random(retain_seed(lab.config.seed))
     count = lab.config.test_per_task
     examples = tasks.uppercase(rng, count, exclude=held) + tasks.reversal(rng, count, exclude=held)
     try:
         with staged_file(path, overwrite=False, inputs=[], kind="lab retain set") as partial:
-            partial.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.answer}) + "\n"
-                                       for e in examples))
+            partial.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.answer}) + "\n" for e in examples))
     except TaxcutError:
         if not path.is_file():  # another process wrote the same file first: use it
             raise

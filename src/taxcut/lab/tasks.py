@@ -79,8 +79,9 @@ def reversal(rng: random.Random, count: int, exclude: set[str] = frozenset()) ->
     return _word_task(rng, count, exclude, "reverse", "abcdefghijklmnop", (3, 6), lambda word: word[::-1])
 
 
-def _word_task(rng: random.Random, count: int, exclude: set[str], verb: str, letters: str,
-               lengths: tuple[int, int], transform) -> list[Example]:
+def _word_task(
+    rng: random.Random, count: int, exclude: set[str], verb: str, letters: str, lengths: tuple[int, int], transform
+) -> list[Example]:
     """``count`` distinct "``verb`` word" prompts (not in ``exclude``) answered by ``transform(word)``."""
     examples, seen = [], set(exclude)
     while len(examples) < count:
@@ -94,6 +95,7 @@ def _word_task(rng: random.Random, count: int, exclude: set[str], verb: str, let
 
 def knowledge_base(rng: random.Random, count: int) -> list[Example]:
     """Made-up facts: the home town of each of ``count`` invented people."""
+
     def name(parts: int) -> str:
         return "".join(rng.choice(_SYLLABLES) for _ in range(parts)).capitalize()
 

@@ -30,14 +30,24 @@ def encode(tokenizer, examples: Sequence[Example]) -> list[tuple[list[int], int]
 def length_grouped_batches(encoded, batch_size: int, rng: random.Random):
     """Endless batches, each drawn from the shorter or the longer half of the data (less padding per batch)."""
     by_length = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    halves = [by_length[: len(by_length) // 2] or by_length, by_length[len(by_length) // 2:]]
+    halves = [by_length[: len(by_length) // 2] or by_length, by_length[len(by_length) // 2 :]]
     while True:
         half = rng.choice(halves)
         yield [encoded[i] for i in rng.sample(half, min(batch_size, len(half)))]
 
 
-def fine_tune(model, tokenizer, examples: Sequence[Example], *, steps: int, batch_size: int, lr: float,
-              seed: int, warmup: float = 0.05, on_step: Callable[[float], None] | None = None) -> list[float]:
+def fine_tune(
+    model,
+    tokenizer,
+    examples: Sequence[Example],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    warmup: float = 0.05,
+    on_step: Callable[[float], None] | None = None,
+) -> list[float]:
     """AdamW with linear warm-up and cosine decay; loss on answer tokens only. Returns the loss of every step;
     ``on_step`` gets each step's loss as it is done (progress)."""
     rng = random.Random(seed)
@@ -61,14 +71,27 @@ def fine_tune(model, tokenizer, examples: Sequence[Example], *, steps: int, batc
     return losses
 
 
-def raft(model, tokenizer, prompts: Sequence[str], reward: Callable[[str, str], float], *, iterations: int,
-         samples: int, epochs: int, batch_size: int, lr: float, seed: int, max_new_tokens: int = 40,
-         after_iteration: Callable[[int, dict], None] | None = None) -> list[dict]:
+def raft(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    reward: Callable[[str, str], float],
+    *,
+    iterations: int,
+    samples: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    max_new_tokens: int = 40,
+    after_iteration: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
     """RAFT: per iteration, sample ``samples`` responses per prompt, keep each prompt's best, fine-tune on them."""
     history = []
     for iteration in range(iterations):
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0,
-                                      seed=seed * 1000 + iteration, batch_size=256)
+        settings = GenerationSettings(
+            max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, seed=seed * 1000 + iteration, batch_size=256
+        )
         repeated = [p for p in prompts for _ in range(samples)]
         keys = [(index, j) for index in range(len(prompts)) for j in range(samples)]  # prompt i's sample j
         responses = generate(model, tokenizer, repeated, settings, keys=keys)
@@ -79,10 +102,15 @@ def raft(model, tokenizer, prompts: Sequence[str], reward: Callable[[str, str], 
             winner = max(group, key=lambda i: scores[i])
             best.append(Example(prompt, responses[winner].strip()))
         steps = max(1, epochs * len(best) // batch_size)
-        losses = fine_tune(model, tokenizer, best, steps=steps, batch_size=batch_size, lr=lr,
-                           seed=seed * 1000 + iteration)
-        stats = {"iteration": iteration + 1, "sample_reward": sum(scores) / len(scores),
-                 "kept_reward": sum(reward(e.prompt, e.answer) for e in best) / len(best), "final_loss": losses[-1]}
+        losses = fine_tune(
+            model, tokenizer, best, steps=steps, batch_size=batch_size, lr=lr, seed=seed * 1000 + iteration
+        )
+        stats = {
+            "iteration": iteration + 1,
+            "sample_reward": sum(scores) / len(scores),
+            "kept_reward": sum(reward(e.prompt, e.answer) for e in best) / len(best),
+            "final_loss": losses[-1],
+        }
         history.append(stats)
         if after_iteration is not None:
             after_iteration(iteration + 1, stats)

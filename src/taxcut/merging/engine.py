@@ -31,9 +31,15 @@ from taxcut.methods.interpolation import BLOCK_ELEMENTS, all_finite
 CHUNK_BYTES = 4 * 2**20  # per buffer: small enough to stay in cache between reading, merging and writing
 
 
-def run_merge(plan: MergePlan, *, overwrite: bool = False, progress: bool | None = None,
-              log: Callable[[str], None] | None = None, protect: Sequence[tuple[str, Path]] = (),
-              provenance: dict | None = None) -> Path:
+def run_merge(
+    plan: MergePlan,
+    *,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+    protect: Sequence[tuple[str, Path]] = (),
+    provenance: dict | None = None,
+) -> Path:
     """Run the method's prepare step (if any), then write the merge of ``plan`` to its destination; return the
     destination. Closes the plan. ``log`` gets the plan's notes and the prepare step's messages (default: stderr);
     ``protect`` names more files the destination must not touch (the spec file, a results file); ``provenance``
@@ -91,8 +97,13 @@ def _one_compute_thread(elementwise: bool) -> Iterator[None]:
 def _write_shards(plan: MergePlan, staging: Path, progress: bool | None) -> None:
     buffers = ChunkBuffers(len(plan.checkpoints))
     by_name = {tensor.name: tensor for tensor in plan.tensors}
-    bar = tqdm(total=plan.total_bytes, unit="B", unit_scale=True, desc=plan.method.name,
-               disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=plan.total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc=plan.method.name,
+        disable=None if progress is None else not progress,
+    )
     try:
         for shard in plan.shards:
             writer = ShardWriter(staging / shard.file_name, shard)
@@ -140,8 +151,10 @@ def _merge_chunks(plan: MergePlan, tensor: PlannedTensor, writer: ShardWriter, b
     numel = tensor.info.numel
     for start in range(0, numel, step):
         stop = min(numel, start + step)
-        chunks = [checkpoint.read_into(info, start, stop, buffer)
-                  for checkpoint, info, buffer in zip(plan.checkpoints, tensor.sources, buffers.inputs)]
+        chunks = [
+            checkpoint.read_into(info, start, stop, buffer)
+            for checkpoint, info, buffer in zip(plan.checkpoints, tensor.sources, buffers.inputs)
+        ]
         out = buffers.output.buffer()[: (stop - start) * tensor.out_dtype.itemsize].view(tensor.out_dtype)
         models, base = _split(plan, chunks)
         if not method.merge_into(models, base, weights, tensor.parameters, tensor.site, out, buffers.scratch):
@@ -154,8 +167,13 @@ def _merge_whole(plan: MergePlan, tensor: PlannedTensor, writer: ShardWriter, bu
     """One whole tensor of every input (methods that rank, sort or normalise over the tensor)."""
     values = [checkpoint.read(info) for checkpoint, info in zip(plan.checkpoints, tensor.sources)]
     models, base = _split(plan, values)
-    merged = plan.method.merge([m.float() for m in models], base.float() if base is not None else None,
-                               [m.weight for m in plan.request.models], tensor.parameters, tensor.site)
+    merged = plan.method.merge(
+        [m.float() for m in models],
+        base.float() if base is not None else None,
+        [m.weight for m in plan.request.models],
+        tensor.parameters,
+        tensor.site,
+    )
     out = merged.to(tensor.out_dtype).contiguous()
     if not all_finite(out):
         raise TaxcutError(_non_finite_message(plan, tensor, values))
@@ -180,10 +198,14 @@ def _copy_shared(plan: MergePlan, tensor: PlannedTensor, writer: ShardWriter, bu
 def _non_finite_message(plan: MergePlan, tensor: PlannedTensor, chunks: list[torch.Tensor]) -> str:
     for model, chunk, info in zip(plan.request.inputs, chunks, tensor.sources):
         if not all_finite(chunk):
-            return (f"tensor '{tensor.name}' of the {model.label} ({info.file}) contains NaN or Inf values; "
-                    "fix or re-export that checkpoint")
-    return (f"tensor '{tensor.name}': the merge is not finite in {str(tensor.out_dtype).removeprefix('torch.')}; "
-            f"{plan.method.overflow_hint(tensor.parameters)}")
+            return (
+                f"tensor '{tensor.name}' of the {model.label} ({info.file}) contains NaN or Inf values; "
+                "fix or re-export that checkpoint"
+            )
+    return (
+        f"tensor '{tensor.name}': the merge is not finite in {str(tensor.out_dtype).removeprefix('torch.')}; "
+        f"{plan.method.overflow_hint(tensor.parameters)}"
+    )
 
 
 def _write_side_files(plan: MergePlan, staging: Path, extra: dict) -> None:
@@ -192,17 +214,26 @@ def _write_side_files(plan: MergePlan, staging: Path, extra: dict) -> None:
     for folder in source.side_file_folders:  # an adapter: its base's config, then the adapter's own files
         copy_side_files(folder, staging, overwrite=True)
     set_config_dtype(staging, plan.out_dtype)
-    write_provenance(staging, {
-        "method": request.method.describe(request.parameters),
-        "spec": spec_record(request),
-        "inputs": {model.role: fingerprint(checkpoint) for model, checkpoint in zip(request.inputs, plan.checkpoints)},
-        "side_files_from": request.inputs[request.side_files_from].role,
-        "plan": plan.summary(),
-        **extra,
-    })
-    write_model_card(staging, method=request.method.describe(request.parameters),
-                     inputs=[(m.label, display_name(m.path), m.weight) for m in request.inputs],
-                     summary_lines=_card_lines(plan), spec_yaml=_card_yaml(request))
+    write_provenance(
+        staging,
+        {
+            "method": request.method.describe(request.parameters),
+            "spec": spec_record(request),
+            "inputs": {
+                model.role: fingerprint(checkpoint) for model, checkpoint in zip(request.inputs, plan.checkpoints)
+            },
+            "side_files_from": request.inputs[request.side_files_from].role,
+            "plan": plan.summary(),
+            **extra,
+        },
+    )
+    write_model_card(
+        staging,
+        method=request.method.describe(request.parameters),
+        inputs=[(m.label, display_name(m.path), m.weight) for m in request.inputs],
+        summary_lines=_card_lines(plan),
+        spec_yaml=_card_yaml(request),
+    )
 
 
 def _card_lines(plan: MergePlan) -> list[str]:
@@ -211,9 +242,11 @@ def _card_lines(plan: MergePlan) -> list[str]:
         return [f"Parameters: {plan.request.parameters.dump() or 'defaults'}"]
     blocks = ", ".join(f"{b.label}: {b.value:g}" for b in resolver.blocks)
     if resolver.unequal_means:  # blocks of unequal size: the block mean and the layer-weighted mean differ
-        mean = (f"Mean {resolver.noun} of the {len(resolver.blocks)} blocks ({resolver.field}; the tensors after the "
-                f"layers get it): {resolver.mean:g}; over the {len(resolver.layer_values)} decoder layers: "
-                f"{resolver.layer_mean:g}")
+        mean = (
+            f"Mean {resolver.noun} of the {len(resolver.blocks)} blocks ({resolver.field}; the tensors after the "
+            f"layers get it): {resolver.mean:g}; over the {len(resolver.layer_values)} decoder layers: "
+            f"{resolver.layer_mean:g}"
+        )
     else:
         mean = f"Mean {resolver.noun} of the decoder layers ({resolver.field}): {resolver.mean:g}"
     return [mean, f"Per layer: {blocks or 'n/a'}"]

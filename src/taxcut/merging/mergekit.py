@@ -38,8 +38,12 @@ def _with_models(plan, config: dict) -> dict:
     names = [checkpoint.source.reference for checkpoint in plan.checkpoints]  # Hub IDs with their commit
     if request.base is not None and "base_model" not in config:
         config["base_model"] = names[0]
-    config["models"] = [{"model": name, "parameters": {"weight": m.weight, **per_model}}
-                        for m, name in zip(request.models, names[len(names) - len(request.models):])]
+    config["models"] = [
+        {"model": name, "parameters": {"weight": m.weight, **per_model}}
+        for m, name in zip(request.models, names[len(names) - len(request.models) :])
+    ]
     if request.dtype:
         config["dtype"] = request.dtype
-    return {key: config[key] for key in ("merge_method", "base_model", "parameters", "models", "dtype") if key in config}
+    return {
+        key: config[key] for key in ("merge_method", "base_model", "parameters", "models", "dtype") if key in config
+    }

@@ -28,12 +28,20 @@ def mergekit_request(config: MergekitConfig) -> MergeRequest:
     check_no_unknown(config, [p.name for p in method.mergekit_parameters], config.merge_method)
     twin = MergekitTwin(method, config)
     names = config.inputs()
-    inputs = tuple(ModelInput("base" if i == twin.base_index else f"model {i + 1}", Path(name))
-                   for i, name in enumerate(names))
+    inputs = tuple(
+        ModelInput("base" if i == twin.base_index else f"model {i + 1}", Path(name)) for i, name in enumerate(names)
+    )
     _resolve_every_tensor(twin, inputs)
-    return MergeRequest(method=twin, inputs=inputs, parameters=MethodParameters(), out=config.out,
-                        dtype=config.out_dtype or config.dtype, max_shard_bytes=config.max_shard_bytes,
-                        side_files_from=_side_files_from(config, names, twin.base_index), spec=config)
+    return MergeRequest(
+        method=twin,
+        inputs=inputs,
+        parameters=MethodParameters(),
+        out=config.out,
+        dtype=config.out_dtype or config.dtype,
+        max_shard_bytes=config.max_shard_bytes,
+        side_files_from=_side_files_from(config, names, twin.base_index),
+        spec=config,
+    )
 
 
 def _side_files_from(config: MergekitConfig, names: list[str], base_index: int | None) -> int:
@@ -47,8 +55,9 @@ def _side_files_from(config: MergekitConfig, names: list[str], base_index: int |
             raise TaxcutError("'tokenizer_source: base' needs a 'base_model'")
         return base_index
     if source not in names:
-        raise TaxcutError(f"'tokenizer_source' {source!r} is not one of the config's models; name one of them or "
-                          "'base'")
+        raise TaxcutError(
+            f"'tokenizer_source' {source!r} is not one of the config's models; name one of them or 'base'"
+        )
     return names.index(source)
 
 

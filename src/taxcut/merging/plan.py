@@ -123,13 +123,17 @@ class MergePlan:
             "decoder_layers": self.layout.num_layers,
             "layer_family": self.layout.family,
             "blocks": [{"first": b.first, "last": b.last, "alpha": b.value} for b in resolver.blocks]
-            if resolver else [],
+            if resolver
+            else [],
             "mean_alpha": resolver.mean if resolver else None,  # of the blocks: what the tensors after the layers get
             "layer_mean_alpha": resolver.layer_mean if resolver else None,  # over the layers (block sizes weighed)
             "out_dtype": self.out_dtype,
             "groups": [
-                {"group": group, "alpha": members[0].decision.value if members[0].decision else None,
-                 "tensors": [m.name for m in members]}
+                {
+                    "group": group,
+                    "alpha": members[0].decision.value if members[0].decision else None,
+                    "tensors": [m.name for m in members],
+                }
                 for group, members in self.groups().items()
             ],
             "not_written_tied": self.dropped_tied,
@@ -159,8 +163,9 @@ def build_plan(spec_or_request) -> MergePlan:
 def _plan(request: MergeRequest, checkpoints: list[Checkpoint]) -> MergePlan:
     reference = checkpoints[0]
     _check_same_architecture(request.inputs, checkpoints)
-    tokenizer_notes = check_same_tokenizer(request.inputs, checkpoints,
-                                           allow=bool(getattr(request.spec, "allow_tokenizer_mismatch", False)))
+    tokenizer_notes = check_same_tokenizer(
+        request.inputs, checkpoints, allow=bool(getattr(request.spec, "allow_tokenizer_mismatch", False))
+    )
     layout = detect_layers(reference.tensors)
     dropped_tied = stored_tied_heads(layout, checkpoints) if config_ties_embeddings(reference.config) else {}
     names = [name for name in reference.tensors if name not in dropped_tied]
@@ -192,10 +197,13 @@ def _plan(request: MergeRequest, checkpoints: list[Checkpoint]) -> MergePlan:
     folders = [model.path.expanduser().resolve() for model in request.inputs]
     if len(set(folders)) < len(folders):
         roles = [m.role for m, f in zip(request.inputs, folders) if folders.count(f) > 1]
-        notes.append(f"{' and '.join(roles)} are the same folder" + (
-            ": every ratio gives that model back" if len(folders) == 2 else ""))
-    return MergePlan(request, checkpoints, layout, block_values, tensors, shards, dropped_tied,
-                     _majority_dtype(tensors), notes)
+        notes.append(
+            f"{' and '.join(roles)} are the same folder"
+            + (": every ratio gives that model back" if len(folders) == 2 else "")
+        )
+    return MergePlan(
+        request, checkpoints, layout, block_values, tensors, shards, dropped_tied, _majority_dtype(tensors), notes
+    )
 
 
 def _check_same_architecture(inputs: tuple[ModelInput, ...], checkpoints: list[Checkpoint]) -> None:
@@ -216,8 +224,9 @@ def _check_same_architecture(inputs: tuple[ModelInput, ...], checkpoints: list[C
             )
 
 
-def check_same_tokenizer(inputs: tuple[ModelInput, ...], checkpoints: list[Checkpoint], *,
-                         allow: bool = False) -> list[str]:
+def check_same_tokenizer(
+    inputs: tuple[ModelInput, ...], checkpoints: list[Checkpoint], *, allow: bool = False
+) -> list[str]:
     """Refuse inputs whose tokenizer files give the same text other ids than the first input's (row i of their
     embeddings would mean other tokens), unless ``allow``; return notes on what could not be compared."""
     first, reference = inputs[0], tokenizer_aspects(checkpoints[0].side_file_folders)
@@ -226,8 +235,10 @@ def check_same_tokenizer(inputs: tuple[ModelInput, ...], checkpoints: list[Check
         aspects = tokenizer_aspects(checkpoint.side_file_folders)
         if bool(reference) != bool(aspects):
             lacking = model if reference else first
-            notes.append(f"the {lacking.label} ({lacking.path}) has no tokenizer files: its tokenizer is not compared "
-                         "with the others'")
+            notes.append(
+                f"the {lacking.label} ({lacking.path}) has no tokenizer files: its tokenizer is not compared "
+                "with the others'"
+            )
             continue
         difference = tokenizer_difference(reference, aspects, (first.label, model.label))
         if difference is None:
@@ -238,8 +249,10 @@ def check_same_tokenizer(inputs: tuple[ModelInput, ...], checkpoints: list[Check
                 "the same text becomes other token ids; merge models that share a tokenizer, or pass "
                 "--allow-tokenizer-mismatch (spec: 'allow_tokenizer_mismatch: true') to merge anyway"
             )
-        notes.append(f"the {model.label}'s tokenizer does not match the {first.label}'s ({difference}); merged "
-                     "anyway (allow_tokenizer_mismatch)")
+        notes.append(
+            f"the {model.label}'s tokenizer does not match the {first.label}'s ({difference}); merged "
+            "anyway (allow_tokenizer_mismatch)"
+        )
     return notes
 
 
@@ -257,8 +270,9 @@ def stored_tied_heads(layout: LayerLayout, checkpoints: list[Checkpoint]) -> dic
     }
 
 
-def _check_same_tensors(inputs: tuple[ModelInput, ...], checkpoints: list[Checkpoint], ignored: set[str],
-                        layout: LayerLayout) -> list[str]:
+def _check_same_tensors(
+    inputs: tuple[ModelInput, ...], checkpoints: list[Checkpoint], ignored: set[str], layout: LayerLayout
+) -> list[str]:
     """Refuse tensors that are not in every model or that differ in shape or kind; return notes on dtypes."""
     reference, first = checkpoints[0], inputs[0]
     expected = set(reference.tensors) - ignored
@@ -296,9 +310,11 @@ def _check_same_tensors(inputs: tuple[ModelInput, ...], checkpoints: list[Checkp
             if left.dtype != right.dtype:
                 mixed_dtypes.append(name)
     if mixed_dtypes:
-        return [f"{len(set(mixed_dtypes))} tensor(s) have different float dtypes in the inputs (e.g. "
-                f"'{mixed_dtypes[0]}'); they are merged in float32 and written in the {first.label}'s dtype unless "
-                "'dtype' says otherwise"]
+        return [
+            f"{len(set(mixed_dtypes))} tensor(s) have different float dtypes in the inputs (e.g. "
+            f"'{mixed_dtypes[0]}'); they are merged in float32 and written in the {first.label}'s dtype unless "
+            "'dtype' says otherwise"
+        ]
     return []
 
 

@@ -26,8 +26,10 @@ def render_plan(plan) -> str:
         lines.append(f"not written: {head} (tied to {embedding}, which carries its value)")
     embedding = plan.layout.token_embedding
     if not plan.dropped_tied and embedding and config_ties_embeddings(plan.checkpoints[0].config):
-        lines.append(f"tied     {embedding} is tied to lm_head (config.json ties the embeddings; no head is "
-                     "stored): one tensor, one value")
+        lines.append(
+            f"tied     {embedding} is tied to lm_head (config.json ties the embeddings; no head is "
+            "stored): one tensor, one value"
+        )
     lines.extend(f"note: {note}" for note in plan.notes)
     return "\n".join(lines)
 
@@ -40,8 +42,11 @@ def _parameter_lines(plan) -> list[str]:
         key = info.alias or name
         if name in plan.block_values:
             values = plan.block_values[name]
-            lines.append(f"{key:<8} " + ", ".join(f"{b.label}: {b.value:g}" for b in values.blocks)
-                         + f"; embeddings {values.blocks[0].value:g}; after the layers {values.mean:g}")
+            lines.append(
+                f"{key:<8} "
+                + ", ".join(f"{b.label}: {b.value:g}" for b in values.blocks)
+                + f"; embeddings {values.blocks[0].value:g}; after the layers {values.mean:g}"
+            )
         elif key in dumped and not isinstance(dumped[key], (list, dict)):
             lines.append(f"{key:<8} {dumped[key]}")
     return lines
@@ -51,8 +56,10 @@ def _describe(checkpoint: Checkpoint) -> str:
     dtypes = sorted({dtype_label(t.dtype) for t in checkpoint.tensors.values()})
     params = sum(t.numel for t in checkpoint.tensors.values())
     kind = checkpoint.config.get("model_type", "unknown type")
-    return (f"{kind}, {len(checkpoint.tensors)} tensors, {params:,} params, {'/'.join(dtypes)}, "
-            f"{len(checkpoint.files)} file(s)")
+    return (
+        f"{kind}, {len(checkpoint.tensors)} tensors, {params:,} params, {'/'.join(dtypes)}, "
+        f"{len(checkpoint.files)} file(s)"
+    )
 
 
 def _human_bytes(count: float) -> str:

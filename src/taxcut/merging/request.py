@@ -35,14 +35,25 @@ def _toolkit_request(method, spec: ToolkitSpec) -> MergeRequest:
         raise TaxcutError(f"method '{method.name}' takes no 'base' model; list every input under 'models'")
     count = len(spec.models)
     if count < method.min_models or (method.max_models is not None and count > method.max_models):
-        wanted = (f"exactly {method.min_models}" if method.max_models == method.min_models
-                  else f"at least {method.min_models}")
+        wanted = (
+            f"exactly {method.min_models}"
+            if method.max_models == method.min_models
+            else f"at least {method.min_models}"
+        )
         raise TaxcutError(f"method '{method.name}' takes {wanted} model(s) in 'models'; got {count}")
     inputs = ([ModelInput("base", spec.base)] if spec.base is not None else []) + [
-        ModelInput(f"model {i + 1}", m.path, m.weight) for i, m in enumerate(spec.models)]
-    return MergeRequest(method=method, inputs=tuple(inputs), parameters=method.parameters(spec.parameters),
-                        out=spec.out, dtype=spec.dtype, max_shard_bytes=spec.max_shard_bytes, spec=spec,
-                        evaluation=spec.evaluation)
+        ModelInput(f"model {i + 1}", m.path, m.weight) for i, m in enumerate(spec.models)
+    ]
+    return MergeRequest(
+        method=method,
+        inputs=tuple(inputs),
+        parameters=method.parameters(spec.parameters),
+        out=spec.out,
+        dtype=spec.dtype,
+        max_shard_bytes=spec.max_shard_bytes,
+        spec=spec,
+        evaluation=spec.evaluation,
+    )
 
 
 def spec_record(request: MergeRequest) -> dict[str, Any]:
@@ -63,6 +74,9 @@ def spec_record(request: MergeRequest) -> dict[str, Any]:
         if spec.base_model is not None:
             record["base_model"] = recorded[spec.base_model]
         return record
-    paths = {key: getattr(spec, key).expanduser().resolve() if key == "out" else as_recorded(getattr(spec, key))
-             for key in ("sft", "aligned", "out") if getattr(spec, key, None) is not None}
+    paths = {
+        key: getattr(spec, key).expanduser().resolve() if key == "out" else as_recorded(getattr(spec, key))
+        for key in ("sft", "aligned", "out")
+        if getattr(spec, key, None) is not None
+    }
     return spec.model_copy(update=paths).model_dump(mode="json")

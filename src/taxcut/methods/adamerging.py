@@ -48,11 +48,15 @@ class AdaMerging(MergeMethod):
     def validate(self, request) -> None:
         parameters = request.parameters
         if parameters.coefficients is None and parameters.data is None:
-            raise TaxcutError("adamerging needs parameters.data (a JSONL file of unlabelled prompts) to learn its "
-                              "coefficients, or the coefficients themselves")
+            raise TaxcutError(
+                "adamerging needs parameters.data (a JSONL file of unlabelled prompts) to learn its "
+                "coefficients, or the coefficients themselves"
+            )
         if parameters.coefficients is not None and len(parameters.coefficients) != len(request.models):
-            raise TaxcutError(f"adamerging: parameters.coefficients has {len(parameters.coefficients)} rows but "
-                              f"there are {len(request.models)} models; give one row per model")
+            raise TaxcutError(
+                f"adamerging: parameters.coefficients has {len(parameters.coefficients)} rows but "
+                f"there are {len(request.models)} models; give one row per model"
+            )
 
     def input_files(self, request) -> list[tuple[str, Path]]:
         data = request.parameters.data
@@ -63,11 +67,15 @@ class AdaMerging(MergeMethod):
             return
         groups = {len(row) for row in parameters.coefficients}
         if groups - {1, layout.num_layers + 1} or len(groups) != 1:
-            raise TaxcutError(f"adamerging: each row of parameters.coefficients needs 1 value (task-wise) or "
-                              f"{layout.num_layers + 1} (one per decoder layer, then one for the rest)")
+            raise TaxcutError(
+                f"adamerging: each row of parameters.coefficients needs 1 value (task-wise) or "
+                f"{layout.num_layers + 1} (one per decoder layer, then one for the rest)"
+            )
         if parameters.layers is not None and parameters.layers != layout.num_layers:
-            raise TaxcutError(f"adamerging: the coefficients were learned for {parameters.layers} decoder layers "
-                              f"but the models have {layout.num_layers}")
+            raise TaxcutError(
+                f"adamerging: the coefficients were learned for {parameters.layers} decoder layers "
+                f"but the models have {layout.num_layers}"
+            )
 
     def prepare(self, request, log):
         parameters = request.parameters
@@ -75,12 +83,23 @@ class AdaMerging(MergeMethod):
             return request
         from taxcut.tuning.adamerging import fit_adamerging  # loads transformers: only when the fit runs
 
-        learned = fit_adamerging(request.base.path, [m.path for m in request.models], parameters.data,
-                                 granularity=parameters.granularity, epochs=parameters.epochs,
-                                 batch_size=parameters.batch_size, lr=parameters.lr, init=parameters.init,
-                                 seed=parameters.seed, device=parameters.device)
-        fitted = {"coefficients": learned["coefficients"], "layers": learned["layers"],
-                  "fit": {"entropy": learned["entropy"], "granularity": learned["granularity"]}}
+        learned = fit_adamerging(
+            request.base.path,
+            [m.path for m in request.models],
+            parameters.data,
+            granularity=parameters.granularity,
+            epochs=parameters.epochs,
+            batch_size=parameters.batch_size,
+            lr=parameters.lr,
+            init=parameters.init,
+            seed=parameters.seed,
+            device=parameters.device,
+        )
+        fitted = {
+            "coefficients": learned["coefficients"],
+            "layers": learned["layers"],
+            "fit": {"entropy": learned["entropy"], "granularity": learned["granularity"]},
+        }
         return request.replace(parameters=parameters.model_copy(update=fitted))
 
     def merge(self, models, base, weights, parameters, site: TensorSite):

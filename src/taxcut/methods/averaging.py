@@ -32,8 +32,10 @@ class Linear(MergeMethod):
     division)."""
 
     name = "linear"
-    paper = ("Wortsman et al. 2022, 'Model soups: averaging weights of multiple fine-tuned models improves accuracy "
-             "without increasing inference time'")
+    paper = (
+        "Wortsman et al. 2022, 'Model soups: averaging weights of multiple fine-tuned models improves accuracy "
+        "without increasing inference time'"
+    )
     Parameters = LinearParameters
     elementwise = True
 
@@ -43,8 +45,10 @@ class Linear(MergeMethod):
     def mergekit(self, plan) -> dict:
         return {"merge_method": "linear", "parameters": {"normalize": plan.request.parameters.normalize}}
 
-    mergekit_parameters = (MergekitParameter("weight", float, "input"), MergekitParameter("normalize", bool,
-                                                                                            default=True))
+    mergekit_parameters = (
+        MergekitParameter("weight", float, "input"),
+        MergekitParameter("normalize", bool, default=True),
+    )
 
     def mergekit_merge(self, tensors, base_index, values, site):
         """mergekit's ``linear``: ``sum_i w_i * x_i`` in float32 (float64 for float64 inputs), divided by
@@ -66,7 +70,7 @@ class CheckpointAverage(MergeMethod):
     the last k, or EMA weights with a decay)."""
 
     name = "checkpoints"
-    paper = ("Schmidt et al. 2023, 'Free Lunch: Robust Cross-Lingual Transfer via Model Checkpoint Averaging'")
+    paper = "Schmidt et al. 2023, 'Free Lunch: Robust Cross-Lingual Transfer via Model Checkpoint Averaging'"
     elementwise = True
 
     def merge(self, models, base, weights, parameters, site):
@@ -123,6 +127,8 @@ class SparseSoup(MergeMethod):
         for index, tensor in enumerate(models[1:], start=2):
             differ = int(((tensor != 0) != mask).sum())
             if differ:
-                raise TaxcutError(f"tensor '{site.name}': model {index}'s sparsity mask differs from model 1's at "
-                                  f"{differ} positions; a sparse soup needs models pruned with one shared mask")
+                raise TaxcutError(
+                    f"tensor '{site.name}': model {index}'s sparsity mask differs from model 1's at "
+                    f"{differ} positions; a sparse soup needs models pruned with one shared mask"
+                )
         return weighted_average(models, weights) * mask

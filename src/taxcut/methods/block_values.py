@@ -90,10 +90,19 @@ class BlockValues:
     ("ratio", "value") in the group labels of a printed plan.
     """
 
-    def __init__(self, layout: LayerLayout, *, field: str, value: float | None = None,
-                 blocks: Sequence[float] | None = None, block_bounds: Sequence[tuple[int, int]] | None = None,
-                 layers: Sequence[float] | None = None, rules: Sequence[Rule] = (),
-                 tied_head_of: dict[str, str] | None = None, noun: str = "value"):
+    def __init__(
+        self,
+        layout: LayerLayout,
+        *,
+        field: str,
+        value: float | None = None,
+        blocks: Sequence[float] | None = None,
+        block_bounds: Sequence[tuple[int, int]] | None = None,
+        layers: Sequence[float] | None = None,
+        rules: Sequence[Rule] = (),
+        tied_head_of: dict[str, str] | None = None,
+        noun: str = "value",
+    ):
         self.layout, self.field, self.value, self.rules, self.noun = layout, field, value, list(rules), noun
         self.tied_head_of = tied_head_of or {}  # embedding name -> the head name it also serves as
         self.per_layer = layers is not None

@@ -33,16 +33,23 @@ class GreedySoup(MergeMethod):
 
     def validate(self, request) -> None:
         if request.evaluation is None:
-            raise TaxcutError("a greedy soup needs an 'evaluation' section (like a sweep's) to score its "
-                              "ingredients, and parameters.score (reward, tasks, TASK or TASK.METRIC)")
+            raise TaxcutError(
+                "a greedy soup needs an 'evaluation' section (like a sweep's) to score its "
+                "ingredients, and parameters.score (reward, tasks, TASK or TASK.METRIC)"
+            )
 
     def prepare(self, request, log):
         from taxcut.tuning.greedy_soup import greedy_soup  # loads transformers: only when the selection runs
 
         parameters = request.parameters
         with open_executor(parameters.executor) as executor:
-            soup = greedy_soup([m.path for m in request.models], request.evaluation, parameters.score,
-                               device=parameters.device, executor=executor)
+            soup = greedy_soup(
+                [m.path for m in request.models],
+                request.evaluation,
+                parameters.score,
+                device=parameters.device,
+                executor=executor,
+            )
         record = {"individual": soup.individual, "trials": [list(t) for t in soup.trials]}
         chosen = [ModelInput(f"model {i + 1}", path) for i, path in enumerate(soup.chosen)]
         return request.with_models(chosen).replace(parameters=parameters.model_copy(update={"greedy": record}))

@@ -22,8 +22,13 @@ BLOCK_ELEMENTS = 1 << 20  # 4 MiB of float32: fits the caches that make the bloc
 
 
 def interpolate(
-    sft: torch.Tensor, aligned: torch.Tensor, alpha: float, out: torch.Tensor, *,
-    scratch: torch.Tensor | None = None, check_finite: bool = True,
+    sft: torch.Tensor,
+    aligned: torch.Tensor,
+    alpha: float,
+    out: torch.Tensor,
+    *,
+    scratch: torch.Tensor | None = None,
+    check_finite: bool = True,
 ) -> bool:
     """Write ``(1 - alpha) * sft + alpha * aligned`` into ``out`` (mergekit's ``linear`` arithmetic, see the module);
     return whether every result is finite.

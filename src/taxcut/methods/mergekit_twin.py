@@ -63,22 +63,28 @@ class MergekitTwin(MergeMethod):
                 values[parameter.name] = self._one(parameter, None, tensor_name, t)
                 continue
             values[parameter.name] = [
-                None if parameter.scope == "non_base" and i == self.base_index
-                else self._one(parameter, model, tensor_name, t) for i, model in enumerate(self.config.inputs())]
+                None
+                if parameter.scope == "non_base" and i == self.base_index
+                else self._one(parameter, model, tensor_name, t)
+                for i, model in enumerate(self.config.inputs())
+            ]
         return values
 
     def _one(self, parameter: MergekitParameter, model: str | None, tensor_name: str, t: float) -> Any:
         try:
             value = resolve_setting(parameter.name, self.config.sources(model), tensor_name, t, parameter.validate)
         except ValidationError as exc:
-            raise TaxcutError(f"parameter '{parameter.name}' for tensor '{tensor_name}': "
-                              f"{exc.errors()[0]['msg']}") from None
+            raise TaxcutError(
+                f"parameter '{parameter.name}' for tensor '{tensor_name}': {exc.errors()[0]['msg']}"
+            ) from None
         if value is not None:
             return value
         if parameter.default is MISSING:
             who = f"model '{model}'" if model is not None else "the merge"
-            raise TaxcutError(f"mergekit's '{self.name}' needs parameter '{parameter.name}' for {who} at tensor "
-                              f"'{tensor_name}': set it in that model's 'parameters' or the top-level 'parameters'")
+            raise TaxcutError(
+                f"mergekit's '{self.name}' needs parameter '{parameter.name}' for {who} at tensor "
+                f"'{tensor_name}': set it in that model's 'parameters' or the top-level 'parameters'"
+            )
         return parameter.validate(parameter.default)
 
     def merge(self, models, base, weights, parameters, site: TensorSite) -> torch.Tensor:
@@ -112,8 +118,9 @@ class MergekitTwin(MergeMethod):
 
     def mergekit(self, plan) -> dict:
         """The config itself (what ``taxcut export-mergekit`` prints for a mergekit config)."""
-        config = self.config.model_dump(mode="json", exclude_none=True,
-                                        exclude={"out", "max_shard_size", "allow_tokenizer_mismatch"})
+        config = self.config.model_dump(
+            mode="json", exclude_none=True, exclude={"out", "max_shard_size", "allow_tokenizer_mismatch"}
+        )
         names = [checkpoint.source.reference for checkpoint in plan.checkpoints]
         by_name = dict(zip(self.config.inputs(), names))
         for model in config["models"]:
@@ -127,5 +134,7 @@ def _shown(values: dict[str, Any]) -> str:
     def number(value):
         return f"{value:.6g}" if isinstance(value, float) else str(value)
 
-    return ", ".join(f"{k}={'[' + ', '.join(number(v) for v in x) + ']' if isinstance(x, list) else number(x)}"
-                     for k, x in values.items())
+    return ", ".join(
+        f"{k}={'[' + ', '.join(number(v) for v in x) + ']' if isinstance(x, list) else number(x)}"
+        for k, x in values.items()
+    )

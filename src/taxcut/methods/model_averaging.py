@@ -55,26 +55,50 @@ class ModelAveraging(MergeMethod):
 
     def request_from_spec(self, spec: MergeSpec) -> MergeRequest:
         return MergeRequest(
-            method=self, inputs=(ModelInput("sft", Path(spec.sft)), ModelInput("aligned", Path(spec.aligned))),
-            parameters=AveragingParameters.of(spec), out=spec.out, dtype=spec.dtype,
-            max_shard_bytes=spec.max_shard_bytes, side_files_from=0 if spec.files_from == "sft" else 1, spec=spec)
+            method=self,
+            inputs=(ModelInput("sft", Path(spec.sft)), ModelInput("aligned", Path(spec.aligned))),
+            parameters=AveragingParameters.of(spec),
+            out=spec.out,
+            dtype=spec.dtype,
+            max_shard_bytes=spec.max_shard_bytes,
+            side_files_from=0 if spec.files_from == "sft" else 1,
+            spec=spec,
+        )
 
     def block_values(self, parameters, layout, tied_head_of):
         p = parameters
         if p.profile is not None:  # LiNeS: the per-layer ratios, once L is known (then exactly as layer_alphas)
             layers = profile_ratios(*p.profile, layout.num_layers) if layout.num_layers else None
-            return {RATIO: BlockValues(layout, field="profile", layers=layers, rules=p.rules,
-                                       tied_head_of=tied_head_of, noun="ratio")}
+            return {
+                RATIO: BlockValues(
+                    layout, field="profile", layers=layers, rules=p.rules, tied_head_of=tied_head_of, noun="ratio"
+                )
+            }
         field = "alpha" if p.alpha is not None else "alphas" if p.alphas is not None else "layer_alphas"
-        return {RATIO: BlockValues(layout, field=field, value=p.alpha, blocks=p.alphas, block_bounds=p.block_bounds,
-                                   layers=p.layer_alphas, rules=p.rules, tied_head_of=tied_head_of, noun="ratio")}
+        return {
+            RATIO: BlockValues(
+                layout,
+                field=field,
+                value=p.alpha,
+                blocks=p.alphas,
+                block_bounds=p.block_bounds,
+                layers=p.layer_alphas,
+                rules=p.rules,
+                tied_head_of=tied_head_of,
+                noun="ratio",
+            )
+        }
 
     def plan_lines(self, plan) -> list[str]:
         """The ratio convention and the mean a (with blocks of unequal size, both the block mean and the mean over
         the layers), then each group of tensors with its ratio a."""
         resolver = plan.resolver
-        lines = ["ratio    a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned", *mean_lines(resolver),
-                 "", f"{'group':<58} {'a':>8} {'tensors':>8} {'params':>12}"]
+        lines = [
+            "ratio    a weighs the ALIGNED model: theta = (1 - a) * sft + a * aligned",
+            *mean_lines(resolver),
+            "",
+            f"{'group':<58} {'a':>8} {'tensors':>8} {'params':>12}",
+        ]
         for group, members in plan.groups().items():
             params = sum(m.info.numel for m in members)
             lines.append(f"{group:<58} {members[0].decision.value:>8.4g} {len(members):>8} {params:>12,}")
@@ -117,21 +141,27 @@ class ModelAveraging(MergeMethod):
                 layers[_layer_filter(plan, layer) or tensor.name] = ratio
 
         def weights(side: int) -> list:
-            entries = [{"filter": name, "value": _weight(a, side)}
-                       for found in (exceptions, outside, layers) for name, a in sorted(found.items())]
-            return entries + [{"value": [pair[side] for pair in gradient] if per_layer
-                               else _weight(plan.resolver.mean, side)}]
+            entries = [
+                {"filter": name, "value": _weight(a, side)}
+                for found in (exceptions, outside, layers)
+                for name, a in sorted(found.items())
+            ]
+            return entries + [
+                {"value": [pair[side] for pair in gradient] if per_layer else _weight(plan.resolver.mean, side)}
+            ]
 
         sft, aligned = (checkpoint.source.reference for checkpoint in plan.checkpoints)  # Hub IDs with their commit
         return {
             "comment": "theta = (1 - a) * sft + a * aligned, one weight per layer;\n# tensors whose ratio "
-                       "differs (outside the layers, name rules) are listed by name first",
+            "differs (outside the layers, name rules) are listed by name first",
             "merge_method": "linear",
             "dtype": "float32",
             "out_dtype": plan.request.dtype or plan.out_dtype,
             "parameters": {"normalize": False},
-            "models": [{"model": sft, "parameters": {"weight": weights(0)}},
-                       {"model": aligned, "parameters": {"weight": weights(1)}}],
+            "models": [
+                {"model": sft, "parameters": {"weight": weights(0)}},
+                {"model": aligned, "parameters": {"weight": weights(1)}},
+            ],
         }
 
 
@@ -150,8 +180,11 @@ def _weight(alpha: float, side: int) -> float:
 def _gradient_exact(gradient: list[tuple[float, float]], alpha: float, layer: int) -> bool:
     """Whether mergekit's gradient interpolation gives layer ``layer`` exactly the float32 weights of ``alpha``."""
     t = layer_t(layer, len(gradient))
-    return all(_float32(evaluate_setting("", [pair[side] for pair in gradient], t, float))
-               == _float32(1.0 - alpha if side == 0 else alpha) for side in (0, 1))
+    return all(
+        _float32(evaluate_setting("", [pair[side] for pair in gradient], t, float))
+        == _float32(1.0 - alpha if side == 0 else alpha)
+        for side in (0, 1)
+    )
 
 
 def _layer_filter(plan, layer: int) -> str | None:
@@ -170,8 +203,12 @@ def mean_lines(resolver) -> list[str]:
     block ratios (what HMA holds at a, and what the tensors after the layers get) and the mean over the layers."""
     if not resolver.unequal_means:
         return [f"mean a   {resolver.mean:.4g} (of the decoder layers; the tensors after the layers get it)"]
-    blocks = (f"mean a   {resolver.mean:.4g} over the {len(resolver.blocks)} blocks (what HMA holds at a; the tensors "
-              "after the layers get it)")
-    layers = (f"         {resolver.layer_mean:.4g} over the {len(resolver.layer_values)} layers (each block weighted "
-              "by its number of layers)")
+    blocks = (
+        f"mean a   {resolver.mean:.4g} over the {len(resolver.blocks)} blocks (what HMA holds at a; the tensors "
+        "after the layers get it)"
+    )
+    layers = (
+        f"         {resolver.layer_mean:.4g} over the {len(resolver.layer_values)} layers (each block weighted "
+        "by its number of layers)"
+    )
     return [blocks, layers]

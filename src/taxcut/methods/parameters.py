@@ -46,8 +46,9 @@ def per_block(what: str, test: Callable[[float], bool] = lambda value: True):
 
     def check(value: Any) -> Any:
         values = value if isinstance(value, list) else [value]
-        if not values or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                                 and test(v) for v in values):
+        if not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and test(v) for v in values
+        ):
             raise ValueError(f"must be {what} (or a list of them, one per block); got {value!r}")
         return value
 

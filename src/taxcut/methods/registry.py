@@ -64,12 +64,16 @@ class MergeMethod:
         except ValidationError as exc:
             raise TaxcutError(describe_parameter_error(self.name, exc)) from None
 
-    def block_values(self, parameters: MethodParameters, layout: LayerLayout,
-                     tied_head_of: dict[str, str]) -> dict[str, Any]:
+    def block_values(
+        self, parameters: MethodParameters, layout: LayerLayout, tied_head_of: dict[str, str]
+    ) -> dict[str, Any]:
         """One :class:`~taxcut.methods.block_values.BlockValues` per per-block parameter given as a list (the planner
         resolves each tensor's value with them)."""
-        return {name: BlockValues.of(layout, f"parameters.{name}", getattr(parameters, name))
-                for name in parameters.per_block_fields() if isinstance(getattr(parameters, name), list)}
+        return {
+            name: BlockValues.of(layout, f"parameters.{name}", getattr(parameters, name))
+            for name in parameters.per_block_fields()
+            if isinstance(getattr(parameters, name), list)
+        }
 
     def check(self, parameters: MethodParameters, layout: LayerLayout) -> None:
         """Refuse parameters that do not fit the checkpoints (called once the layout is known)."""
@@ -95,18 +99,32 @@ class MergeMethod:
 
     # --- what the engine calls --------------------------------------------------------------------------------
 
-    def merge(self, models: list[torch.Tensor], base: torch.Tensor | None, weights: list[float],
-              parameters: MethodParameters, site: TensorSite) -> torch.Tensor:
+    def merge(
+        self,
+        models: list[torch.Tensor],
+        base: torch.Tensor | None,
+        weights: list[float],
+        parameters: MethodParameters,
+        site: TensorSite,
+    ) -> torch.Tensor:
         """The merged tensor from float32 ``models`` (and ``base``); ``parameters`` are resolved for this tensor."""
         raise NotImplementedError
 
-    def merge_into(self, models: Sequence[torch.Tensor], base: torch.Tensor | None, weights: list[float],
-                   parameters: MethodParameters, site: TensorSite, out: torch.Tensor,
-                   scratch: torch.Tensor) -> bool:
+    def merge_into(
+        self,
+        models: Sequence[torch.Tensor],
+        base: torch.Tensor | None,
+        weights: list[float],
+        parameters: MethodParameters,
+        site: TensorSite,
+        out: torch.Tensor,
+        scratch: torch.Tensor,
+    ) -> bool:
         """Write the merge of the inputs (in their stored dtypes) into ``out`` (the output dtype); return whether
         every value is finite. Methods with a faster kernel override this; ``scratch`` is float32 working space."""
-        merged = self.merge([m.float() for m in models], base.float() if base is not None else None, weights,
-                            parameters, site)
+        merged = self.merge(
+            [m.float() for m in models], base.float() if base is not None else None, weights, parameters, site
+        )
         out.copy_(merged.reshape(out.shape))
         return all_finite(out)
 
@@ -122,8 +140,9 @@ class MergeMethod:
 
     mergekit_parameters: ClassVar[tuple] = ()  # MergekitParameter entries; empty: mergekit configs naming it refused
 
-    def mergekit_merge(self, tensors: list[torch.Tensor], base_index: int | None, values: dict[str, Any],
-                       site: TensorSite) -> torch.Tensor:
+    def mergekit_merge(
+        self, tensors: list[torch.Tensor], base_index: int | None, values: dict[str, Any], site: TensorSite
+    ) -> torch.Tensor:
         """What mergekit computes for one tensor: ``tensors`` in mergekit's input order and working dtype,
         ``values`` its parameters resolved for this tensor (per-input ones as lists)."""
         raise TaxcutError(f"method '{self.name}' does not read mergekit configs")

@@ -52,15 +52,19 @@ class Slerp(MergeMethod):
         return mergekit_slerp(values["t"], base.unsqueeze(0), other.unsqueeze(0))[0]
 
     def mergekit(self, plan) -> dict:
-        return {"merge_method": "slerp", "base_model": plan.checkpoints[0].source.reference,
-                "parameters": {"t": plan.request.parameters.t}}
+        return {
+            "merge_method": "slerp",
+            "base_model": plan.checkpoints[0].source.reference,
+            "parameters": {"t": plan.request.parameters.t},
+        }
 
 
 _CHUNK_ELEMENTS = 1024 * 1024  # mergekit's bound on full-precision scratch
 
 
-def mergekit_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995,
-                   eps: float = 1e-8) -> torch.Tensor:
+def mergekit_slerp(
+    t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: float = 0.9995, eps: float = 1e-8
+) -> torch.Tensor:
     """mergekit 0.1.5's ``slerp`` on ``(groups, ...)`` tensors, operation for operation: norms as the norm of chunk
     norms, the dot of normalised chunks, linear interpolation where ``|cos| > dot_threshold``; the result in the
     inputs' dtype."""
@@ -73,16 +77,21 @@ def mergekit_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: 
     starts = range(0, a.shape[1], size)
 
     def chunk(x: torch.Tensor, start: int) -> torch.Tensor:
-        return x[:, start:start + size].to(dtype)
+        return x[:, start : start + size].to(dtype)
 
-    norm_a = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(chunk(a, s), dim=1, keepdim=True)
-                                                   for s in starts]), dim=0)
-    norm_b = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(chunk(b, s), dim=1, keepdim=True)
-                                                   for s in starts]), dim=0)
+    norm_a = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(chunk(a, s), dim=1, keepdim=True) for s in starts]), dim=0
+    )
+    norm_b = torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(chunk(b, s), dim=1, keepdim=True) for s in starts]), dim=0
+    )
     norm_a = torch.where(norm_a > eps, norm_a, 1)
     norm_b = torch.where(norm_b > eps, norm_b, 1)
-    dot = torch.stack([((chunk(a, s) / norm_a) * (chunk(b, s) / norm_b)).sum(dim=1, keepdim=True)
-                       for s in starts]).sum(dim=0).clamp(-1, 1)
+    dot = (
+        torch.stack([((chunk(a, s) / norm_a) * (chunk(b, s) / norm_b)).sum(dim=1, keepdim=True) for s in starts])
+        .sum(dim=0)
+        .clamp(-1, 1)
+    )
     linear = dot.abs() > dot_threshold
     theta = torch.acos(torch.where(linear, 0, dot))
     sin_theta = torch.sin(theta)
@@ -90,5 +99,5 @@ def mergekit_slerp(t: float, v0: torch.Tensor, v1: torch.Tensor, dot_threshold: 
     coef_b = torch.where(linear, t, torch.sin(t * theta) / sin_theta)
     result = torch.empty_like(a)
     for s in starts:
-        result[:, s:s + size] = coef_a * chunk(a, s) + coef_b * chunk(b, s)
+        result[:, s : s + size] = coef_a * chunk(a, s) + coef_b * chunk(b, s)
     return result.reshape(v0.shape)

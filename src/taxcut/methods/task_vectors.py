@@ -96,12 +96,14 @@ class _TaskVectorMethod(MergeMethod):
 
     @property
     def mergekit_parameters(self) -> tuple[MergekitParameter, ...]:
-        return (MergekitParameter("int8_mask", bool, default=False),
-                MergekitParameter("normalize", bool, default=self.mergekit_normalize),
-                MergekitParameter("rescale", bool, default=self.mergekit_rescale),
-                MergekitParameter("lambda", float, default=1.0),
-                MergekitParameter("weight", float, "non_base"),
-                MergekitParameter("density", float, "non_base", default=1.0))
+        return (
+            MergekitParameter("int8_mask", bool, default=False),
+            MergekitParameter("normalize", bool, default=self.mergekit_normalize),
+            MergekitParameter("rescale", bool, default=self.mergekit_rescale),
+            MergekitParameter("lambda", float, default=1.0),
+            MergekitParameter("weight", float, "non_base"),
+            MergekitParameter("density", float, "non_base", default=1.0),
+        )
 
     def mergekit_merge(self, tensors, base_index, values, site):
         """mergekit's generalized task arithmetic, in the working dtype: sparsify each task vector (with an L1
@@ -115,8 +117,9 @@ class _TaskVectorMethod(MergeMethod):
             return base
         deltas = base.new_empty((len(others), *base.shape))
         for row, index in enumerate(others):
-            deltas[row] = self._sparsified(tensors[index] - base, values["density"][index], values["rescale"],
-                                           site.name, index)
+            deltas[row] = self._sparsified(
+                tensors[index] - base, values["density"][index], values["rescale"], site.name, index
+            )
         weights = torch.tensor([values["weight"][i] for i in others], dtype=deltas.dtype)
         while deltas.dim() > weights.dim():
             weights.unsqueeze_(-1)
@@ -142,7 +145,7 @@ class _TaskVectorMethod(MergeMethod):
                 return torch.zeros_like(delta)
             mask = torch.zeros(delta.numel(), dtype=delta.dtype)
             magnitudes = delta.abs().reshape(-1).float()
-            mask[torch.argsort(magnitudes, descending=True)[:max(1, int(density * delta.numel()))]] = 1
+            mask[torch.argsort(magnitudes, descending=True)[: max(1, int(density * delta.numel()))]] = 1
             return _rescaled(delta, mask.reshape_as(delta), rescale)
         work = delta.dtype if delta.dtype == torch.bfloat16 else torch.float32  # no float16 bernoulli on CPU
         with seeded_for(index, name):  # seeded per tensor and input
@@ -168,8 +171,10 @@ class TaskArithmetic(_TaskVectorMethod):
 class _SignElection(_TaskVectorMethod):
     def mergekit(self, plan) -> dict:
         if any(m.weight != 1.0 for m in plan.request.models):
-            raise TaxcutError(f"weighted {self.name}: taxcut (peft) divides by the number of agreeing models, "
-                              "mergekit by their weight sum; only equal weights (1.0) export exactly")
+            raise TaxcutError(
+                f"weighted {self.name}: taxcut (peft) divides by the number of agreeing models, "
+                "mergekit by their weight sum; only equal weights (1.0) export exactly"
+            )
         return super().mergekit(plan)
 
 
@@ -186,8 +191,12 @@ class Ties(_SignElection):
     def merge(self, models, base, weights, parameters, site):
         from peft.utils.merge_utils import ties  # as above
 
-        merged = ties(task_vectors(models, base), _weights(weights), density=parameters.density,
-                      majority_sign_method=parameters.majority_sign_method)
+        merged = ties(
+            task_vectors(models, base),
+            _weights(weights),
+            density=parameters.density,
+            majority_sign_method=parameters.majority_sign_method,
+        )
         return base + parameters.lambda_ * merged
 
 
@@ -197,8 +206,10 @@ class DareLinear(_TaskVectorMethod):
     ``1 / density``, and add the weighted task vectors."""
 
     name = "dare_linear"
-    paper = ("Yu et al. 2024, 'Language Models are Super Mario: Absorbing Abilities from Homologous Models as a "
-             "Free Lunch' (DARE)")
+    paper = (
+        "Yu et al. 2024, 'Language Models are Super Mario: Absorbing Abilities from Homologous Models as a "
+        "Free Lunch' (DARE)"
+    )
     Parameters = DareParameters
     mergekit_sparsify, mergekit_rescale = "random", True
 
@@ -223,6 +234,10 @@ class DareTies(_SignElection):
         from peft.utils.merge_utils import dare_ties  # as above
 
         with seeded_for(parameters.seed, site.name):
-            merged = dare_ties(task_vectors(models, base), _weights(weights), density=parameters.density,
-                               majority_sign_method=parameters.majority_sign_method)
+            merged = dare_ties(
+                task_vectors(models, base),
+                _weights(weights),
+                density=parameters.density,
+                majority_sign_method=parameters.majority_sign_method,
+            )
         return base + parameters.lambda_ * merged

@@ -70,8 +70,7 @@ class HmaGrid(FitOptions):
         if isinstance(data, dict) and "retain_weights" in data:  # the sweep's plural of `fit --retain-weight`
             if "retain_weight" in data:
                 raise ValueError("give 'candidates.hma.retain_weights' only")
-            data = {**{k: v for k, v in data.items() if k != "retain_weights"},
-                    "retain_weight": data["retain_weights"]}
+            data = {**{k: v for k, v in data.items() if k != "retain_weights"}, "retain_weight": data["retain_weights"]}
         return data
 
     @model_validator(mode="after")
@@ -135,15 +134,20 @@ class MergekitSweep(BaseModel):
         where = f"candidates.mergekit: {self.config}"
         strangers = [name for name in config.inputs() if str(as_recorded(name)) not in roles]
         if strangers:
-            raise TaxcutError(f"{where}: model {strangers[0]!r} is neither the sweep's sft ({sft}) nor its aligned "
-                              "model; a swept config merges those two: name them in the config")
+            raise TaxcutError(
+                f"{where}: model {strangers[0]!r} is neither the sweep's sft ({sft}) nor its aligned "
+                "model; a swept config merges those two: name them in the config"
+            )
         name = self.sweep_over.parameter
         owners = [m.model for m in config.models if name in (m.parameters or {})]
         if owners:
-            raise TaxcutError(f"{where}: '{name}' is also set in the parameters of model {owners[0]!r}, which would "
-                              f"win over the swept value; set '{name}' in the top-level 'parameters' only")
-        content = config.model_dump(mode="json", exclude_none=True,
-                                    exclude={"out", "max_shard_size", "allow_tokenizer_mismatch"})
+            raise TaxcutError(
+                f"{where}: '{name}' is also set in the parameters of model {owners[0]!r}, which would "
+                f"win over the swept value; set '{name}' in the top-level 'parameters' only"
+            )
+        content = config.model_dump(
+            mode="json", exclude_none=True, exclude={"out", "max_shard_size", "allow_tokenizer_mismatch"}
+        )
         role = {name: roles[str(as_recorded(name))] for name in config.inputs()}
         content["models"] = [{**m, "model": role[m["model"]]} for m in content["models"]]
         for key in ("base_model", "tokenizer_source"):
@@ -155,9 +159,14 @@ class MergekitSweep(BaseModel):
         if self._content is None:
             raise TaxcutError(f"candidates.mergekit: {self.config} was not read with the sweep's models")
         name, method = self.sweep_over.parameter, self._content["merge_method"]
-        return [Candidate(label=f"mergekit {method} {name}={_shown(value)}", kind="mergekit",
-                          mergekit=MergekitCandidate(config=self._content, parameter=name, value=value))
-                for value in self.sweep_over.values]
+        return [
+            Candidate(
+                label=f"mergekit {method} {name}={_shown(value)}",
+                kind="mergekit",
+                mergekit=MergekitCandidate(config=self._content, parameter=name, value=value),
+            )
+            for value in self.sweep_over.values
+        ]
 
 
 class MergekitCandidate(BaseModel):
@@ -169,8 +178,9 @@ class MergekitCandidate(BaseModel):
     parameter: str
     value: ScalarOrGradient
 
-    def merge_config(self, sft: Path, aligned: Path, out: Path | None = None, *,
-                     allow_tokenizer_mismatch: bool = False) -> MergekitConfig:
+    def merge_config(
+        self, sft: Path, aligned: Path, out: Path | None = None, *, allow_tokenizer_mismatch: bool = False
+    ) -> MergekitConfig:
         """The config over these two models with the value set: what ``taxcut merge`` runs for the candidate."""
         paths = {"sft": str(sft), "aligned": str(aligned)}
         data = dict(self.config)
@@ -276,7 +286,7 @@ class Candidate(RatioFields):
         same candidate has the same id in every sweep."""
         identity = self.ratio_fields()
         if self.model is not None:
-            from taxcut.io.provenance import weights_identity  # noqa: PLC0415 - keeps `import taxcut` free of torch
+            from taxcut.io.provenance import weights_identity  # keeps `import taxcut` free of torch
 
             identity["weights"] = weights_identity(Path(self.model))
         canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -287,17 +297,32 @@ class Candidate(RatioFields):
         """The mean ratio of the decoder layers; None for a model evaluated as it is or a mergekit config."""
         return None if self.model is not None or self.mergekit is not None else super().mean_alpha
 
-    def merge_spec(self, sft: Path, aligned: Path, out: Path | None = None, extrapolate: bool = False, *,
-                   allow_tokenizer_mismatch: bool = False) -> MergeSpec | MergekitConfig:
+    def merge_spec(
+        self,
+        sft: Path,
+        aligned: Path,
+        out: Path | None = None,
+        extrapolate: bool = False,
+        *,
+        allow_tokenizer_mismatch: bool = False,
+    ) -> MergeSpec | MergekitConfig:
         """The merge of this candidate; ``allow_tokenizer_mismatch`` as the sweep allows it (the weights are the
         same either way: it only lets the plan accept models whose tokenizers differ). For a mergekit candidate,
         the mergekit config itself (``extrapolate`` does not apply)."""
         if self.mergekit is not None:
             return self.mergekit.merge_config(sft, aligned, out, allow_tokenizer_mismatch=allow_tokenizer_mismatch)
         if self.model is not None:
-            raise TaxcutError(f"candidate {self.label} is the model folder {self.model} itself; there is nothing to merge")
-        return MergeSpec(sft=sft, aligned=aligned, out=out, extrapolate=extrapolate,
-                         allow_tokenizer_mismatch=allow_tokenizer_mismatch, **self.ratio_fields())
+            raise TaxcutError(
+                f"candidate {self.label} is the model folder {self.model} itself; there is nothing to merge"
+            )
+        return MergeSpec(
+            sft=sft,
+            aligned=aligned,
+            out=out,
+            extrapolate=extrapolate,
+            allow_tokenizer_mismatch=allow_tokenizer_mismatch,
+            **self.ratio_fields(),
+        )
 
 
 def expand_grid(grid: CandidateGrid) -> list[Candidate]:
@@ -306,12 +331,19 @@ def expand_grid(grid: CandidateGrid) -> list[Candidate]:
     candidates = [ma_candidate(0.0)]  # the SFT model itself, the baseline of the tax (the grid's rules not applied)
     candidates += [ma_candidate(a, rules) for a in grid.grid]
     candidates += [
-        Candidate(label=with_rules(f"blocks {_short(p)}", rules), kind="blocks", alphas=p,
-                  block_bounds=grid.block_bounds, rules=rules)
+        Candidate(
+            label=with_rules(f"blocks {_short(p)}", rules),
+            kind="blocks",
+            alphas=p,
+            block_bounds=grid.block_bounds,
+            rules=rules,
+        )
         for p in grid.block_patterns
     ]
-    candidates += [Candidate(label=with_rules(f"layers {_short(p)}", rules), kind="layers", layer_alphas=p,
-                             rules=rules) for p in grid.layer_patterns]
+    candidates += [
+        Candidate(label=with_rules(f"layers {_short(p)}", rules), kind="layers", layer_alphas=p, rules=rules)
+        for p in grid.layer_patterns
+    ]
     candidates += [profile_candidate(p, rules) for p in grid.all_profiles()]
     candidates += [Candidate(label=Path(m).name, kind="model", model=str(as_recorded(m))) for m in grid.models]
     candidates += [from_ratios_file(Path(path)) for path in grid.ratio_files]
@@ -329,8 +361,9 @@ def ma_candidate(alpha: float, rules: list | None = None) -> Candidate:
 def profile_candidate(profile: list[float], rules: list | None = None, kind: CandidateKind = "LiNeS") -> Candidate:
     """The depth profile ``[alpha, beta]`` as a candidate, labelled "LiNeS a=0.2 b=0.6"."""
     alpha, beta = profile
-    return Candidate(label=with_rules(f"LiNeS a={alpha:g} b={beta:g}", rules), kind=kind, profile=[alpha, beta],
-                     rules=rules or [])
+    return Candidate(
+        label=with_rules(f"LiNeS a={alpha:g} b={beta:g}", rules), kind=kind, profile=[alpha, beta], rules=rules or []
+    )
 
 
 def with_rules(label: str, rules: list | None) -> str:

@@ -76,7 +76,9 @@ class TaskSpec(BaseModel):
     def _source(self) -> TaskSpec:
         if self.type == "lm_eval":
             if self.task is None or self.path is not None:
-                raise ValueError(f"task '{self.name}': an lm_eval task takes 'task' (a name or a YAML path), not 'path'")
+                raise ValueError(
+                    f"task '{self.name}': an lm_eval task takes 'task' (a name or a YAML path), not 'path'"
+                )
         elif self.path is None or self.task is not None:
             raise ValueError(f"task '{self.name}': a {self.type} task takes 'path' (a JSONL file), not 'task'")
         if self.type not in ("generation", "bleu") and (self.max_new_tokens is not None or self.stop is not None):
@@ -107,8 +109,10 @@ class HalvingSpec(BaseModel):
     @classmethod
     def _factor(cls, factor: float) -> float:
         if not factor >= 1.5:  # also refuses NaN; a factor near 1 makes a stage per item, each a round of decisions
-            raise ValueError(f"is {factor}; it must be at least 1.5 (each stage measures the survivors on factor "
-                             "times the items of the last: 2 by default)")
+            raise ValueError(
+                f"is {factor}; it must be at least 1.5 (each stage measures the survivors on factor "
+                "times the items of the last: 2 by default)"
+            )
         return factor
 
 
@@ -159,14 +163,17 @@ class EvaluationSpec(BaseModel):
     def relative_to(self, folder: Path) -> EvaluationSpec:
         """The same spec with relative file paths made relative to ``folder`` (the spec file's); a reward model
         given as a Hub repo ID stays as written."""
+
         def fix(path):
             return path if path is None or path.is_absolute() else folder / path
 
         reward = None
         if self.reward is not None:
             model = self.reward.model
-            update = {"prompts": fix(self.reward.prompts),
-                      "model": model if model is not None and is_hub_id(model, folder) else fix(model)}
+            update = {
+                "prompts": fix(self.reward.prompts),
+                "model": model if model is not None and is_hub_id(model, folder) else fix(model),
+            }
             module, sep, function = (self.reward.function or "").rpartition(":")
             if sep and module.endswith(".py") and not Path(module).is_absolute():
                 update["function"] = f"{folder / module}:{function}"

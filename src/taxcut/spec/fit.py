@@ -23,8 +23,18 @@ HMA_RANGE = "HMA needs 0 < a < 1 (its block logits start at logit(a))"
 # ``--preset paper``; a setting given explicitly wins over its preset. ``preset: taxcut`` is the fields' defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "taxcut": {},
-    "paper": {"normalize": "sft", "eps": 0.2, "scope": "paper", "loss": "prompt+response", "draw": 0.4,
-              "reg": "paper", "lr": 2e-5, "warmup": 0.03, "epochs": 1, "batch_size": 1},
+    "paper": {
+        "normalize": "sft",
+        "eps": 0.2,
+        "scope": "paper",
+        "loss": "prompt+response",
+        "draw": 0.4,
+        "reg": "paper",
+        "lr": 2e-5,
+        "warmup": 0.03,
+        "epochs": 1,
+        "batch_size": 1,
+    },
 }
 
 
@@ -38,44 +48,68 @@ class FitOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: Literal["taxcut", "paper"] = Field(
-        "taxcut", description="defaults for the settings not given: taxcut's, or the paper's (normalize sft, eps "
-        "0.2, scope paper, loss prompt+response, draw 0.4, reg paper, lr 2e-5, warmup 0.03, 1 epoch, batch 1)")
+        "taxcut",
+        description="defaults for the settings not given: taxcut's, or the paper's (normalize sft, eps "
+        "0.2, scope paper, loss prompt+response, draw 0.4, reg paper, lr 2e-5, warmup 0.03, 1 epoch, batch 1)",
+    )
     blocks: int = Field(3, description="K, the number of blocks of contiguous decoder layers (taxcut and paper: 3)")
     normalize: Literal["sft", "aligned"] = Field(
-        "sft", description="which share the block logits normalise: sft (the paper's code, 1 - a_k; taxcut's "
-        "default) or aligned (a_k; taxcut's earlier default). Either way every a_k stays in [0, 1], mean a")
+        "sft",
+        description="which share the block logits normalise: sft (the paper's code, 1 - a_k; taxcut's "
+        "default) or aligned (a_k; taxcut's earlier default). Either way every a_k stays in [0, 1], mean a",
+    )
     eps: list[float] | float = Field(
-        0.05, description="bounds the spread of the block ratios (smaller: wider), raised where needed to keep every "
+        0.05,
+        description="bounds the spread of the block ratios (smaller: wider), raised where needed to keep every "
         "ratio in [0, 1]; several values fit one candidate each (the paper searches 0,0.1,...,0.9 and its script "
-        "uses 0.2; taxcut: 0.05)", json_schema_extra={"metavar": "EPS | E1,...,EN"})
+        "uses 0.2; taxcut: 0.05)",
+        json_schema_extra={"metavar": "EPS | E1,...,EN"},
+    )
     reg: list[float] | float | Literal["paper"] = Field(
-        0.0, description="weights w_k of the L1 pull sum_k w_k |a_k - a|: one for every block, one per block, or "
+        0.0,
+        description="weights w_k of the L1 pull sum_k w_k |a_k - a|: one for every block, one per block, or "
         "paper (the released code's weights, the middle block pinned hardest; taxcut: 0)",
-        json_schema_extra={"metavar": "W | W1,...,WK | paper"}, validate_default=True)  # the default: one per block
+        json_schema_extra={"metavar": "W | W1,...,WK | paper"},
+        validate_default=True,
+    )  # the default: one per block
     scope: Literal["all", "paper"] = Field(
-        "all", description="all (taxcut): every tensor follows the blocks; paper: only Linear weights (embeddings "
-        "and norms from SFT, lm_head at a)")
+        "all",
+        description="all (taxcut): every tensor follows the blocks; paper: only Linear weights (embeddings "
+        "and norms from SFT, lm_head at a)",
+    )
     loss: Literal["response", "prompt+response"] = Field(
-        "response", description="which tokens of each example the likelihood covers: response (taxcut) or "
-        "prompt+response (the paper, whose fit set is stored as text)")
+        "response",
+        description="which tokens of each example the likelihood covers: response (taxcut) or "
+        "prompt+response (the paper, whose fit set is stored as text)",
+    )
     draw: float = Field(
-        1.0, description="share of the fit set used, drawn at random (seeded): taxcut 1.0 (taxcut sample already "
-        "kept the top); the paper 0.4, 2,000 random picks of its top 5,000 (so sample with --keep 2.5x the size)")
+        1.0,
+        description="share of the fit set used, drawn at random (seeded): taxcut 1.0 (taxcut sample already "
+        "kept the top); the paper 0.4, 2,000 random picks of its top 5,000 (so sample with --keep 2.5x the size)",
+    )
     epochs: int = Field(1, description="passes over the fit set (taxcut and paper: 1)")
     batch_size: int = Field(8, description="examples per step (taxcut: 8; paper: 1)")
     lr: float = Field(0.05, description="Adam's learning rate on the K block logits (taxcut: 0.05; paper: 2e-5)")
-    warmup: float = Field(0.1, description="share of the steps that warm the learning rate up, then cosine decay "
-                                           "(taxcut: 0.1; paper: 0.03)")
+    warmup: float = Field(
+        0.1,
+        description="share of the steps that warm the learning rate up, then cosine decay (taxcut: 0.1; paper: 0.03)",
+    )
     seed: int = Field(0, description="seeds the model's randomness, the draw and the order of the examples")
     retain_weight: list[float] | float = Field(
-        0.0, description="W: the loss adds W * KL(SFT || merged) of next-token distributions on the retain set "
+        0.0,
+        description="W: the loss adds W * KL(SFT || merged) of next-token distributions on the retain set "
         "(taxcut fit --retain FILE), a tax term; several values fit one ratios file each, tracing a front (0: no "
-        "term, today's fit)", json_schema_extra={"metavar": "W | W1,...,WN"})
+        "term, today's fit)",
+        json_schema_extra={"metavar": "W | W1,...,WN"},
+    )
     granularity: Literal["block", "layer"] = Field(
-        "block", description="one ratio per block of layers (K = blocks, the paper) or one per decoder layer")
+        "block", description="one ratio per block of layers (K = blocks, the paper) or one per decoder layer"
+    )
     mean: Literal["fixed", "free"] = Field(
-        "fixed", description="fixed: the ratios' mean held at a (the paper); free: each ratio sigmoid(s) within "
-        "[0, 1], starting at a")
+        "fixed",
+        description="fixed: the ratios' mean held at a (the paper); free: each ratio sigmoid(s) within "
+        "[0, 1], starting at a",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -84,8 +118,9 @@ class FitOptions(BaseModel):
             return {**PRESETS.get(data["preset"], {}), **data}
         return data
 
-    @field_validator("blocks", "eps", "reg", "draw", "epochs", "batch_size", "lr", "warmup", "seed", "retain_weight",
-                     mode="before")
+    @field_validator(
+        "blocks", "eps", "reg", "draw", "epochs", "batch_size", "lr", "warmup", "seed", "retain_weight", mode="before"
+    )
     @classmethod
     def _no_booleans(cls, value: Any) -> Any:
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
@@ -142,8 +177,7 @@ class FitOptions(BaseModel):
 
     @field_validator("reg")
     @classmethod
-    def _one_weight_per_block(cls, value: list[float] | float | str,
-                              info: ValidationInfo) -> list[float] | float | str:
+    def _one_weight_per_block(cls, value: list[float] | float | str, info: ValidationInfo) -> list[float] | float | str:
         if value == "paper":
             return value  # weighed per layer by the fit, which knows the layers
         weights = value if isinstance(value, list) else [value]
@@ -178,8 +212,9 @@ class FitSettings(FitOptions):
     from flags, from a ratios file).
     """
 
-    alpha: float = Field(description="the mean ratio a; a weighs the ALIGNED model (the paper's code: alpha=0.2 "
-                                     "means a=0.8)")
+    alpha: float = Field(
+        description="the mean ratio a; a weighs the ALIGNED model (the paper's code: alpha=0.2 means a=0.8)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the fit runs")
 
     def __init__(self, **data: Any) -> None:

@@ -40,9 +40,16 @@ from taxcut.spec.fit import FitRecord
 from taxcut.spec.spec_file import file_relative, model_relative
 
 _SIZE_UNITS = {
-    "": 1, "B": 1,
-    "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
 }
 
 
@@ -121,16 +128,22 @@ class RatioFields(BaseModel):
 
     # each description is also the help of its flag (taxcut.cli builds the flags from these fields)
     alpha: float | None = Field(None, description="one ratio for every tensor (MA)")
-    alphas: list[float] | None = Field(None, description="one ratio per block of layers (HMA)",
-                                       json_schema_extra={"metavar": "A1,A2,..."})
+    alphas: list[float] | None = Field(
+        None, description="one ratio per block of layers (HMA)", json_schema_extra={"metavar": "A1,A2,..."}
+    )
     block_bounds: list[tuple[int, int]] | None = Field(
-        None, description="explicit blocks for --alphas: first-last layer of each, inclusive",
-        json_schema_extra={"metavar": "0-7,8-15,..."})
-    layer_alphas: list[float] | None = Field(None, description="one ratio per decoder layer",
-                                             json_schema_extra={"metavar": "A1,...,AL"})
+        None,
+        description="explicit blocks for --alphas: first-last layer of each, inclusive",
+        json_schema_extra={"metavar": "0-7,8-15,..."},
+    )
+    layer_alphas: list[float] | None = Field(
+        None, description="one ratio per decoder layer", json_schema_extra={"metavar": "A1,...,AL"}
+    )
     profile: list[float] | None = Field(
-        None, description="depth profile (LiNeS): layer l of L gets clip(ALPHA + BETA * l / (L - 1), 0, 1)",
-        json_schema_extra={"metavar": "ALPHA,BETA"})
+        None,
+        description="depth profile (LiNeS): layer l of L gets clip(ALPHA + BETA * l / (L - 1), 0, 1)",
+        json_schema_extra={"metavar": "ALPHA,BETA"},
+    )
     """``[alpha, beta]``: layer l of L gets ``clip(alpha + beta * l / (L - 1), 0, 1)`` (LiNeS), i.e. exactly
     ``layer_alphas`` of those ratios: embeddings (the bottom) get ``alpha``, final norm and lm_head the mean of the
     per-layer ratios; a tied embedding/lm_head, one tensor, gets ``alpha``. Measured on the lab (seed 0, 12 profiles,
@@ -138,8 +151,11 @@ class RatioFields(BaseModel):
     everywhere (LiNeS's code, whose heads are not merged) 1.055, the SFT model's 0.996 -- the head side needs
     the aligned model's weights more than the bottom layers do."""
     rules: list[NameRule] = Field(
-        [], description="give tensors matching GLOB the ratio A (repeatable; first match wins; added before the "
-        "spec's rules)", json_schema_extra={"flag": "--rule", "metavar": "GLOB=A"})
+        [],
+        description="give tensors matching GLOB the ratio A (repeatable; first match wins; added before the "
+        "spec's rules)",
+        json_schema_extra={"flag": "--rule", "metavar": "GLOB=A"},
+    )
 
     def ratio_fields(self) -> dict[str, Any]:
         """The ratio fields that are set, as plain data (``rules`` only when there are some)."""
@@ -174,6 +190,7 @@ def profile_ratios(alpha: float, beta: float, num_layers: int) -> list[float]:
 def profile_mean(alpha: float, beta: float) -> float:
     """The mean ratio of a depth profile, without the number of layers: the mean of the clipped line over depth
     [0, 1]. Exactly the mean over any L >= 2 layers when nothing is clipped (``alpha + beta / 2``)."""
+
     def at(x: float) -> float:
         return min(1.0, max(0.0, alpha + beta * x))
 
@@ -192,11 +209,13 @@ class MergeSpec(RatioFields, ShardedOutput):
 
     extrapolate: bool = Field(False, description="allow ratios outside [0, 1] (ExPO)")
     dtype: Literal["float32", "float16", "bfloat16"] | None = Field(
-        None, description="output dtype (default: the inputs')")
+        None, description="output dtype (default: the inputs')"
+    )
     max_shard_size: int | str = Field("5GB", description="largest output file, e.g. 5GB or 500MB")
     files_from: Literal["aligned", "sft"] = Field("aligned", description="whose config/tokenizer files to copy")
     allow_tokenizer_mismatch: bool = Field(
-        False, description="merge although the models' tokenizer files give the same text other token ids")
+        False, description="merge although the models' tokenizer files give the same text other token ids"
+    )
     fit: FitRecord | None = None  # how learned ratios were fitted (written by `taxcut fit`; not used to merge)
 
     @field_validator("sft", "aligned", "out")
@@ -204,8 +223,16 @@ class MergeSpec(RatioFields, ShardedOutput):
     def _expand_user(cls, value: Path | None) -> Path | None:
         return value.expanduser() if value is not None else None
 
-    @field_validator("alpha", "alphas", "layer_alphas", "profile", "max_shard_size", "extrapolate",
-                     "allow_tokenizer_mismatch", mode="before")
+    @field_validator(
+        "alpha",
+        "alphas",
+        "layer_alphas",
+        "profile",
+        "max_shard_size",
+        "extrapolate",
+        "allow_tokenizer_mismatch",
+        mode="before",
+    )
     @classmethod
     def _no_booleans(cls, value: Any, info) -> Any:
         values = value if isinstance(value, list) else [value]
@@ -222,7 +249,8 @@ class MergeSpec(RatioFields, ShardedOutput):
         if len(given) != 1:
             raise ValueError(
                 "give exactly one of 'alpha', 'alphas' (per block) or 'layer_alphas' (per layer); got "
-                + (", ".join(repr(g) for g in given) or "none") + " (or 'profile: [alpha, beta]', a depth profile)"
+                + (", ".join(repr(g) for g in given) or "none")
+                + " (or 'profile: [alpha, beta]', a depth profile)"
             )
         for field_name, values in (("alphas", self.alphas), ("layer_alphas", self.layer_alphas)):
             if values is not None and not values:
@@ -260,8 +288,10 @@ class MergeSpec(RatioFields, ShardedOutput):
         """``[alpha, beta]``, finite, alpha in [0, 1]; any beta (the ratios are clipped to [0, 1], so
         'extrapolate' does not apply)."""
         if len(self.profile) != 2:
-            raise ValueError(f"'profile' has {len(self.profile)} values: give two, [alpha, beta] (bottom layer's "
-                             "ratio, and how much it rises to the top layer)")
+            raise ValueError(
+                f"'profile' has {len(self.profile)} values: give two, [alpha, beta] (bottom layer's "
+                "ratio, and how much it rises to the top layer)"
+            )
         for name, value in zip(("alpha", "beta"), self.profile):
             if not math.isfinite(value):
                 raise ValueError(f"'profile' {name} = {value} is not a finite number")

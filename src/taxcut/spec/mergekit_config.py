@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, field_validator, model_validator
 
@@ -34,17 +34,17 @@ from taxcut.io.yaml_file import read_yaml_mapping
 from taxcut.spec.merge import ShardedOutput, spec_from_dict
 from taxcut.spec.spec_file import file_relative, model_relative
 
-Scalar = Union[StrictBool, int, float, str]
-ScalarOrGradient = Union[Scalar, list[Scalar]]
+Scalar = StrictBool | int | float | str
+ScalarOrGradient = Scalar | list[Scalar]
 
 # mergekit fields taxcut does not run, and what to do instead.
 REFUSED_FIELDS = {
     "slices": "'slices' (layer_range frankenmerges) stack layers of several models; taxcut merges whole models "
-              "tensor by tensor: list them under 'models'",
+    "tensor by tensor: list them under 'models'",
     "modules": "'modules' (per-module merges of multimodal models) is not run by taxcut: list the models under "
-               "'models'",
+    "'models'",
     "tokenizer": "a 'tokenizer' section (building a new vocabulary) is not run by taxcut: merge models that share a "
-                 "tokenizer, with 'tokenizer_source: base' or a model name",
+    "tokenizer, with 'tokenizer_source: base' or a model name",
     "chat_template": "'chat_template' is not applied by taxcut: the output keeps the chosen model's chat template",
 }
 
@@ -58,7 +58,7 @@ class Condition(BaseModel):
     filter: str | None = None
 
 
-Setting = Union[Condition, list[Condition], ScalarOrGradient]
+Setting = Condition | list[Condition] | ScalarOrGradient
 
 
 class MergekitModel(BaseModel):
@@ -73,8 +73,10 @@ class MergekitModel(BaseModel):
     @classmethod
     def _no_lora(cls, value: str) -> str:
         if "+" in value:
-            raise ValueError(f"'{value}': mergekit's model+lora syntax is not read by taxcut; give the LoRA adapter "
-                             "folder itself as the model (taxcut applies it to its base)")
+            raise ValueError(
+                f"'{value}': mergekit's model+lora syntax is not read by taxcut; give the LoRA adapter "
+                "folder itself as the model (taxcut applies it to its base)"
+            )
         return value
 
 
@@ -112,8 +114,10 @@ class MergekitConfig(ShardedOutput):
     @classmethod
     def _tokenizer(cls, value: str | None) -> str | None:
         if value == "union":
-            raise ValueError("'union' (a vocabulary built from every model's) is not run by taxcut; use 'base' or a "
-                             "model name, with models that share a tokenizer")
+            raise ValueError(
+                "'union' (a vocabulary built from every model's) is not run by taxcut; use 'base' or a "
+                "model name, with models that share a tokenizer"
+            )
         return value
 
     @field_validator("models")
@@ -146,8 +150,13 @@ class MergekitConfig(ShardedOutput):
         return cls.from_dict(data, path.parent, overrides, source=str(path))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], folder: Path, overrides: dict[str, Any] | None = None,
-                  source: str = "mergekit config") -> MergekitConfig:
+    def from_dict(
+        cls,
+        data: dict[str, Any],
+        folder: Path,
+        overrides: dict[str, Any] | None = None,
+        source: str = "mergekit config",
+    ) -> MergekitConfig:
         data = dict(data)
         if "out" in data:
             destination_path(data["out"], f"'out' in {source}")
@@ -156,9 +165,12 @@ class MergekitConfig(ShardedOutput):
             if isinstance(data.get(key), str) and data[key] not in ("base", "union"):
                 data[key] = model_relative(data[key], folder)
         if isinstance(data.get("models"), list):
-            data["models"] = [{**m, "model": model_relative(m["model"], folder)}
-                              if isinstance(m, dict) and isinstance(m.get("model"), str) else m
-                              for m in data["models"]]
+            data["models"] = [
+                {**m, "model": model_relative(m["model"], folder)}
+                if isinstance(m, dict) and isinstance(m.get("model"), str)
+                else m
+                for m in data["models"]
+            ]
         data.update(overrides or {})
         return spec_from_dict(data, source=source, model=cls)
 
@@ -199,8 +211,9 @@ def evaluate_setting(tensor_name: str, setting: Any, t: float, validate: Callabl
     return None
 
 
-def resolve_setting(name: str, sources: Iterable[dict[str, Any]], tensor_name: str, t: float,
-                    validate: Callable[[Any], Any]) -> Any:
+def resolve_setting(
+    name: str, sources: Iterable[dict[str, Any]], tensor_name: str, t: float, validate: Callable[[Any], Any]
+) -> Any:
     """The first source that gives ``name`` a value for this tensor (None: none does)."""
     for scope in sources:
         if name in scope:
@@ -214,8 +227,11 @@ def check_no_unknown(config: MergekitConfig, known: Iterable[str], method: str) 
     """Refuse a parameter the method does not take, by name (mergekit would ignore it silently)."""
     known = set(known)
     for where, scope in [("parameters", config.parameters)] + [
-            (f"models[{i}] ({m.model}).parameters", m.parameters) for i, m in enumerate(config.models)]:
+        (f"models[{i}] ({m.model}).parameters", m.parameters) for i, m in enumerate(config.models)
+    ]:
         unknown = sorted(set(scope or {}) - known)
         if unknown:
-            raise TaxcutError(f"'{where}': '{unknown[0]}' is not a parameter of mergekit's '{method}' (it takes "
-                              f"{', '.join(sorted(known))})")
+            raise TaxcutError(
+                f"'{where}': '{unknown[0]}' is not a parameter of mergekit's '{method}' (it takes "
+                f"{', '.join(sorted(known))})"
+            )

@@ -10,10 +10,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from taxcut.errors import TaxcutError
+from taxcut.io.yaml_file import read_yaml_mapping
 from taxcut.spec.candidates import RECOMMENDED_PROFILES, CandidateGrid, expand_grid
 from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.execution import ExecutorSpec
-from taxcut.io.yaml_file import read_yaml_mapping
 from taxcut.spec.merge import describe_validation_error, read_spec_file, spec_from_dict
 from taxcut.spec.spec_file import file_relative, model_relative
 
@@ -60,11 +60,16 @@ class SweepSpec(BaseModel):
     evaluation: EvaluationSpec
     extrapolate: bool = False
     search: SearchSpec | None = None
-    select: str | None = Field(None, description="name the best candidate under a budget, e.g. 'tax<=0.02'",
-                               json_schema_extra={"metavar": "EXPR"})
+    select: str | None = Field(
+        None,
+        description="name the best candidate under a budget, e.g. 'tax<=0.02'",
+        json_schema_extra={"metavar": "EXPR"},
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the candidates are evaluated")
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
-    executor: ExecutorSpec = ExecutorSpec()  # in-process, or Ray workers (taxcut.execution); results do not depend on it
+    executor: ExecutorSpec = (
+        ExecutorSpec()
+    )  # in-process, or Ray workers (taxcut.execution); results do not depend on it
     # how results record the models they were measured on: sampled content hashes, or (full) the weight files'
     # whole-file SHA-256 too, read once at the sweep's start, so that `taxcut export --verify full` can check them
     input_hashes: Literal["sample", "full"] = "sample"
@@ -94,8 +99,12 @@ class SweepSpec(BaseModel):
             if candidate.model is not None:
                 continue
             try:
-                candidate.merge_spec(self.sft, self.aligned, extrapolate=self.extrapolate,
-                                     allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
+                candidate.merge_spec(
+                    self.sft,
+                    self.aligned,
+                    extrapolate=self.extrapolate,
+                    allow_tokenizer_mismatch=self.allow_tokenizer_mismatch,
+                )
             except ValidationError as exc:
                 raise ValueError(f"candidate {candidate.label}: {describe_validation_error(exc)}") from None
         return self

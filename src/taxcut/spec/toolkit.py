@@ -21,8 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from taxcut.io.destination import destination_path
-from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.io.yaml_file import read_yaml_mapping
+from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.spec.merge import ShardedOutput, spec_from_dict
 from taxcut.spec.spec_file import file_relative, model_relative
 
@@ -54,11 +54,14 @@ class CheckpointSelection(BaseModel):
             found = [p for p in Path(self.folder).glob("checkpoint-*") if p.is_dir()]
         else:
             pattern = Path(self.glob)
-            found = [p for p in Path(pattern.anchor or ".").glob(str(pattern.relative_to(pattern.anchor or ".")))
-                     if p.is_dir()]
+            found = [
+                p
+                for p in Path(pattern.anchor or ".").glob(str(pattern.relative_to(pattern.anchor or ".")))
+                if p.is_dir()
+            ]
         found.sort(key=lambda p: [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", p.name)])
         if self.last is not None:
-            found = found[-self.last:]
+            found = found[-self.last :]
         if not found:
             raise ValueError(f"no checkpoint folders found for {self.folder or self.glob}")
         if self.ema is None:
@@ -123,8 +126,9 @@ class ToolkitSpec(ShardedOutput):
 
         data["base"], data["out"] = model(data.get("base")), fix(data.get("out"))
         if isinstance(data.get("models"), list):
-            data["models"] = [model(m) if not isinstance(m, dict) else {**m, "path": model(m.get("path"))}
-                              for m in data["models"]]
+            data["models"] = [
+                model(m) if not isinstance(m, dict) else {**m, "path": model(m.get("path"))} for m in data["models"]
+            ]
         if isinstance(data.get("parameters"), dict) and isinstance(data["parameters"].get("data"), str):
             data["parameters"]["data"] = fix(data["parameters"]["data"])
         if isinstance(data.get("checkpoints"), dict):

@@ -81,16 +81,23 @@ def lines_mean(profile: Sequence[float]) -> float:
     return (alpha + min(1.0, max(0.0, alpha + beta))) / 2
 
 
-def segment_gain(left: NoisyPoint, right: NoisyPoint, front: Sequence[tuple[float, float]],
-                 reference: tuple[float, float]) -> float:
+def segment_gain(
+    left: NoisyPoint, right: NoisyPoint, front: Sequence[tuple[float, float]], reference: tuple[float, float]
+) -> float:
     """How much the hypervolume of ``front`` grows if the best corner of the segment between ``left`` and
     ``right`` is added (the module's rule)."""
     corner = (max(left.reward, right.reward), min(left.tax, right.tax))
     return hypervolume([*front, corner], reference) - hypervolume(front, reference)
 
 
-def next_ratios(curves: Mapping[str, Mapping[float, NoisyPoint]], others: Sequence[NoisyPoint] = (), *,
-                resolution: float = 1 / 64, tolerance: float = 0.0, count: int = 1) -> list[Proposal]:
+def next_ratios(
+    curves: Mapping[str, Mapping[float, NoisyPoint]],
+    others: Sequence[NoisyPoint] = (),
+    *,
+    resolution: float = 1 / 64,
+    tolerance: float = 0.0,
+    count: int = 1,
+) -> list[Proposal]:
     """The ``count`` midpoints to evaluate next: of the segments (neighbouring ratios of one family's curve) wider
     than ``resolution``, those with the largest gain, if it is above ``tolerance`` times the front's hypervolume;
     ties to the smaller ``a``. ``others``: measured points that belong to no family (checkpoints, ratios files)."""
@@ -128,9 +135,17 @@ class AdaptiveOutcome:
     rounds: int = 0
 
 
-def adaptive_search(families: Sequence[Family], measure: MeasureBatch, *, budget: int, fixed: Sequence[Candidate] = (),
-                    resolution: float = 1 / 64, tolerance: float = 0.0, batch: int = 1,
-                    spent: SpentEvaluation = len) -> AdaptiveOutcome:
+def adaptive_search(
+    families: Sequence[Family],
+    measure: MeasureBatch,
+    *,
+    budget: int,
+    fixed: Sequence[Candidate] = (),
+    resolution: float = 1 / 64,
+    tolerance: float = 0.0,
+    batch: int = 1,
+    spent: SpentEvaluation = len,
+) -> AdaptiveOutcome:
     """Measure every family's start ratios and the ``fixed`` candidates, then ``batch`` proposals of
     :func:`next_ratios` per round while the next one fits in ``budget`` full evaluations (``spent``: by default
     one per candidate; under successive halving a dropped candidate counts the share of the data it saw, so what
@@ -139,18 +154,24 @@ def adaptive_search(families: Sequence[Family], measure: MeasureBatch, *, budget
     made = {f.name: {a: f.make(a) for a in f.start_ratios()} for f in families}
     start = {c.id: c for c in [*(c for ratios in made.values() for c in ratios.values()), *fixed]}
     if len(start) > budget:
-        raise TaxcutError(f"candidates.budget is {budget}, but the adaptive grid starts from {len(start)} candidates; "
-                          "raise the budget or start from fewer")
+        raise TaxcutError(
+            f"candidates.budget is {budget}, but the adaptive grid starts from {len(start)} candidates; "
+            "raise the budget or start from fewer"
+        )
     outcome = AdaptiveOutcome(candidates=list(start.values()))
     points = dict(measure(outcome.candidates))
     by_name = {f.name: f for f in families}
     while True:
-        outcome.curves = {name: {a: points[c.id] for a, c in ratios.items() if c.id in points}
-                          for name, ratios in made.items()}
+        outcome.curves = {
+            name: {a: points[c.id] for a, c in ratios.items() if c.id in points} for name, ratios in made.items()
+        }
         others = [points[c.id] for c in fixed if c.id in points]
         room = int(budget - spent(outcome.candidates) + 1e-9)  # each proposal may cost a full evaluation
-        proposals = next_ratios(outcome.curves, others, resolution=resolution, tolerance=tolerance,
-                                count=min(batch, room)) if room > 0 else []
+        proposals = (
+            next_ratios(outcome.curves, others, resolution=resolution, tolerance=tolerance, count=min(batch, room))
+            if room > 0
+            else []
+        )
         if not proposals:
             return outcome
         fresh = []

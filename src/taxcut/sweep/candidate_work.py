@@ -15,8 +15,8 @@ from typing import Any
 
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import pick_device
-from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.evaluation.subset import FULL, DataPart
+from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.execution import Executor
 from taxcut.spec.candidates import Candidate
 from taxcut.spec.sweep import SweepSpec
@@ -52,9 +52,15 @@ class CandidateEvaluation:
         spec = self.spec
         device = pick_device(spec.device)
         suite = self.suite or EvaluationSuite.from_spec(spec.evaluation, device=device)
-        resident = ResidentModel(spec.sft, spec.aligned, device=device, dtype=spec.dtype,
-                                 extrapolate=spec.extrapolate, sources=spec.executor.sources,
-                                 allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch)
+        resident = ResidentModel(
+            spec.sft,
+            spec.aligned,
+            device=device,
+            dtype=spec.dtype,
+            extrapolate=spec.extrapolate,
+            sources=spec.executor.sources,
+            allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch,
+        )
 
         def evaluate(item: tuple[Candidate, DataPart]):
             candidate, part = item

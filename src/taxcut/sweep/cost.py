@@ -30,11 +30,15 @@ class CostAccount:
 
     def render(self) -> str:
         """One line for the sweep's summary."""
-        line = (f"evaluation cost: {self.spent.generated_tokens:,} generated + {self.spent.scored_tokens:,} scored "
-                f"tokens, {self.spent.seconds:.1f} s for {self.candidates} candidates")
+        line = (
+            f"evaluation cost: {self.spent.generated_tokens:,} generated + {self.spent.scored_tokens:,} scored "
+            f"tokens, {self.spent.seconds:.1f} s for {self.candidates} candidates"
+        )
         if self.partial:
-            line += (f" ({self.partial} dropped on part of the data); all of them in full: {self.full.tokens:,} "
-                     f"tokens, saved {100 * self.saving:.0f}%")
+            line += (
+                f" ({self.partial} dropped on part of the data); all of them in full: {self.full.tokens:,} "
+                f"tokens, saved {100 * self.saving:.0f}%"
+            )
         if self.unknown:
             line += f"; {self.unknown} results have no recorded cost"
         return line
@@ -56,5 +60,6 @@ def cost_account(entries: Iterable[tuple[EvaluationCost | None, float]]) -> Cost
 
 
 def _scaled(cost: EvaluationCost, factor: float) -> EvaluationCost:
-    return EvaluationCost(round(cost.generated_tokens * factor), round(cost.scored_tokens * factor),
-                          cost.seconds * factor)
+    return EvaluationCost(
+        round(cost.generated_tokens * factor), round(cost.scored_tokens * factor), cost.seconds * factor
+    )

@@ -37,13 +37,21 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from taxcut.errors import TaxcutError
 from taxcut.evaluation.measurement import Measurement
 from taxcut.evaluation.result import EvaluationResult
-from taxcut.errors import TaxcutError
 from taxcut.evaluation.subset import DataPart, share_count
 from taxcut.spec.candidates import Candidate
-from taxcut.sweep.noise import (NOISE_LEVEL, NoisyPoint, dominates_beyond_noise, hypervolume, paired_reward_error,
-                                paired_tax_error, paired_tax_stderr, z_value)
+from taxcut.sweep.noise import (
+    NOISE_LEVEL,
+    NoisyPoint,
+    dominates_beyond_noise,
+    hypervolume,
+    paired_reward_error,
+    paired_tax_error,
+    paired_tax_stderr,
+    z_value,
+)
 from taxcut.sweep.pareto import tax
 
 NEGLIGIBLE_GAIN = 0.01  # halving's default tolerance: a best case under 1% of the front's hypervolume is dropped
@@ -87,8 +95,10 @@ class HalvingSettings:
 
     def __post_init__(self) -> None:
         if not (0.0 < self.start < 1.0 and self.factor >= MIN_FACTOR):
-            raise TaxcutError(f"halving needs 0 < start < 1 and factor >= {MIN_FACTOR}, got start {self.start} "
-                              f"and factor {self.factor}")
+            raise TaxcutError(
+                f"halving needs 0 < start < 1 and factor >= {MIN_FACTOR}, got start {self.start} "
+                f"and factor {self.factor}"
+            )
 
     def shares(self) -> list[float]:
         """The stages' shares, ending at the whole data: 1/8, 1/4, 1/2, 1 by default. A share that would add no
@@ -135,16 +145,28 @@ def noisy_point(result: EvaluationResult, baseline: EvaluationResult, *, cautiou
         reward=reward.reward if reward else float("nan"),
         tax=tax(result.primary, baseline.primary, result.directions),
         reward_stderr=reward.reward_stderr if reward else 0.0,
-        tax_stderr=paired_tax_stderr(result.primary_stderr or {}, counted,
-                                     result.items.tasks if result.items else {},
-                                     baseline.items.tasks if baseline.items else {}, cautious=cautious),
-        items=result.items, baseline=baseline.items, tasks=counted,
+        tax_stderr=paired_tax_stderr(
+            result.primary_stderr or {},
+            counted,
+            result.items.tasks if result.items else {},
+            baseline.items.tasks if baseline.items else {},
+            cautious=cautious,
+        ),
+        items=result.items,
+        baseline=baseline.items,
+        tasks=counted,
     )
 
 
-def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, evaluate: EvaluateBatch,
-                       book: StageBook, settings: HalvingSettings = HalvingSettings(),
-                       incumbents: Sequence[NoisyPoint] = (), keep: Collection[str] = ()) -> HalvingOutcome:
+def successive_halving(
+    candidates: Sequence[Candidate],
+    baseline: Candidate,
+    evaluate: EvaluateBatch,
+    book: StageBook,
+    settings: HalvingSettings = HalvingSettings(),
+    incumbents: Sequence[NoisyPoint] = (),
+    keep: Collection[str] = (),
+) -> HalvingOutcome:
     """Measure ``candidates`` by successive halving (the module's rule) and return what happened.
 
     ``baseline`` is the SFT model: measured at every stage, never dropped, and a rival at every stage. ``incumbents``
@@ -179,13 +201,15 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
         rivals = {**points, baseline.id: noisy_point(base, base, cautious=True)}
         for candidate in finished:  # measured in full by an earlier run: its stage, as then
             if share in book.shares(candidate.id):
-                rivals[candidate.id] = noisy_point(book.stage(candidate.id, share).result(cautious=True), base,
-                                                   cautious=True)
+                rivals[candidate.id] = noisy_point(
+                    book.stage(candidate.id, share).result(cautious=True), base, cautious=True
+                )
         kept = []
         for candidate in survivors:
             others = [p for cid, p in rivals.items() if cid != candidate.id] + champions
             if candidate.id not in protected and any(
-                    dominates_beyond_noise(r, points[candidate.id], settings.level, cautious=True) for r in others):
+                dominates_beyond_noise(r, points[candidate.id], settings.level, cautious=True) for r in others
+            ):
                 outcome.dropped[candidate.id] = share
             else:
                 kept.append(candidate)
@@ -201,8 +225,9 @@ def successive_halving(candidates: Sequence[Candidate], baseline: Candidate, eva
     return outcome
 
 
-def best_case_gain(point: NoisyPoint, others: Sequence[NoisyPoint], level: float = NOISE_LEVEL, *,
-                   cautious: bool = False) -> float:
+def best_case_gain(
+    point: NoisyPoint, others: Sequence[NoisyPoint], level: float = NOISE_LEVEL, *, cautious: bool = False
+) -> float:
     """The share of the front's hypervolume that ``point`` adds at best: its corner ``(reward + z se_r, tax -
     z se_t)`` added to ``others`` (as measured), over the hypervolume of ``others`` with that corner, both from the
     nadir of ``others`` and ``point``. An infinite error gives 1 (anything is possible); no front to compare gives 1.
@@ -217,8 +242,11 @@ def best_case_gain(point: NoisyPoint, others: Sequence[NoisyPoint], level: float
         return 1.0
     measured = [p for p in others if math.isfinite(p.reward) and math.isfinite(p.tax)]
     everything = [*((p.reward, p.tax) for p in measured), (point.reward, point.tax)]
-    front = [(r, t) for r, t in (_as_paired(p, point, z, cautious) for p in measured)
-             if math.isfinite(r) and math.isfinite(t)]
+    front = [
+        (r, t)
+        for r, t in (_as_paired(p, point, z, cautious) for p in measured)
+        if math.isfinite(r) and math.isfinite(t)
+    ]
     reference = (min(r for r, _ in everything), max(t for _, t in everything))
     whole = hypervolume([*front, corner], reference)
     if whole <= 0.0:
@@ -237,9 +265,15 @@ def _as_paired(rival: NoisyPoint, point: NoisyPoint, z: float, cautious: bool) -
     return reward, taxed
 
 
-def _drop_negligible(survivors: list[Candidate], protected: Collection[str], rivals: dict[str, NoisyPoint],
-                     champions: Sequence[NoisyPoint], settings: HalvingSettings, share: float,
-                     outcome: HalvingOutcome) -> list[Candidate]:
+def _drop_negligible(
+    survivors: list[Candidate],
+    protected: Collection[str],
+    rivals: dict[str, NoisyPoint],
+    champions: Sequence[NoisyPoint],
+    settings: HalvingSettings,
+    share: float,
+    outcome: HalvingOutcome,
+) -> list[Candidate]:
     """Drop, one at a time, the survivor whose best case adds least to the front while that is under
     ``settings.tolerance`` (the module's rule); the others are measured against the survivors left."""
     survivors = list(survivors)
@@ -261,8 +295,14 @@ def _drop_negligible(survivors: list[Candidate], protected: Collection[str], riv
         survivors = [c for c in survivors if c.id != weakest]
 
 
-def _measure_stage(candidates: Sequence[Candidate], share: float, evaluate: EvaluateBatch, book: StageBook,
-                   seed: int, sizes: Sequence[int] = ()) -> dict[str, Measurement]:
+def _measure_stage(
+    candidates: Sequence[Candidate],
+    share: float,
+    evaluate: EvaluateBatch,
+    book: StageBook,
+    seed: int,
+    sizes: Sequence[int] = (),
+) -> dict[str, Measurement]:
     """Every candidate's measurement on the first ``share`` of the data: from the book, or grown from its largest
     earlier stage by the items it has not seen, recorded as each finishes."""
     found: dict[str, Measurement] = {}

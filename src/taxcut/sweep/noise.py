@@ -78,8 +78,14 @@ def tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str]) -> float:
     return math.sqrt(sum(_known(stderrs.get(name)) ** 2 for name in names)) / len(names)
 
 
-def paired_tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str], items: Mapping[str, ItemScores],
-                      baseline_items: Mapping[str, ItemScores], *, cautious: bool = False) -> float:
+def paired_tax_stderr(
+    stderrs: Mapping[str, float],
+    tasks: Iterable[str],
+    items: Mapping[str, ItemScores],
+    baseline_items: Mapping[str, ItemScores],
+    *,
+    cautious: bool = False,
+) -> float:
     """:func:`tax_stderr` with each task's error paired where both sides kept its per-item scores (``items``,
     ``baseline_items``) and share items; other tasks keep their own error from ``stderrs``. ``cautious``: the
     error a decision on few items uses (:func:`taxcut.evaluation.paired.cautious_paired_error`)."""
@@ -93,8 +99,7 @@ def paired_tax_stderr(stderrs: Mapping[str, float], tasks: Iterable[str], items:
     return tax_stderr(errors, names)
 
 
-def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LEVEL, *,
-                           cautious: bool = False) -> bool:
+def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LEVEL, *, cautious: bool = False) -> bool:
     """Whether ``j`` dominates ``i`` beyond the noise (the module's rule: a one-sided test on each axis).
     ``cautious``: points measured on few items (halving's stages); paired errors are then
     :func:`taxcut.evaluation.paired.cautious_paired_error`'s."""
@@ -112,8 +117,9 @@ def dominates_beyond_noise(j: NoisyPoint, i: NoisyPoint, level: float = NOISE_LE
     return j.reward - i.reward >= z * reward_error and i.tax - j.tax >= z * tax_error
 
 
-def _paired_error(a: ItemScores | None, b: ItemScores | None, cautious: bool = False, *,
-                  same_items: bool = True) -> float | None:
+def _paired_error(
+    a: ItemScores | None, b: ItemScores | None, cautious: bool = False, *, same_items: bool = True
+) -> float | None:
     """The paired standard error of ``a - b`` where both scored the same items (``same_items=False``: on the
     items both saw; one item: infinite), else None; ``cautious``: the few-items error."""
     if a is None or b is None or not a.items or (same_items and a.items != b.items):
@@ -131,13 +137,19 @@ def paired_reward_error(j: NoisyPoint, i: NoisyPoint, cautious: bool = False) ->
 def paired_tax_error(j: NoisyPoint, i: NoisyPoint, cautious: bool = False) -> float | None:
     """The standard error of ``tax_i - tax_j`` paired on every counted task's items (the SFT model cancels, so
     both must be taxed against the same one); None: the fallback rule applies."""
-    if (j.items is None or i.items is None or j.baseline is None or not j.tasks or j.tasks != i.tasks
-            or j.baseline != i.baseline):
+    if (
+        j.items is None
+        or i.items is None
+        or j.baseline is None
+        or not j.tasks
+        or j.tasks != i.tasks
+        or j.baseline != i.baseline
+    ):
         return None
     errors = [_paired_error(j.items.tasks.get(name), i.items.tasks.get(name), cautious) for name in j.tasks]
     if any(error is None for error in errors):
         return None
-    return math.sqrt(sum(error ** 2 for error in errors)) / len(errors)
+    return math.sqrt(sum(error**2 for error in errors)) / len(errors)
 
 
 def noise_aware_front(points: Sequence[NoisyPoint], level: float = NOISE_LEVEL) -> list[bool]:
@@ -146,8 +158,10 @@ def noise_aware_front(points: Sequence[NoisyPoint], level: float = NOISE_LEVEL) 
     flags = []
     for index, point in enumerate(points):
         finite = math.isfinite(point.reward) and math.isfinite(point.tax)
-        flags.append(finite and not any(dominates_beyond_noise(other, point, level)
-                                        for k, other in enumerate(points) if k != index))
+        flags.append(
+            finite
+            and not any(dominates_beyond_noise(other, point, level) for k, other in enumerate(points) if k != index)
+        )
     return flags
 
 
@@ -156,8 +170,7 @@ def hypervolume(points: Iterable[tuple[float, float]], reference: tuple[float, f
     rewards above the reference's and taxes below its. Points not better than the reference on both axes add
     nothing."""
     floor, ceiling = reference
-    inside = sorted((t, r) for r, t in points
-                    if math.isfinite(r) and math.isfinite(t) and r > floor and t < ceiling)
+    inside = sorted((t, r) for r, t in points if math.isfinite(r) and math.isfinite(t) and r > floor and t < ceiling)
     area, best = 0.0, floor
     for index, (cost, reward) in enumerate(inside):  # sweep from the lowest tax: each point raises the best reward
         best = max(best, reward)

@@ -18,7 +18,8 @@ def task_drops(primary: dict[str, float], baseline: dict[str, float], directions
     """Each task's score drop from the SFT model (positive = capability lost), whatever the metric's direction."""
     return {
         name: (baseline[name] - value) if directions.get(name, True) else (value - baseline[name])
-        for name, value in primary.items() if name in baseline
+        for name, value in primary.items()
+        if name in baseline
     }
 
 
@@ -66,8 +67,13 @@ Row = TypeVar("Row", bound=Measured)
 def select(rows: Sequence[Row], expression: str) -> Row | None:
     """The best row meeting every condition: the highest reward, or the lowest tax when only reward is bounded."""
     conditions = parse_selection(expression)
-    eligible = [row for row in rows if math.isfinite(row.reward) and math.isfinite(row.tax)
-                and all(_OPERATORS[op](getattr(row, axis), value) for axis, op, value in conditions)]
+    eligible = [
+        row
+        for row in rows
+        if math.isfinite(row.reward)
+        and math.isfinite(row.tax)
+        and all(_OPERATORS[op](getattr(row, axis), value) for axis, op, value in conditions)
+    ]
     if not eligible:
         return None
     if all(axis == "reward" for axis, _, _ in conditions):

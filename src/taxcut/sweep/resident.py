@@ -20,19 +20,28 @@ import torch
 from taxcut.errors import TaxcutError
 from taxcut.evaluation.loading import load_causal_lm, load_tokenizer
 from taxcut.io.hub import model_path  # a Hub ID's snapshot in the cache
-from taxcut.io.parameters import checkpoint_names, read_parameters
-from taxcut.methods.interpolation import BLOCK_ELEMENTS, interpolate
 from taxcut.io.layers import detect_layers
+from taxcut.io.parameters import checkpoint_names, read_parameters
 from taxcut.merging.engine import run_merge
 from taxcut.merging.plan import build_plan
+from taxcut.methods.interpolation import BLOCK_ELEMENTS, interpolate
 from taxcut.spec.candidates import Candidate
 
 
 class ResidentModel:
     """The SFT model loaded once; :meth:`apply` turns it into any candidate in about one pass over the weights."""
 
-    def __init__(self, sft: Path, aligned: Path, *, device: torch.device | str = "cpu", dtype: str | None = None,
-                 extrapolate: bool = False, sources: str = "device", allow_tokenizer_mismatch: bool = False):
+    def __init__(
+        self,
+        sft: Path,
+        aligned: Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: str | None = None,
+        extrapolate: bool = False,
+        sources: str = "device",
+        allow_tokenizer_mismatch: bool = False,
+    ):
         self.sft_folder, self.aligned_folder, self.extrapolate = model_path(sft), model_path(aligned), extrapolate
         self.allow_tokenizer_mismatch = allow_tokenizer_mismatch  # as the sweep allows it (same weights either way)
         self.device = device
@@ -69,8 +78,10 @@ class ResidentModel:
             for name in fused:
                 if name not in loaded or loaded[name].shape != self.parameters[name].shape:
                     shape = list(self.parameters[name].shape)
-                    raise TaxcutError(f"{folder}: has no parameter '{name}' of shape {shape}; a candidate must have "
-                                      "the sft model's architecture")
+                    raise TaxcutError(
+                        f"{folder}: has no parameter '{name}' of shape {shape}; a candidate must have "
+                        "the sft model's architecture"
+                    )
                 yield name, loaded[name].detach()
 
     def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -81,8 +92,12 @@ class ResidentModel:
 
     def ratios(self, candidate: Candidate) -> dict[str, float]:
         """The ratio of every parameter, resolved by the merge plan on the checkpoints' tensor names."""
-        spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, extrapolate=self.extrapolate,
-                                    allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
+        spec = candidate.merge_spec(
+            self.sft_folder,
+            self.aligned_folder,
+            extrapolate=self.extrapolate,
+            allow_tokenizer_mismatch=self.allow_tokenizer_mismatch,
+        )
         with build_plan(spec) as plan:
             by_stored_name = {t.name: plan.ratio_of(t.name) for t in plan.tensors}
             fused = [name for name in self.parameters if self.stored_name[name] not in by_stored_name]
@@ -90,8 +105,10 @@ class ResidentModel:
                 request = plan.request
                 by_parameter = request.method.block_values(request.parameters, detect_layers(self.parameters), {})
                 resolver = next(iter(by_parameter.values()))
-        return {name: by_stored_name[self.stored_name[name]] if name not in fused else resolver.value_for(name).value
-                for name in self.parameters}
+        return {
+            name: by_stored_name[self.stored_name[name]] if name not in fused else resolver.value_for(name).value
+            for name in self.parameters
+        }
 
     def apply(self, candidate: Candidate) -> None:
         """Set the live parameters to ``candidate``'s weights, in place."""
@@ -105,8 +122,14 @@ class ResidentModel:
             return
         with torch.no_grad():
             for name, ratio in self.ratios(candidate).items():
-                interpolate(self.sft[name], self.aligned[name], ratio, self.parameters[name].data,
-                            scratch=self._scratch, check_finite=False)
+                interpolate(
+                    self.sft[name],
+                    self.aligned[name],
+                    ratio,
+                    self.parameters[name].data,
+                    scratch=self._scratch,
+                    check_finite=False,
+                )
         self.current = candidate.id
 
     def _merge_and_load(self, candidate: Candidate) -> None:
@@ -114,8 +137,12 @@ class ResidentModel:
         config (mergekit's methods rank, sort and normalise whole tensors, which the in-place kernel does not), then
         loaded like a checkpoint."""
         with tempfile.TemporaryDirectory(prefix="taxcut-mergekit-") as folder:
-            spec = candidate.merge_spec(self.sft_folder, self.aligned_folder, out=Path(folder) / "candidate",
-                                        allow_tokenizer_mismatch=self.allow_tokenizer_mismatch)
+            spec = candidate.merge_spec(
+                self.sft_folder,
+                self.aligned_folder,
+                out=Path(folder) / "candidate",
+                allow_tokenizer_mismatch=self.allow_tokenizer_mismatch,
+            )
             run_merge(build_plan(spec), progress=False, log=lambda _: None)
             self._load(Path(folder) / "candidate")
 

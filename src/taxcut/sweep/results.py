@@ -10,9 +10,9 @@ read or written through a symbolic link.
 A line holds the candidate (``candidate_id``, ``label``, ``kind`` and its ratio fields under ``candidate``), what
 it was measured against (``context``, ``sft``, ``aligned``, ``extrapolate``, ``dtype``), the evaluation's fields
 at top level (``reward``, ``tasks``, ``primary``, ``directions``, ``seconds``, ``stderr``, ``primary_stderr``,
-``cost``, ``items``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and for a
-stage of successive halving ``share``: the share of the evaluation data it saw (no ``share``: all of it). A stage has
-a context of its own (:func:`taxcut.sweep.halving.stage_context`), so that only full-data results count as a
+``cost``, ``items``; see :class:`taxcut.evaluation.result.EvaluationResult`), ``finished``, ``taxcut_version``, and
+for a stage of successive halving ``share``: the share of the evaluation data it saw (no ``share``: all of it). A
+stage has a context of its own (:func:`taxcut.sweep.halving.stage_context`), so that only full-data results count as a
 candidate's result, and keeps its item statistics under ``stats`` for the next stage to add items to.
 """
 
@@ -33,8 +33,7 @@ from taxcut.errors import TaxcutError
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.spec.candidates import Candidate
 
-_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds", "stderr", "primary_stderr", "cost",
-                    "items")
+_EVALUATION_KEYS = ("reward", "tasks", "primary", "directions", "seconds", "stderr", "primary_stderr", "cost", "items")
 _CANDIDATE_KEYS = ("label", "kind")
 
 
@@ -71,10 +70,19 @@ class ResultRecord:
         evaluation = self.result.to_dict()
         evaluation["seconds"] = round(evaluation["seconds"], 3)
         return {
-            "candidate_id": self.candidate_id, "label": self.label, "kind": self.kind,
-            "candidate": self.candidate.ratio_fields(), "mean_alpha": self.mean_alpha, "context": self.context,
-            "sft": self.sft, "aligned": self.aligned, "extrapolate": self.extrapolate, "dtype": self.dtype,
-            **evaluation, "finished": self.finished, "taxcut_version": self.taxcut_version,
+            "candidate_id": self.candidate_id,
+            "label": self.label,
+            "kind": self.kind,
+            "candidate": self.candidate.ratio_fields(),
+            "mean_alpha": self.mean_alpha,
+            "context": self.context,
+            "sft": self.sft,
+            "aligned": self.aligned,
+            "extrapolate": self.extrapolate,
+            "dtype": self.dtype,
+            **evaluation,
+            "finished": self.finished,
+            "taxcut_version": self.taxcut_version,
             **({"inputs": self.inputs} if self.inputs is not None else {}),
             **({"share": self.share, "stats": self.stats} if self.share < 1.0 else {}),
             **({"allow_tokenizer_mismatch": True} if self.allow_tokenizer_mismatch else {}),
@@ -85,8 +93,9 @@ class ResultRecord:
         """The record of a line's fields; a missing or mistyped field raises pydantic's ``ValidationError``."""
         shaped = {key: value for key, value in data.items() if key not in _EVALUATION_KEYS + _CANDIDATE_KEYS}
         fields = data.get("candidate")
-        shaped["candidate"] = ({**fields, **{key: data.get(key) for key in _CANDIDATE_KEYS}}
-                               if isinstance(fields, dict) else fields)
+        shaped["candidate"] = (
+            {**fields, **{key: data.get(key) for key in _CANDIDATE_KEYS}} if isinstance(fields, dict) else fields
+        )
         shaped["result"] = {key: data[key] for key in _EVALUATION_KEYS if key in data}
         return _ADAPTER.validate_python(shaped)
 
@@ -131,9 +140,11 @@ class ResultsStore:
             raise TaxcutError(f"{where}: not a result record: {_describe(exc)}; fix or delete the line") from None
         # a model's id also covers its weights today, which may have changed since: only ratios are checked here
         if record.candidate.model is None and record.candidate.id != record.candidate_id:
-            raise TaxcutError(f"{where}: candidate_id {record.candidate_id!r} is not the id of the line's candidate "
-                              f"fields ({record.candidate.id}): the line was edited; restore it, or delete it and "
-                              "rerun the sweep")
+            raise TaxcutError(
+                f"{where}: candidate_id {record.candidate_id!r} is not the id of the line's candidate "
+                f"fields ({record.candidate.id}): the line was edited; restore it, or delete it and "
+                "rerun the sweep"
+            )
         return record
 
     def _open(self, flags: int, mode: str):

@@ -21,22 +21,28 @@ from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.execution import Executor, open_executor
 from taxcut.hma.candidates import check_retain_set, hma_candidates
-from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.io.destination import claim_folder, staged_file
-from taxcut.io.publish import LockHeld, hold_lock, probe_lock
+from taxcut.io.hub import as_recorded  # a Hub ID as written, a folder made absolute
 from taxcut.io.provenance import weights_identity
+from taxcut.io.publish import LockHeld, hold_lock, probe_lock
 from taxcut.merging.plan import build_plan
 from taxcut.spec.candidates import Candidate, expand_grid
 from taxcut.spec.sweep import SweepSpec
-from taxcut.sweep.pareto import parse_selection, pareto_front, select, tax
-from taxcut.sweep.cost import CostAccount
 from taxcut.sweep.candidate_work import CandidateBatches, CandidateEvaluation
+from taxcut.sweep.cost import CostAccount
 from taxcut.sweep.noise import NoisyPoint, noise_aware_front, paired_tax_stderr
+from taxcut.sweep.pareto import pareto_front, parse_selection, select, tax
 from taxcut.sweep.report import SweepRow, markdown_table, plot_front, write_csv
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.search import fits_search, search_candidates
 from taxcut.sweep.strategy import (
-    ResultsBook, StrategyReport, SweepStrategy, item_counts, measure_part, sweep_cost, uses_strategy,
+    ResultsBook,
+    StrategyReport,
+    SweepStrategy,
+    item_counts,
+    measure_part,
+    sweep_cost,
+    uses_strategy,
 )
 from taxcut.version import __version__
 
@@ -101,19 +107,27 @@ class SweepRun:
     def __init__(self, spec: SweepSpec, suite: EvaluationSuite, executor: Executor, progress: bool | None):
         self.spec, self.executor, self.progress = spec, executor, progress
         self.identity = inputs_identity(spec.sft, spec.aligned, full=spec.input_hashes == "full")
-        self.book = ResultsBook(ResultsStore(spec.out / RESULTS_FILE), sweep_context(spec, suite), self.make_record,
-                                seed=spec.evaluation.halving.seed)
+        self.book = ResultsBook(
+            ResultsStore(spec.out / RESULTS_FILE),
+            sweep_context(spec, suite),
+            self.make_record,
+            seed=spec.evaluation.halving.seed,
+        )
         if self.book.stale:
-            print(f"note: {spec.out / RESULTS_FILE} holds {self.book.stale} result(s) measured under other settings "
-                  "(the models' weights, the evaluation's data or settings, or the dtype differ); they are kept, "
-                  "not used, and those candidates are measured again", file=sys.stderr)
+            print(
+                f"note: {spec.out / RESULTS_FILE} holds {self.book.stale} result(s) measured under other settings "
+                "(the models' weights, the evaluation's data or settings, or the dtype differ); they are kept, "
+                "not used, and those candidates are measured again",
+                file=sys.stderr,
+            )
         local = None if executor.remote else suite
         self.batches = CandidateBatches(executor, CandidateEvaluation(spec, suite=local))
         self.strategy = None  # the adaptive grid and/or successive halving (taxcut.sweep.strategy)
         if uses_strategy(spec):
             measured = CandidateBatches(executor, CandidateEvaluation(spec, measure=measure_part, suite=local))
-            self.strategy = SweepStrategy(spec, self.book, measured, check=self.check_plans, progress=progress,
-                                          items=item_counts(suite))
+            self.strategy = SweepStrategy(
+                spec, self.book, measured, check=self.check_plans, progress=progress, items=item_counts(suite)
+            )
 
     def run(self) -> SweepReport:
         """The grid (or the strategy's candidates), the fitted HMA candidates, the search; then the reports."""
@@ -129,8 +143,14 @@ class SweepRun:
         """Every plan from the headers first: a bad candidate fails before any work."""
         for candidate in candidates:
             if candidate.model is None:
-                build_plan(candidate.merge_spec(self.spec.sft, self.spec.aligned, extrapolate=self.spec.extrapolate,
-                                                allow_tokenizer_mismatch=self.spec.allow_tokenizer_mismatch)).close()
+                build_plan(
+                    candidate.merge_spec(
+                        self.spec.sft,
+                        self.spec.aligned,
+                        extrapolate=self.spec.extrapolate,
+                        allow_tokenizer_mismatch=self.spec.allow_tokenizer_mismatch,
+                    )
+                ).close()
 
     def evaluate(self, candidates: list[Candidate]) -> Iterator[ResultRecord]:
         """Evaluate on the executor's workers; record each result as it arrives."""
@@ -144,8 +164,12 @@ class SweepRun:
             return
         todo = [c for c in candidates if c.id not in self.book.latest]
         self.check_plans(todo)
-        with tqdm(total=len(todo), desc="sweep", unit="candidate",
-                  disable=None if self.progress is None else not self.progress) as bar:
+        with tqdm(
+            total=len(todo),
+            desc="sweep",
+            unit="candidate",
+            disable=None if self.progress is None else not self.progress,
+        ) as bar:
             for record in self.evaluate(todo):
                 bar.set_postfix_str(record.label)
                 bar.update()
@@ -172,8 +196,9 @@ class SweepRun:
             return []
         latest = self.book.latest
         done = [r for r in latest.values() if fits_search(r.candidate, self.spec.search)]
-        return search_candidates(self.spec.search, done, latest[baseline.id], self.evaluate,
-                                 batch=self.executor.workers)
+        return search_candidates(
+            self.spec.search, done, latest[baseline.id], self.evaluate, batch=self.executor.workers
+        )
 
     def write_report(self, candidates: list[Candidate]) -> SweepReport:
         """The spec, the tables and the plot in the folder; the report with its cost and selection."""
@@ -212,15 +237,15 @@ def _sweep_lock(out: Path) -> ExitStack:
     except LockHeld as held:
         raise TaxcutError(_running_message(out, held)) from None
     except OSError as exc:
-        raise TaxcutError(f"{path}: cannot lock the results folder ({exc.strerror or exc}); "
-                          "choose another destination") from None
+        raise TaxcutError(
+            f"{path}: cannot lock the results folder ({exc.strerror or exc}); choose another destination"
+        ) from None
     return stack
 
 
 def _running_message(out: Path, held: LockHeld) -> str:
     who = f" ({held.holder})" if held.holder else ""
-    return (f"{out}: another sweep{who} is writing there; wait for it to finish, or give this sweep another "
-            "'out'")
+    return f"{out}: another sweep{who} is writing there; wait for it to finish, or give this sweep another 'out'"
 
 
 def _refuse_linked_reports(out: Path) -> None:
@@ -232,15 +257,19 @@ def _refuse_linked_reports(out: Path) -> None:
 def _refuse_link(path: Path) -> None:
     if path.is_symlink():
         dangling = "" if path.exists() else " (a dangling one)"
-        raise TaxcutError(f"{path}: is a symbolic link{dangling}, and taxcut writes a sweep's reports only as "
-                          "files of its own, never through a link; remove it")
+        raise TaxcutError(
+            f"{path}: is a symbolic link{dangling}, and taxcut writes a sweep's reports only as "
+            "files of its own, never through a link; remove it"
+        )
 
 
 def sweep_context(spec: SweepSpec, suite: EvaluationSuite) -> str:
     """What results depend on besides the candidate: the two models, the evaluation and the compute dtype."""
     models = [weights_identity(folder) for folder in (spec.sft, spec.aligned)]
-    payload = json.dumps({"models": models, "evaluation": suite.fingerprint(), "dtype": spec.dtype,
-                          "extrapolate": spec.extrapolate}, sort_keys=True)
+    payload = json.dumps(
+        {"models": models, "evaluation": suite.fingerprint(), "dtype": spec.dtype, "extrapolate": spec.extrapolate},
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -254,8 +283,11 @@ def summarize(records: list[ResultRecord], context: str, candidates: list[Candid
     baseline = latest.get(candidates[0].id)
     if baseline is None:
         raise TaxcutError("the SFT model (a = 0) has no result yet, so the tax cannot be measured")
-    rows = [_row(candidate, latest[candidate.id].result, latest[candidate.id].mean_alpha, baseline.result)
-            for candidate in candidates if candidate.id in latest]
+    rows = [
+        _row(candidate, latest[candidate.id].result, latest[candidate.id].mean_alpha, baseline.result)
+        for candidate in candidates
+        if candidate.id in latest
+    ]
     for row, on_front in zip(rows, pareto_front([(r.reward, r.tax) for r in rows])):
         row.pareto = on_front
     points = [_noisy_point(r, latest[r.id].result, baseline.result) for r in rows]
@@ -297,26 +329,43 @@ def _write_report_file(path: Path, write) -> None:
 def inputs_identity(sft: Path, aligned: Path, *, full: bool = False, cached: bool = True) -> dict:
     """The two models' weight and side files as a result records them (see ``weights_identity``; JSON-shaped, so
     records compare equal); ``full``: with each weight file's whole-file SHA-256 too."""
-    models = {role: weights_identity(folder, full=full, cached=cached) for role, folder in
-              (("sft", sft), ("aligned", aligned))}
+    models = {
+        role: weights_identity(folder, full=full, cached=cached)
+        for role, folder in (("sft", sft), ("aligned", aligned))
+    }
     return json.loads(json.dumps(models))
 
 
-def _row(candidate: Candidate, result: EvaluationResult, mean_alpha: float | None,
-         baseline: EvaluationResult) -> SweepRow:
+def _row(
+    candidate: Candidate, result: EvaluationResult, mean_alpha: float | None, baseline: EvaluationResult
+) -> SweepRow:
     reward = result.reward
     return SweepRow(
-        id=candidate.id, label=candidate.label, kind=candidate.kind, mean_alpha=mean_alpha,
-        reward=reward.reward if reward else math.nan, reward_stderr=reward.reward_stderr if reward else math.nan,
-        tax=tax(result.primary, baseline.primary, result.directions), primary=result.primary, scores=result.tasks,
-        tax_stderr=_tax_error(result, baseline), primary_stderr=result.primary_stderr or {},
+        id=candidate.id,
+        label=candidate.label,
+        kind=candidate.kind,
+        mean_alpha=mean_alpha,
+        reward=reward.reward if reward else math.nan,
+        reward_stderr=reward.reward_stderr if reward else math.nan,
+        tax=tax(result.primary, baseline.primary, result.directions),
+        primary=result.primary,
+        scores=result.tasks,
+        tax_stderr=_tax_error(result, baseline),
+        primary_stderr=result.primary_stderr or {},
     )
 
 
 def _noisy_point(row: SweepRow, result: EvaluationResult, baseline: EvaluationResult) -> NoisyPoint:
     """A row's point with the per-item scores that pair its comparisons (:mod:`taxcut.sweep.noise`)."""
-    return NoisyPoint(row.reward, row.tax, row.reward_stderr, row.tax_stderr, items=result.items,
-                      baseline=baseline.items, tasks=tuple(t for t in result.primary if t in baseline.primary))
+    return NoisyPoint(
+        row.reward,
+        row.tax,
+        row.reward_stderr,
+        row.tax_stderr,
+        items=result.items,
+        baseline=baseline.items,
+        tasks=tuple(t for t in result.primary if t in baseline.primary),
+    )
 
 
 def _tax_error(result: EvaluationResult, baseline: EvaluationResult) -> float:
@@ -324,24 +373,37 @@ def _tax_error(result: EvaluationResult, baseline: EvaluationResult) -> float:
     (:func:`taxcut.sweep.noise.paired_tax_stderr`); NaN for a result that recorded no errors."""
     if result.primary_stderr is None:
         return math.nan
-    return paired_tax_stderr(result.primary_stderr, [t for t in result.primary if t in baseline.primary],
-                             result.items.tasks if result.items else {},
-                             baseline.items.tasks if baseline.items else {})
-
-
-def _record(spec: SweepSpec, candidate: Candidate, result: EvaluationResult, context: str,
-            identity: dict | None = None) -> ResultRecord:
-    return ResultRecord(
-        candidate_id=candidate.id, candidate=candidate, result=result, mean_alpha=candidate.mean_alpha,
-        sft=str(as_recorded(spec.sft)), aligned=str(as_recorded(spec.aligned)), context=context,
-        extrapolate=spec.extrapolate, dtype=spec.dtype,
-        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), taxcut_version=__version__,
-        inputs=identity, allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch,
+    return paired_tax_stderr(
+        result.primary_stderr,
+        [t for t in result.primary if t in baseline.primary],
+        result.items.tasks if result.items else {},
+        baseline.items.tasks if baseline.items else {},
     )
 
 
-def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: bool = False,
-                     force: bool = False, verify: str = "sample") -> Path:
+def _record(
+    spec: SweepSpec, candidate: Candidate, result: EvaluationResult, context: str, identity: dict | None = None
+) -> ResultRecord:
+    return ResultRecord(
+        candidate_id=candidate.id,
+        candidate=candidate,
+        result=result,
+        mean_alpha=candidate.mean_alpha,
+        sft=str(as_recorded(spec.sft)),
+        aligned=str(as_recorded(spec.aligned)),
+        context=context,
+        extrapolate=spec.extrapolate,
+        dtype=spec.dtype,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        taxcut_version=__version__,
+        inputs=identity,
+        allow_tokenizer_mismatch=spec.allow_tokenizer_mismatch,
+    )
+
+
+def export_candidate(
+    results: Path, candidate_id: str, out: Path, *, overwrite: bool = False, force: bool = False, verify: str = "sample"
+) -> Path:
     """Write a swept candidate as a model folder through the merge engine (the weights it was evaluated with).
 
     ``results`` is a results file or the sweep's output folder. The input models must be the ones the candidate
@@ -351,34 +413,50 @@ def export_candidate(results: Path, candidate_id: str, out: Path, *, overwrite: 
     provenance file then records.
     """
     results = results / RESULTS_FILE if results.is_dir() else results
-    from taxcut import merge  # noqa: PLC0415 - the public merge entry point sits above the sweep's modules
+    from taxcut import merge  # the public merge entry point sits above the sweep's modules
 
     number, record = ResultsStore(results).locate(candidate_id)
     where = f"{results}, line {number}: candidate {record.candidate_id} ({record.label})"
     sft, aligned = Path(record.sft), Path(record.aligned)
     unchecked = _unchecked_inputs(record)
     if unchecked is None and verify == "full" and not _has_full_hashes(record.inputs):
-        raise TaxcutError(f"{where}: the sweep recorded sampled hashes of its inputs only, so --verify full has "
-                          "nothing to compare with; rerun the sweep with 'input_hashes: full', or export with "
-                          "--verify sample")
+        raise TaxcutError(
+            f"{where}: the sweep recorded sampled hashes of its inputs only, so --verify full has "
+            "nothing to compare with; rerun the sweep with 'input_hashes: full', or export with "
+            "--verify sample"
+        )
     changed = None if unchecked else _changed_inputs(record, sft, aligned, full=verify == "full")
     if unchecked and not force:
-        raise TaxcutError(f"{where}: {unchecked}, so its scores cannot be checked against today's weights; rerun "
-                          "the sweep, or pass --force to export today's weights under those scores")
+        raise TaxcutError(
+            f"{where}: {unchecked}, so its scores cannot be checked against today's weights; rerun "
+            "the sweep, or pass --force to export today's weights under those scores"
+        )
     if changed and not force:
-        raise TaxcutError(f"{where}: was measured on other inputs: {changed}; rerun the sweep, or pass --force to "
-                          "export today's weights under those scores")
+        raise TaxcutError(
+            f"{where}: was measured on other inputs: {changed}; rerun the sweep, or pass --force to "
+            "export today's weights under those scores"
+        )
     if unchecked:
-        print(f"taxcut: warning: {where}: its scores cannot be checked against today's weights ({unchecked}); "
-              "exporting it as --force asks", file=sys.stderr)
-    spec = record.candidate.merge_spec(sft, aligned, out=out, extrapolate=record.extrapolate,
-                                       allow_tokenizer_mismatch=record.allow_tokenizer_mismatch)  # as swept
+        print(
+            f"taxcut: warning: {where}: its scores cannot be checked against today's weights ({unchecked}); "
+            "exporting it as --force asks",
+            file=sys.stderr,
+        )
+    spec = record.candidate.merge_spec(
+        sft, aligned, out=out, extrapolate=record.extrapolate, allow_tokenizer_mismatch=record.allow_tokenizer_mismatch
+    )  # as swept
     if record.dtype and record.candidate.mergekit is None:  # a mergekit config keeps its own dtypes, as `merge`
         spec = spec.model_copy(update={"dtype": record.dtype})
-    exported = {"results": str(results.resolve()), "line": number, "candidate": record.candidate_id,
-                "label": record.label, "inputs_verified": not (unchecked or changed),
-                "verified_by": None if unchecked or changed else verify, "forced_despite": unchecked or changed,
-                **({"allow_tokenizer_mismatch": True} if record.allow_tokenizer_mismatch else {})}
+    exported = {
+        "results": str(results.resolve()),
+        "line": number,
+        "candidate": record.candidate_id,
+        "label": record.label,
+        "inputs_verified": not (unchecked or changed),
+        "verified_by": None if unchecked or changed else verify,
+        "forced_despite": unchecked or changed,
+        **({"allow_tokenizer_mismatch": True} if record.allow_tokenizer_mismatch else {}),
+    }
     return merge(spec, overwrite=overwrite, protect=[("results file", results)], provenance={"exported": exported})
 
 

@@ -19,8 +19,13 @@ from taxcut.sweep.pareto import tax
 from taxcut.sweep.results import ResultRecord
 
 
-def search_candidates(spec: SearchSpec, done: list[ResultRecord], baseline: ResultRecord,
-                      evaluate: Callable[[list[Candidate]], Iterable[ResultRecord]], batch: int = 1) -> list[Candidate]:
+def search_candidates(
+    spec: SearchSpec,
+    done: list[ResultRecord],
+    baseline: ResultRecord,
+    evaluate: Callable[[list[Candidate]], Iterable[ResultRecord]],
+    batch: int = 1,
+) -> list[Candidate]:
     """Run the search to its budget. ``done``: this search's earlier records; ``evaluate``: candidates -> their
     records, in any order; ``batch``: proposals per round unless ``spec.batch`` says otherwise."""
     try:
@@ -28,16 +33,20 @@ def search_candidates(spec: SearchSpec, done: list[ResultRecord], baseline: Resu
     except ImportError:
         raise TaxcutError("the black-box search needs the extra: pip install 'taxcut[search]'") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = (optuna.samplers.NSGAIISampler(seed=spec.seed) if spec.sampler == "nsga2"
-               else optuna.samplers.TPESampler(seed=spec.seed))
+    sampler = (
+        optuna.samplers.NSGAIISampler(seed=spec.seed)
+        if spec.sampler == "nsga2"
+        else optuna.samplers.TPESampler(seed=spec.seed)
+    )
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
     bounds = _bounds(spec)
     distributions = {name: optuna.distributions.FloatDistribution(low, high) for name, (low, high) in bounds.items()}
     candidates = []
     for record in done:
         params = dict(zip(bounds, _values(record.candidate, spec)))
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions,
-                                                  values=_objectives(record, baseline)))
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, values=_objectives(record, baseline))
+        )
         candidates.append(_candidate(list(params.values()), spec))
     batch = spec.batch or batch
     while len(study.trials) < spec.budget:
@@ -68,14 +77,19 @@ def fits_search(candidate: Candidate, spec: SearchSpec) -> bool:
     """Whether an earlier proposal (kind "search") belongs to this search: same space, within its bounds."""
     values = _values(candidate, spec)
     bounds = list(_bounds(spec).values())
-    return (candidate.kind == "search" and values is not None and len(values) == len(bounds)
-            and all(low <= v <= high for v, (low, high) in zip(values, bounds)))
+    return (
+        candidate.kind == "search"
+        and values is not None
+        and len(values) == len(bounds)
+        and all(low <= v <= high for v, (low, high) in zip(values, bounds))
+    )
 
 
 def _candidate(values: list[float], spec: SearchSpec) -> Candidate:
     if spec.space == "profile":
         return profile_candidate(values, kind="search").model_copy(
-            update={"label": f"search LiNeS a={values[0]:.2f} b={values[1]:.2f}"})
+            update={"label": f"search LiNeS a={values[0]:.2f} b={values[1]:.2f}"}
+        )
     return Candidate(label="search [" + ", ".join(f"{a:.2f}" for a in values) + "]", kind="search", alphas=values)
 
 

@@ -53,8 +53,9 @@ def measure_part(suite: EvaluationSuite, model, tokenizer, part: DataPart) -> Me
     return suite.measure(model, tokenizer, part)
 
 
-def sweep_cost(candidates: Iterable[Candidate], latest: dict[str, ResultRecord],
-               book: ResultsBook | None = None) -> CostAccount:
+def sweep_cost(
+    candidates: Iterable[Candidate], latest: dict[str, ResultRecord], book: ResultsBook | None = None
+) -> CostAccount:
     """The cost account (:mod:`taxcut.sweep.cost`) of a sweep's candidates: each one's full-data result, or the
     last stage halving measured it on."""
     entries = []
@@ -135,22 +136,40 @@ class StrategyReport:
 class SweepStrategy:
     """Measures a sweep's candidates as its spec says (the module's rules)."""
 
-    def __init__(self, spec: SweepSpec, book: ResultsBook, evaluate: EvaluateBatch, *,
-                 check: Callable[[Sequence[Candidate]], None] = lambda _: None, progress: bool | None = None,
-                 items: dict[str, int] | None = None):
+    def __init__(
+        self,
+        spec: SweepSpec,
+        book: ResultsBook,
+        evaluate: EvaluateBatch,
+        *,
+        check: Callable[[Sequence[Candidate]], None] = lambda _: None,
+        progress: bool | None = None,
+        items: dict[str, int] | None = None,
+    ):
         """``items``: each evaluator's item count (:func:`item_counts`), so that no halving stage is empty."""
         self.spec, self.book, self.evaluate, self.check, self.progress = spec, book, evaluate, check, progress
         self.baseline = expand_grid(spec.candidates)[0]  # the SFT model
         self.aligned = ma_candidate(1.0, [rule.model_dump(exclude_none=True) for rule in spec.candidates.rules])
         halving = spec.evaluation.halving
-        self.halving = (HalvingSettings(start=halving.start, factor=halving.factor, level=halving.level,
-                                        seed=halving.seed, tolerance=halving.tolerance,
-                                        sizes=tuple((items or {}).values()))
-                        if spec.evaluation.fidelity == "halving" else None)
+        self.halving = (
+            HalvingSettings(
+                start=halving.start,
+                factor=halving.factor,
+                level=halving.level,
+                seed=halving.seed,
+                tolerance=halving.tolerance,
+                sizes=tuple((items or {}).values()),
+            )
+            if spec.evaluation.fidelity == "halving"
+            else None
+        )
         if self.halving is not None and items and len(self.halving.shares()) == 1:
             smallest = min(items, key=items.get)
-            print(f"note: evaluation.halving: {smallest} has {items[smallest]} item(s), too few to measure on part "
-                  "of them from 'start'; every candidate is measured on all the data", file=sys.stderr)
+            print(
+                f"note: evaluation.halving: {smallest} has {items[smallest]} item(s), too few to measure on part "
+                "of them from 'start'; every candidate is measured on all the data",
+                file=sys.stderr,
+            )
         self.report = StrategyReport()
 
     @property
@@ -166,8 +185,15 @@ class SweepStrategy:
         grid = self.spec.candidates
         families, fixed = self.families()
         outcome: AdaptiveOutcome = adaptive_search(
-            families, self.measure, budget=grid.budget, fixed=fixed, resolution=grid.resolution,
-            tolerance=grid.tolerance, batch=grid.batch, spent=self.spent)
+            families,
+            self.measure,
+            budget=grid.budget,
+            fixed=fixed,
+            resolution=grid.resolution,
+            tolerance=grid.tolerance,
+            batch=grid.batch,
+            spent=self.spent,
+        )
         self.report.rounds = outcome.rounds
         return [self.baseline] + [c for c in outcome.candidates if c.id != self.baseline.id]
 
@@ -178,8 +204,9 @@ class SweepStrategy:
         self.check([c for c in candidates if self.book.full(c.id) is None])
         if self.halving is not None:
             incumbents = self._incumbents(candidates)
-            outcome = successive_halving(candidates, self.baseline, self._evaluate, self.book, self.halving,
-                                         incumbents, keep={self.aligned.id})
+            outcome = successive_halving(
+                candidates, self.baseline, self._evaluate, self.book, self.halving, incumbents, keep={self.aligned.id}
+            )
             self.report.dropped.update(outcome.dropped)
             return {c.id: outcome.points[c.id] for c in candidates if c.id in outcome.points}
         todo = [c for c in ([self.baseline] + candidates) if self.book.full(c.id) is None]
@@ -208,27 +235,65 @@ class SweepStrategy:
         ma_start = tuple(grid.grid) if "grid" in grid.model_fields_set else (0.5,)
         families = [Family("MA", path(lambda a: ma_candidate(a, rules)), ma_start)]
         for pattern in grid.block_patterns:
-            families.append(Family(f"blocks {_short(pattern)}", path(
-                lambda a, p=pattern: Candidate(label=f"blocks {_short(profile_at(p, a))}", kind="blocks",
-                                               alphas=profile_at(p, a), block_bounds=grid.block_bounds,
-                                               rules=rules)), (sum(pattern) / len(pattern),)))
+            families.append(
+                Family(
+                    f"blocks {_short(pattern)}",
+                    path(
+                        lambda a, p=pattern: Candidate(
+                            label=f"blocks {_short(profile_at(p, a))}",
+                            kind="blocks",
+                            alphas=profile_at(p, a),
+                            block_bounds=grid.block_bounds,
+                            rules=rules,
+                        )
+                    ),
+                    (sum(pattern) / len(pattern),),
+                )
+            )
         for pattern in grid.layer_patterns:
-            families.append(Family(f"layers {_short(pattern)}", path(
-                lambda a, p=pattern: Candidate(label=f"layers {_short(profile_at(p, a))}", kind="layers",
-                                               layer_alphas=profile_at(p, a), rules=rules)),
-                (sum(pattern) / len(pattern),)))
+            families.append(
+                Family(
+                    f"layers {_short(pattern)}",
+                    path(
+                        lambda a, p=pattern: Candidate(
+                            label=f"layers {_short(profile_at(p, a))}",
+                            kind="layers",
+                            layer_alphas=profile_at(p, a),
+                            rules=rules,
+                        )
+                    ),
+                    (sum(pattern) / len(pattern),),
+                )
+            )
         for profile in grid.all_profiles():  # a depth profile: a path at its shape, as a block pattern's
-            families.append(Family(f"LiNeS {_short(profile)}", path(
-                lambda a, p=profile: profile_candidate(lines_at(p, a), rules)), (lines_mean(profile),)))
+            families.append(
+                Family(
+                    f"LiNeS {_short(profile)}",
+                    path(lambda a, p=profile: profile_candidate(lines_at(p, a), rules)),
+                    (lines_mean(profile),),
+                )
+            )
         if grid.hma is not None:
             start = tuple(grid.hma.mean_alphas) if "mean_alphas" in grid.hma.model_fields_set else (0.5,)
             families.append(Family("HMA", path(self._hma_at), start))
-        fixed = [c for c in expand_grid(grid.model_copy(update={"grid": [], "block_patterns": [], "layer_patterns": [],
-                                                                 "profiles": [], "profile_grid": None}))[1:]]
+        fixed = [
+            c
+            for c in expand_grid(
+                grid.model_copy(
+                    update={
+                        "grid": [],
+                        "block_patterns": [],
+                        "layer_patterns": [],
+                        "profiles": [],
+                        "profile_grid": None,
+                    }
+                )
+            )[1:]
+        ]
         return families, fixed
 
     def _hma_at(self, a: float) -> Candidate:
-        from taxcut.hma.candidates import hma_candidates  # noqa: PLC0415 - the HMA fit loads torch models
+        from taxcut.hma.candidates import hma_candidates  # the HMA fit loads torch models
 
         hma = self.spec.candidates.hma.model_copy(update={"mean_alphas": [a]})
         spec = self.spec.model_copy(update={"candidates": self.spec.candidates.model_copy(update={"hma": hma})})
@@ -240,15 +305,22 @@ class SweepStrategy:
         if baseline is None:
             return []
         mine = {c.id for c in candidates}
-        return [noisy_point(self.book.full(c.id), baseline) for c in self.report.candidates
-                if c.id not in mine and self.book.full(c.id) is not None]
+        return [
+            noisy_point(self.book.full(c.id), baseline)
+            for c in self.report.candidates
+            if c.id not in mine and self.book.full(c.id) is not None
+        ]
 
     def _evaluate(self, candidates: Sequence[Candidate], part=FULL) -> Iterable[tuple[Candidate, Measurement]]:
         if not candidates:
             return
         share = "" if part.full else f" [{part.start:g}, {part.stop:g})"
-        bar = tqdm(total=len(candidates), desc=f"sweep{share}", unit="candidate",
-                   disable=None if self.progress is None else not self.progress)
+        bar = tqdm(
+            total=len(candidates),
+            desc=f"sweep{share}",
+            unit="candidate",
+            disable=None if self.progress is None else not self.progress,
+        )
         try:
             for candidate, measurement in self.evaluate(candidates, part):
                 bar.set_postfix_str(candidate.label)

@@ -23,9 +23,19 @@ from taxcut.io.parameters import architecture_mismatch, checkpoint_names, read_p
 from taxcut.training import Coefficients, TaskVectorSum, parametrize_weights, recompute_layers
 
 
-def fit_adamerging(base: Path, models: list[Path], prompts: Path, *, granularity: str = "layer", epochs: int = 1,
-                   batch_size: int = 8, lr: float = 0.01, init: float = 0.3, seed: int = 0,
-                   device: str = "auto") -> dict:
+def fit_adamerging(
+    base: Path,
+    models: list[Path],
+    prompts: Path,
+    *,
+    granularity: str = "layer",
+    epochs: int = 1,
+    batch_size: int = 8,
+    lr: float = 0.01,
+    init: float = 0.3,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict:
     """Learn the coefficients; returns ``{"coefficients": [[...]], "layers": L, "entropy": [...]}``."""
     if granularity not in ("layer", "task"):
         raise TaxcutError(f"adamerging granularity {granularity!r}: use 'layer' or 'task'")
@@ -46,9 +56,13 @@ def fit_adamerging(base: Path, models: list[Path], prompts: Path, *, granularity
                 raise architecture_mismatch(folder, stored[name])
             others[name].append(tensor.to(resolved))
     holder = Coefficients()
-    parametrize_weights(model, {name: TaskVectorSum(others[name], holder,
-                                                    layout.layer_of.get(stored[name], layers) if groups > 1 else 0)
-                                for name in params})
+    parametrize_weights(
+        model,
+        {
+            name: TaskVectorSum(others[name], holder, layout.layer_of.get(stored[name], layers) if groups > 1 else 0)
+            for name in params
+        },
+    )
     recompute_layers(model)
     coefficients = torch.full((len(models), groups), init, device=resolved, requires_grad=True)
     optimizer = torch.optim.Adam([coefficients], lr=lr)
@@ -61,7 +75,7 @@ def fit_adamerging(base: Path, models: list[Path], prompts: Path, *, granularity
     for _ in range(epochs):
         rng.shuffle(texts)
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True).to(resolved)
+            batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True).to(resolved)
             holder.values = coefficients
             logits = model(**batch, use_cache=False).logits.float()  # (B, T, V)
             log_probs = torch.log_softmax(logits, dim=-1)
@@ -74,5 +88,9 @@ def fit_adamerging(base: Path, models: list[Path], prompts: Path, *, granularity
             with torch.no_grad():
                 coefficients.clamp_(0.0, 1.0)
             history.append(loss.item())
-    return {"coefficients": coefficients.detach().cpu().tolist(), "layers": layers, "entropy": history,
-            "granularity": granularity}
+    return {
+        "coefficients": coefficients.detach().cpu().tolist(),
+        "layers": layers,
+        "entropy": history,
+        "granularity": granularity,
+    }

@@ -20,8 +20,8 @@ from taxcut.evaluation.loading import load_causal_lm, load_tokenizer, pick_devic
 from taxcut.evaluation.result import EvaluationResult
 from taxcut.evaluation.suite import EvaluationSuite
 from taxcut.execution import Executor, LocalExecutor
-from taxcut.spec.evaluation import EvaluationSpec
 from taxcut.io.parameters import architecture_mismatch, checkpoint_names, read_parameters
+from taxcut.spec.evaluation import EvaluationSpec
 
 
 @dataclass
@@ -60,12 +60,15 @@ def _check_score(score: str, evaluation: EvaluationSpec) -> None:
     if score == "reward" and evaluation.reward is None:
         raise TaxcutError("score 'reward': the evaluation has no 'reward' section")
     if score not in ("reward", "tasks") and score.partition(".")[0] not in names:
-        raise TaxcutError(f"score {score!r}: no task {score.partition('.')[0]!r} in the evaluation "
-                          f"({', '.join(names) or 'it has no tasks'})")
+        raise TaxcutError(
+            f"score {score!r}: no task {score.partition('.')[0]!r} in the evaluation "
+            f"({', '.join(names) or 'it has no tasks'})"
+        )
 
 
-def greedy_soup(models: list[Path], evaluation: EvaluationSpec, score: str, device: str = "auto",
-                executor: Executor | None = None) -> SoupSelection:
+def greedy_soup(
+    models: list[Path], evaluation: EvaluationSpec, score: str, device: str = "auto", executor: Executor | None = None
+) -> SoupSelection:
     _check_score(score, evaluation)
     executor = executor or LocalExecutor()
     work = SoupScoring(Path(models[0]), evaluation, score, device)
