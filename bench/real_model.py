@@ -205,24 +205,36 @@ def build_fixture(out: Path) -> None:
 # ------------------------------------------------------------------------------------------------ stage 2: data
 
 
-def write_data(profile: Profile, folder: Path) -> dict[str, Path]:
-    """The prompts and tax tasks as JSONL files (cheap: rebuilt on every run, same content)."""
+def write_data(profile: Profile, folder: Path, *, held_out: bool = False) -> dict[str, Path]:
+    """The prompts and tax tasks as JSONL files (cheap: rebuilt on every run, same content). ``held_out``: the same
+    kinds and amounts of data on items the sweep never sees -- the next reward prompts of the held-out topics, the
+    next countries (the same few-shot examples), the next reference passages -- for ``bench/holdout.py``."""
     countryinfo = CACHE / "countryinfo"
     if not countryinfo.exists():
         with zipfile.ZipFile(download_wheel(COUNTRY_WHEEL)) as wheel:
             members = [n for n in wheel.namelist() if n.startswith("countryinfo/data/") and n.endswith(".json")]
             wheel.extractall(CACHE / "countryinfo.part", members)
         (CACHE / "countryinfo.part").rename(countryinfo)
-    countries = task_data.read_countries(countryinfo / "countryinfo" / "data", task_data.SHOTS + profile.task_items)
-    train, reward = task_data.chat_prompts(profile.train_prompts, profile.reward_prompts)
+    shots, items, prompts = task_data.SHOTS, profile.task_items, profile.reward_prompts
+    countries = task_data.read_countries(countryinfo / "countryinfo" / "data", shots + 2 * items)
+    train, reward = task_data.chat_prompts(profile.train_prompts, 2 * prompts)
+    passages = task_data.python_docs_task(2 * profile.passages)
+    if held_out:
+        countries, reward, passages = (
+            countries[:shots] + countries[shots + items :],
+            reward[prompts:],
+            passages[profile.passages :],
+        )
+    else:
+        countries, reward, passages = countries[: shots + items], reward[:prompts], passages[: profile.passages]
     files = {
         "train_prompts": train,
         "reward_prompts": reward,
-        "capitals": task_data.capitals_task(countries, profile.task_items),
-        "capitals_chat": task_data.capitals_chat_task(countries, profile.task_items),
-        "capital_mc": task_data.capital_choice_task(countries, profile.task_items),
-        "region_mc": task_data.region_choice_task(countries, profile.task_items),
-        "python_docs": task_data.python_docs_task(profile.passages),
+        "capitals": task_data.capitals_task(countries, items),
+        "capitals_chat": task_data.capitals_chat_task(countries, items),
+        "capital_mc": task_data.capital_choice_task(countries, items),
+        "region_mc": task_data.region_choice_task(countries, items),
+        "python_docs": passages,
     }
     return {name: task_data.write_jsonl(folder / f"{name}.jsonl", records) for name, records in files.items()}
 
@@ -374,6 +386,7 @@ def write_sweep_spec(
     }
     if dtype:
         spec["dtype"] = dtype
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
@@ -574,6 +587,8 @@ def main() -> None:
         work / "retain.jsonl", task_data.python_reference_retain(profile.retain_texts, skip=profile.passages)
     )
     spec = write_sweep_spec(profile, sft, _checkpoints(work / "dpo"), data, work, args.device, args.dtype)
+    held_out = write_data(profile, work / "data-held-out", held_out=True)
+    write_sweep_spec(profile, sft, _checkpoints(work / "dpo"), held_out, work / "held-out", args.device, args.dtype)
     results = work / "sweep" / "results.jsonl"
     measured = _lines(results)
     previous = stages.get("sweep")
