@@ -10,8 +10,8 @@ kinds and amounts of data on other items: ``bench/real_model.py`` writes ``held-
 kind's hypervolume relative to MA's on the items it was chosen on and on the held-out items, with the 90%
 paired-bootstrap interval of ``bench/fronts.py`` on the held-out items.
 
-Kinds re-measured: ``MA``, ``LiNeS``, ``blocks`` and ``search`` (the block search's and the profile search's
-proposals), all expressible as sweep candidates (MA ratios, depth profiles, block ratios); HMA and the tax-aware fit
+Kinds re-measured: ``MA``, ``LiNeS``, ``blocks`` and the block search's and the profile search's proposals,
+all expressible as sweep candidates (MA ratios, depth profiles, block ratios); HMA and the tax-aware fit
 are fitted per setting and are left out.
 
     .venv/bin/python bench/holdout.py bench/.cache/fronts/real-model/sweep/results.jsonl \\
@@ -35,7 +35,14 @@ from taxcut.sweep.pareto import tax
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
-KINDS = ("MA", "LiNeS", "blocks", "search")
+KINDS = ("MA", "LiNeS", "blocks", "search blocks", "search profile")
+
+
+def kind_of(record: ResultRecord) -> str:
+    """The record's kind, the search's proposals told apart by their space (block ratios or a depth profile)."""
+    if record.candidate.kind != "search":
+        return record.candidate.kind
+    return "search profile" if record.candidate.profile is not None else "search blocks"
 
 
 def front(records: list[ResultRecord], sft: ResultRecord) -> list[ResultRecord]:
@@ -60,7 +67,7 @@ def chosen(results: Path) -> tuple[dict[str, list[ResultRecord]], ResultRecord, 
     records = list(latest.values())
     sft = next(r for r in records if r.candidate.kind == "MA" and r.mean_alpha == 0.0)
     aligned = next(r for r in records if r.candidate.kind == "MA" and r.mean_alpha == 1.0)
-    fronts = {kind: front([r for r in records if r.candidate.kind == kind], sft) for kind in KINDS}
+    fronts = {kind: front([r for r in records if kind_of(r) == kind], sft) for kind in KINDS}
     return {kind: rows for kind, rows in fronts.items() if rows}, sft, aligned
 
 
