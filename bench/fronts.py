@@ -274,15 +274,21 @@ def _over(value: float, of: float) -> float:
     return value / of if of > 0 else math.nan
 
 
-def _front(rows: list[SweepRow]) -> list[SweepRow]:
+def non_dominated(points: dict[str, tuple[float, float]]) -> list[str]:
+    """The keys of the points (reward up, tax down) that no other point dominates, by tax."""
     return sorted(
         (
-            r
-            for r in rows
-            if not any(o.reward >= r.reward and o.tax <= r.tax and (o.reward > r.reward or o.tax < r.tax) for o in rows)
+            k
+            for k, (r, t) in points.items()
+            if not any(o[0] >= r and o[1] <= t and o != (r, t) for o in points.values())
         ),
-        key=lambda r: r.tax,
+        key=lambda k: points[k][1],
     )
+
+
+def _front(rows: list[SweepRow]) -> list[SweepRow]:
+    by_id = {r.id: r for r in rows}
+    return [by_id[k] for k in non_dominated({r.id: (r.reward, r.tax) for r in rows})]
 
 
 Setting = tuple[str, int, dict, Callable[[], tuple[str, str | None]]]

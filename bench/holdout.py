@@ -28,10 +28,16 @@ from pathlib import Path
 
 import torch
 import yaml
-from fronts import RESAMPLES, Resampler, interval, reference_point, volumes  # the bench folder is not a package
+from fronts import (
+    RESAMPLES,
+    Resampler,
+    interval,
+    non_dominated,
+    reference_point,
+    volumes,
+)  # the bench folder is not a package
 
 from taxcut.spec.sweep import SweepSpec
-from taxcut.sweep.pareto import tax
 from taxcut.sweep.results import ResultRecord, ResultsStore
 from taxcut.sweep.runner import RESULTS_FILE, run_sweep
 
@@ -47,18 +53,9 @@ def kind_of(record: ResultRecord) -> str:
 
 def front(records: list[ResultRecord], sft: ResultRecord) -> list[ResultRecord]:
     """The records no other record of the list dominates (reward up, tax against ``sft`` down)."""
-    points = {
-        r.candidate_id: (r.result.reward.reward, tax(r.result.primary, sft.result.primary, r.result.directions))
-        for r in records
-    }
-    return [
-        r
-        for r in records
-        if not any(
-            o[0] >= points[r.candidate_id][0] and o[1] <= points[r.candidate_id][1] and o != points[r.candidate_id]
-            for o in points.values()
-        )
-    ]
+    points = Resampler({r.candidate_id: r.result for r in [*records, sft]}, sft.candidate_id).draw(None)
+    kept = set(non_dominated({r.candidate_id: points[r.candidate_id] for r in records}))
+    return [r for r in records if r.candidate_id in kept]
 
 
 def chosen(results: Path) -> tuple[dict[str, list[ResultRecord]], ResultRecord, ResultRecord]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 REGIONS = {"Africa": "Africa", "Americas": "the Americas", "Asia": "Asia", "Europe": "Europe", "Oceania": "Oceania"}
@@ -125,40 +126,36 @@ def region_choice_task(countries: list[dict], count: int) -> list[dict]:
     ]
 
 
-def python_docs_task(count: int) -> list[dict]:
-    """Prose paragraphs (300-700 characters, almost no code) of the Python Language Reference, one per topic."""
+def _prose_paragraphs(min_length: int) -> Iterator[tuple[str, str]]:
+    """``(topic, paragraph)`` of the Python Language Reference in topic order: prose of ``min_length`` to 700
+    characters with almost no code."""
     from pydoc_data.topics import topics
 
-    passages = []
     for key in sorted(topics):
         for paragraph in re.split(r"\n\s*\n", topics[key]):
             text = " ".join(paragraph.split())
-            if 300 <= len(text) <= 700 and sum(ch in "()[]{}=*:<>" for ch in text) < 0.01 * len(text):
-                passages.append({"text": text})
-                break
+            if min_length <= len(text) <= 700 and sum(ch in "()[]{}=*:<>" for ch in text) < 0.01 * len(text):
+                yield key, text
+
+
+def python_docs_task(count: int) -> list[dict]:
+    """Prose paragraphs (300-700 characters, almost no code) of the Python Language Reference, one per topic."""
+    passages: dict[str, str] = {}
+    for key, text in _prose_paragraphs(300):
+        passages.setdefault(key, text)
         if len(passages) == count:
             break
-    return passages
+    return [{"text": text} for text in passages.values()]
 
 
 def python_reference_retain(count: int, skip: int) -> list[dict]:
-    """Retain texts for the tax-aware fit: prose paragraphs of the Python Language Reference that the
-    ``python_docs`` task does not score -- the topics after its first ``skip`` passages' topics, and never one of
-    its passages (the sweep refuses a retain set that shares a line with an evaluation file)."""
-    from pydoc_data.topics import topics
-
-    scored = {p["text"] for p in python_docs_task(skip)}
-    passages = []
-    for key in sorted(topics):
-        for paragraph in re.split(r"\n\s*\n", topics[key]):
-            text = " ".join(paragraph.split())
-            if (
-                200 <= len(text) <= 700
-                and text not in scored
-                and sum(ch in "()[]{}=*:<>" for ch in text) < 0.01 * len(text)
-            ):
-                passages.append({"text": text})
-    return passages[-count:]  # from the end of the index: far from the topics the task draws first
+    """Retain texts for the tax-aware fit: the last ``count`` prose paragraphs (200-700 characters) of the Python
+    Language Reference, far from the topics the ``python_docs`` task draws first, and never one of its ``skip``
+    passages or of the ``skip`` held-out ones after them (the sweep refuses a retain set that shares a line with an
+    evaluation file)."""
+    scored = {p["text"] for p in python_docs_task(2 * skip)}
+    texts = [text for _, text in _prose_paragraphs(200) if text not in scored]
+    return [{"text": text} for text in texts[-count:]]
 
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
